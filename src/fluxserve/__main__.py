@@ -1,0 +1,3 @@
+from fluxserve.cli import main
+
+main()

@@ -1,0 +1,83 @@
+"""Errors in each protocol's own shape: OpenAI ``{"error": {...}}``, BFL ``{"detail": ...}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+OPENAI_PREFIXES = ("/v1/images/", "/v1/models")
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith(OPENAI_PREFIXES)
+
+
+class OpenAIError(Exception):
+    def __init__(
+        self, status: int, message: str, *, type: str = "invalid_request_error",
+        param: str | None = None, code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+        self.headers = headers
+
+
+def bfl_validation_error(loc: list[str | int], msg: str, type_: str = "value_error") -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": [{"loc": loc, "msg": msg, "type": type_}]})
+
+
+def _first_error(exc: RequestValidationError) -> tuple[str | None, str]:
+    errors: list[Any] = list(exc.errors())
+    if not errors:
+        return None, "invalid request"
+    err = errors[0]
+    loc = [p for p in err.get("loc", ()) if p not in ("body", "query", "form")]
+    param = ".".join(str(p) for p in loc) or None
+    msg = str(err.get("msg", "invalid value"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return param, f"Invalid value for '{param}': {msg}" if param else msg
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OpenAIError)
+    async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content=exc.body, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if is_openai_path(request.url.path):
+            param, message = _first_error(exc)
+            return JSONResponse(
+                status_code=400,
+                content={"error": {"message": message, "type": "invalid_request_error",
+                                   "param": param, "code": "invalid_value"}},
+            )
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": detail})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if is_openai_path(request.url.path):
+            code = {401: "invalid_api_key", 404: "not_found", 413: "request_too_large"}.get(
+                exc.status_code
+            )
+            return JSONResponse(
+                status_code=exc.status_code,
+                content={"error": {"message": str(exc.detail), "type": "invalid_request_error",
+                                   "param": None, "code": code}},
+                headers=getattr(exc, "headers", None),
+            )
+        return JSONResponse(
+            status_code=exc.status_code, content={"detail": exc.detail},
+            headers=getattr(exc, "headers", None),
+        )

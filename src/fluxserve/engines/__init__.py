@@ -1,0 +1,43 @@
+"""Engines turn a request into images, report steps and honour cancellation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from PIL import Image
+
+
+class JobCancelled(Exception):
+    """Raised inside a run when its job was cancelled; the run stops at the next step."""
+
+
+@dataclass
+class EngineRequest:
+    checkpoint: str
+    prompt: str
+    width: int
+    height: int
+    seed: int
+    steps: int
+    guidance: float
+    num_images: int = 1
+    images: list[Image.Image] = field(default_factory=list)
+
+
+StepCallback = Callable[[int, int], None]
+"""Called as ``on_step(done_steps, total_steps)`` after each denoising step."""
+
+
+class Engine(Protocol):
+    def load(self, checkpoint: str) -> None:
+        """Load (and keep) the pipeline for ``checkpoint``; idempotent."""
+
+    def generate(
+        self,
+        request: EngineRequest,
+        on_step: StepCallback | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[Image.Image]:
+        """Run one request; blocking. Raises :class:`JobCancelled` when ``cancelled()``."""

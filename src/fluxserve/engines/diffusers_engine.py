@@ -1,0 +1,160 @@
+"""FLUX and FLUX Kontext checkpoints in diffusers layout, on CPU or CUDA.
+
+The built-in tiny checkpoint is just another checkpoint: it declares a small native area in
+``fluxserve.json``, so the engine samples at that area and resizes to the requested size.
+Real checkpoints declare nothing and are sampled at the requested size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from fluxserve.engines import EngineRequest, JobCancelled, StepCallback
+from fluxserve.images import stitch_horizontally
+from fluxserve.spec import fit_area
+
+log = logging.getLogger("fluxserve.engine")
+
+
+@dataclass
+class _Loaded:
+    pipe: Any
+    kontext: bool
+    native_area: int | None
+    multiple: int
+    max_sequence_length: int
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+class DiffusersFluxEngine:
+    """One engine for every FLUX-family checkpoint; pipelines are loaded once and reused."""
+
+    def __init__(
+        self,
+        resolve: Callable[[str], Path],
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> None:
+        self._resolve = resolve
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self._pipes: dict[str, _Loaded] = {}
+        self._lock = threading.Lock()
+
+    def load(self, checkpoint: str) -> None:
+        with self._lock:
+            self._load_locked(checkpoint)
+
+    def _load_locked(self, checkpoint: str) -> _Loaded:
+        if checkpoint in self._pipes:
+            return self._pipes[checkpoint]
+        from diffusers import FluxKontextPipeline, FluxPipeline
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+
+        path = self._resolve(checkpoint)
+        index = json.loads((path / "model_index.json").read_text())
+        kontext = index.get("_class_name") == "FluxKontextPipeline"
+        cls = FluxKontextPipeline if kontext else FluxPipeline
+        log.info("loading %s checkpoint %s on %s", cls.__name__, path, self.device)
+        pipe = cls.from_pretrained(str(path), dtype=self.dtype, local_files_only=True)
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        extra_path = path / "fluxserve.json"
+        extra = json.loads(extra_path.read_text()) if extra_path.exists() else {}
+        loaded = _Loaded(
+            pipe=pipe,
+            kontext=kontext,
+            native_area=extra.get("native_area"),
+            multiple=pipe.vae_scale_factor * 2,
+            max_sequence_length=int(extra.get("max_sequence_length", 512)),
+        )
+        self._pipes[checkpoint] = loaded
+        return loaded
+
+    def generate(
+        self,
+        request: EngineRequest,
+        on_step: StepCallback | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[Image.Image]:
+        with self._lock:
+            m = self._load_locked(request.checkpoint)
+            return self._generate_locked(m, request, on_step, cancelled)
+
+    def _generate_locked(
+        self,
+        m: _Loaded,
+        req: EngineRequest,
+        on_step: StepCallback | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> list[Image.Image]:
+        if m.native_area:
+            width, height = fit_area(req.width, req.height, m.native_area, m.multiple)
+        else:
+            width = req.width // m.multiple * m.multiple
+            height = req.height // m.multiple * m.multiple
+
+        def step_end(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(i + 1, req.steps)
+            if cancelled is not None and cancelled():
+                raise JobCancelled()
+            return kwargs
+
+        # One CPU generator per image: results do not depend on batch size or device.
+        generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.num_images)]
+        kwargs: dict[str, Any] = dict(
+            prompt=req.prompt,
+            height=height,
+            width=width,
+            num_inference_steps=req.steps,
+            guidance_scale=req.guidance,
+            num_images_per_prompt=req.num_images,
+            generator=generators,
+            max_sequence_length=m.max_sequence_length,
+            callback_on_step_end=step_end,
+        )
+        if m.kontext:
+            kwargs["max_area"] = width * height
+            if req.images:
+                cond = stitch_horizontally(req.images)
+                if m.native_area:
+                    cw, ch = fit_area(cond.width, cond.height, m.native_area, m.multiple)
+                    kwargs["image"] = cond.resize((cw, ch), Image.Resampling.LANCZOS)
+                    kwargs["_auto_resize"] = False
+                else:
+                    kwargs["image"] = cond
+        elif req.images:
+            raise ValueError("this model's checkpoint is not a Kontext checkpoint: it takes no input images")
+
+        if cancelled is not None and cancelled():
+            raise JobCancelled()
+        with torch.inference_mode():
+            images: list[Image.Image] = m.pipe(**kwargs).images
+        if (width, height) != (req.width, req.height):
+            images = [im.resize((req.width, req.height), Image.Resampling.LANCZOS) for im in images]
+        return images

@@ -1,0 +1,107 @@
+"""The in-process worker: claims jobs, runs the engine off the event loop, stores results."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+import traceback
+from typing import Any
+
+from PIL import Image
+
+from fluxserve.catalog import ModelCatalog
+from fluxserve.engines import Engine, EngineRequest, JobCancelled
+from fluxserve.images import encode_image
+from fluxserve.jobs.models import Job, JobStatus
+from fluxserve.jobs.service import JobService
+
+log = logging.getLogger("fluxserve.worker")
+
+
+class Worker:
+    def __init__(self, service: JobService, engine: Engine, catalog: ModelCatalog) -> None:
+        self.service = service
+        self.engine = engine
+        self.catalog = catalog
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.service.work_available.set()
+
+    async def run(self) -> None:
+        """Loop until stopped: claim the oldest queued job and run it."""
+        while not self._stopping:
+            job = self.service.store.claim_next()
+            if job is None:
+                self.service.work_available.clear()
+                try:
+                    await asyncio.wait_for(self.service.work_available.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+                continue
+            await self.run_job(job)
+
+    async def run_job(self, job: Job) -> None:
+        store = self.service.store
+        try:
+            result = await asyncio.to_thread(self._execute, job)
+        except JobCancelled:
+            store.finish(job.id, job.attempts, JobStatus.ERROR, details={"error": "cancelled"})
+        except Exception as exc:
+            log.error("job %s failed: %s", job.id, "".join(traceback.format_exception(exc)))
+            store.finish(
+                job.id, job.attempts, JobStatus.ERROR,
+                details={"error": f"{exc.__class__.__name__}: {exc}"},
+            )
+        else:
+            if not store.finish(job.id, job.attempts, JobStatus.READY, result=result):
+                log.warning("job %s was no longer ours to finish (attempt %s)", job.id, job.attempts)
+        self.service.notify(job.id)
+
+    def _execute(self, job: Job) -> dict[str, Any]:
+        """Blocking part of a run (in a worker thread): generate, encode, store."""
+        spec = job.spec
+        entry = self.catalog.get(spec.model)
+        if entry is None:
+            raise ValueError(f"model {spec.model!r} is no longer in the catalog")
+        images = [
+            Image.open(io.BytesIO(self.service.storage.get(key))).convert("RGB")
+            for key in spec.input_images
+        ]
+        last = [0.0]
+
+        def on_step(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done == total or now - last[0] > 0.2:  # keep DB writes to a few per second
+                last[0] = now
+                # Generation is most of a job; the rest (encode, store) is the last 5 %.
+                self.service.store.set_progress(job.id, round(0.95 * done / total, 4))
+
+        t0 = time.time()
+        outputs = self.engine.generate(
+            EngineRequest(
+                checkpoint=entry.checkpoint, prompt=spec.prompt, width=spec.width,
+                height=spec.height, seed=spec.seed, steps=spec.steps, guidance=spec.guidance,
+                num_images=spec.num_images, images=images,
+            ),
+            on_step=on_step,
+        )
+        t1 = time.time()
+        files = []
+        for i, img in enumerate(outputs):
+            key = f"results/{job.id}/{i}.{spec.output_format}"
+            self.service.storage.put(key, encode_image(img, spec.output_format, spec.output_compression))
+            files.append(key)
+        t2 = time.time()
+        return {
+            "files": files,
+            "prompt": spec.prompt,
+            "seed": spec.seed,
+            "width": spec.width,
+            "height": spec.height,
+            "engine_s": round(t1 - t0, 4),
+            "encode_s": round(t2 - t1, 4),
+        }

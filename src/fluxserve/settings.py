@@ -1,0 +1,105 @@
+"""Settings, read once from defaults < TOML file < environment (``FLUXSERVE_*``) < explicit values.
+
+No other module reads the environment: the app factory receives one :class:`Settings` object and
+passes it down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "FLUXSERVE_"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fluxserve"
+
+
+class ModelOverride(BaseModel):
+    """Per-model settings from config: point a model id at a checkpoint, change its defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = None
+    steps: int | None = Field(default=None, ge=1, le=100)
+    guidance: float | None = Field(default=None, ge=0.0, le=20.0)
+    price: float | None = Field(default=None, ge=0.0)
+    # Needed only for model ids that are not in the built-in catalog.
+    family: Literal["kontext", "pro", "ultra"] | None = None
+
+
+class Settings(BaseModel):
+    """Every knob of a fluxserve deployment. Field docs double as the reference in the README."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Field(default_factory=default_data_dir)
+    public_url: str | None = None
+    """Base URL clients reach the server at (behind a proxy). Default: the request's own host."""
+
+    url_ttl_s: int = Field(default=600, ge=1)
+    """Lifetime of a signed result URL. Polling again issues a fresh one while retained."""
+    retention_s: int = Field(default=86_400, ge=1)
+    """How long results (files and job rows) are kept after a job ends."""
+    sweep_interval_s: float = Field(default=60.0, gt=0)
+    secret_key: str | None = None
+    """HMAC key for signed URLs. Default: a random key generated once into the data directory."""
+
+    allow_private_urls: bool = False
+    """Allow input-image URLs that resolve to private, loopback or link-local addresses."""
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    max_input_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_input_pixels: int = Field(default=25_000_000, ge=1024)
+    max_request_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ..."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    default_checkpoint: str | None = None
+    """Checkpoint for every model id without its own. Default: the built-in tiny model."""
+    models: dict[str, ModelOverride] = Field(default_factory=dict)
+
+    sync_timeout_s: float = Field(default=600.0, gt=0)
+    """How long a synchronous OpenAI call waits for its job before answering 504."""
+    log_level: str = "info"
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        environ: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings: defaults, then ``config_file`` (TOML), then ``FLUXSERVE_*``, then
+        ``overrides`` (command-line flags; ``None`` values are ignored)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
+        if config_file:
+            with open(config_file, "rb") as fh:
+                values.update(tomllib.load(fh))
+        for name, field in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            if name == "models":
+                values[name] = json.loads(raw)
+            elif field.annotation is bool or name == "allow_private_urls":
+                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "fluxserve.sqlite3"

@@ -1,0 +1,142 @@
+"""Shared fixtures: a tiny FLUX checkpoint built here, and real servers on loopback ports.
+
+Servers are started the way a user starts one (``fluxserve serve`` in a subprocess) and driven
+over real HTTP. The checkpoint is built locally once per session: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fluxserve.engines.tiny import build_tiny_checkpoint
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-kontext", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A plain (non-Kontext) FluxPipeline checkpoint, for the width/height models."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-flux", seed=1, kontext=False)
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> None:
+        cmd = [sys.executable, "-m", "fluxserve", "serve", "--host", self.host,
+               "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        announced = False
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line:
+                self.output.append(line)
+                if line.startswith("fluxserve listening on"):
+                    assert line.strip().endswith(self.base_url)
+                    announced = True
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited:\n" + "".join(self.output) + self.proc.stdout.read())
+            if announced:
+                try:
+                    if httpx.get(self.base_url + "/readyz", timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            if not line:
+                time.sleep(0.05)
+        raise TimeoutError("server did not become ready:\n" + "".join(self.output))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def make_server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path):  # type: ignore[no-untyped-def]
+    """Factory: ``make_server(**env_settings)`` starts a server with FLUXSERVE_* settings."""
+    servers: list[Server] = []
+
+    def make(data_dir: Path | None = None, start: bool = True, **settings: str) -> Server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
+        env["FLUXSERVE_DEFAULT_CHECKPOINT"] = str(tiny_checkpoint)
+        env["FLUXSERVE_LOG_LEVEL"] = "warning"
+        for k, v in settings.items():
+            env["FLUXSERVE_" + k.upper()] = v
+        server = Server(data_dir=data_dir or tmp_path_factory.mktemp("data"), env=env)
+        servers.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[Server]:
+    """One plain server (no keys, loopback) shared by a test module."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
+    env["FLUXSERVE_DEFAULT_CHECKPOINT"] = str(tiny_checkpoint)
+    env["FLUXSERVE_LOG_LEVEL"] = "warning"
+    s = Server(data_dir=tmp_path_factory.mktemp("data"), env=env)
+    s.start()
+    yield s
+    s.stop()
+
+
+def poll_result(base_url: str, job_id: str, headers: dict[str, str] | None = None,
+                timeout: float = 60.0) -> dict:  # type: ignore[type-arg]
+    """Poll get_result as a BFL client does, until the job leaves Pending."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{base_url}/v1/get_result", params={"id": job_id}, headers=headers)
+        r.raise_for_status()
+        body = r.json()
+        if body["status"] != "Pending":
+            return body  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} still pending")

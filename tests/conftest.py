@@ -36,7 +36,9 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A plain (non-Kontext) FluxPipeline checkpoint, for the width/height models."""
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-flux", seed=1, kontext=False)
+    return build_tiny_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "tiny-flux", seed=1, kontext=False
+    )
 
 
 @dataclass
@@ -53,10 +55,24 @@ class Server:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 90.0) -> None:
-        cmd = [sys.executable, "-m", "fluxserve", "serve", "--host", self.host,
-               "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fluxserve",
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
         self.proc = subprocess.Popen(
-            cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cmd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -70,7 +86,9 @@ class Server:
                     assert line.strip().endswith(self.base_url)
                     announced = True
             if self.proc.poll() is not None:
-                raise RuntimeError("server exited:\n" + "".join(self.output) + self.proc.stdout.read())
+                raise RuntimeError(
+                    "server exited:\n" + "".join(self.output) + self.proc.stdout.read()
+                )
             if announced:
                 try:
                     if httpx.get(self.base_url + "/readyz", timeout=2).status_code == 200:
@@ -128,8 +146,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> I
     s.stop()
 
 
-def poll_result(base_url: str, job_id: str, headers: dict[str, str] | None = None,
-                timeout: float = 60.0) -> dict:  # type: ignore[type-arg]
+def poll_result(
+    base_url: str, job_id: str, headers: dict[str, str] | None = None, timeout: float = 60.0
+) -> dict:  # type: ignore[type-arg]
     """Poll get_result as a BFL client does, until the job leaves Pending."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

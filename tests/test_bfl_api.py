@@ -47,8 +47,16 @@ def test_width_height_models_default_to_1024x768_jpeg(server, model: str) -> Non
 
 
 def test_width_height_and_steps_are_honoured(server) -> None:  # type: ignore[no-untyped-def]
-    _, img, _ = run(server, "flux-dev", prompt="x", width=512, height=1440, steps=3,
-                    guidance=2.0, output_format="webp")
+    _, img, _ = run(
+        server,
+        "flux-dev",
+        prompt="x",
+        width=512,
+        height=1440,
+        steps=3,
+        guidance=2.0,
+        output_format="webp",
+    )
     assert img.format == "WEBP" and img.size == (512, 1440)
 
 
@@ -61,8 +69,14 @@ def test_ultra_is_about_four_megapixels(server) -> None:  # type: ignore[no-unty
 
 @pytest.mark.parametrize("ratio", ["3:7", "9:16", "2:3", "1:1", "4:3", "16:9", "21:9", "7:3"])
 def test_aspect_ratio_table(server, ratio: str) -> None:  # type: ignore[no-untyped-def]
-    _, img, _ = run(server, "flux-kontext-pro", prompt="a ring", aspect_ratio=ratio, seed=2,
-                    output_format="jpeg")
+    _, img, _ = run(
+        server,
+        "flux-kontext-pro",
+        prompt="a ring",
+        aspect_ratio=ratio,
+        seed=2,
+        output_format="jpeg",
+    )
     w, h = img.size
     assert (w, h) == aspect_to_size(ratio)
     assert w % 16 == 0 and h % 16 == 0
@@ -99,8 +113,14 @@ def test_kontext_input_images_base64_and_data_url(server) -> None:  # type: igno
     buf = io.BytesIO()
     Image.new("RGB", (400, 200), (30, 60, 220)).save(buf, format="JPEG")
     b64 = base64.b64encode(buf.getvalue()).decode()
-    _, img, _ = run(server, "flux-kontext-pro", prompt="make the background red", input_image=b64,
-                    input_image_2="data:image/jpeg;base64," + b64, seed=5)
+    _, img, _ = run(
+        server,
+        "flux-kontext-pro",
+        prompt="make the background red",
+        input_image=b64,
+        input_image_2="data:image/jpeg;base64," + b64,
+        seed=5,
+    )
     assert img.size == aspect_to_size("2:1")  # follows the first input image
 
 
@@ -110,19 +130,22 @@ def test_task_not_found(server) -> None:  # type: ignore[no-untyped-def]
     assert r.json()["status"] == "Task not found"
 
 
-@pytest.mark.parametrize("model,body,field", [
-    ("flux-kontext-pro", {}, "prompt"),
-    ("flux-kontext-pro", {"prompt": "x", "aspect_ratio": "1:3"}, "aspect_ratio"),
-    ("flux-kontext-pro", {"prompt": "x", "aspect_ratio": "wide"}, "aspect_ratio"),
-    ("flux-kontext-pro", {"prompt": "x", "safety_tolerance": 9}, "safety_tolerance"),
-    ("flux-kontext-pro", {"prompt": "x", "output_format": "gif"}, "output_format"),
-    ("flux-kontext-pro", {"prompt": "x", "input_image": "%%%not-base64%%%"}, "input_image"),
-    ("flux-pro-1.1", {"prompt": "x", "width": 1000}, "width"),
-    ("flux-pro-1.1", {"prompt": "x", "height": 1472}, "height"),
-    ("flux-pro-1.1", {"prompt": "x", "width": 224}, "width"),
-    ("flux-dev", {"prompt": "x", "steps": 0}, "steps"),
-    ("flux-pro-1.1-ultra", {"prompt": "x", "aspect_ratio": "10:1"}, "aspect_ratio"),
-])
+@pytest.mark.parametrize(
+    "model,body,field",
+    [
+        ("flux-kontext-pro", {}, "prompt"),
+        ("flux-kontext-pro", {"prompt": "x", "aspect_ratio": "1:3"}, "aspect_ratio"),
+        ("flux-kontext-pro", {"prompt": "x", "aspect_ratio": "wide"}, "aspect_ratio"),
+        ("flux-kontext-pro", {"prompt": "x", "safety_tolerance": 9}, "safety_tolerance"),
+        ("flux-kontext-pro", {"prompt": "x", "output_format": "gif"}, "output_format"),
+        ("flux-kontext-pro", {"prompt": "x", "input_image": "%%%not-base64%%%"}, "input_image"),
+        ("flux-pro-1.1", {"prompt": "x", "width": 1000}, "width"),
+        ("flux-pro-1.1", {"prompt": "x", "height": 1472}, "height"),
+        ("flux-pro-1.1", {"prompt": "x", "width": 224}, "width"),
+        ("flux-dev", {"prompt": "x", "steps": 0}, "steps"),
+        ("flux-pro-1.1-ultra", {"prompt": "x", "aspect_ratio": "10:1"}, "aspect_ratio"),
+    ],
+)
 def test_validation_errors_are_422_with_detail_list(server, model, body, field) -> None:  # type: ignore[no-untyped-def]
     r = httpx.post(f"{server.base_url}/v1/{model}", json=body)
     assert r.status_code == 422, r.text
@@ -133,7 +156,9 @@ def test_validation_errors_are_422_with_detail_list(server, model, body, field) 
 
 
 def test_out_of_range_ratio_message_names_the_range(server) -> None:  # type: ignore[no-untyped-def]
-    r = httpx.post(f"{server.base_url}/v1/flux-kontext-pro", json={"prompt": "x", "aspect_ratio": "8:3"})
+    r = httpx.post(
+        f"{server.base_url}/v1/flux-kontext-pro", json={"prompt": "x", "aspect_ratio": "8:3"}
+    )
     assert "between 3:7 and 7:3" in r.json()["detail"][0]["msg"]
 
 
@@ -141,18 +166,24 @@ def test_oversized_and_non_image_inputs_are_refused(make_server) -> None:  # typ
     srv = make_server(max_input_bytes="4096", max_input_pixels="10000")
     big = io.BytesIO()
     Image.effect_noise((200, 200), 50).convert("RGB").save(big, format="PNG")
-    r = httpx.post(f"{srv.base_url}/v1/flux-kontext-pro",
-                   json={"prompt": "x", "input_image": base64.b64encode(big.getvalue()).decode()})
+    r = httpx.post(
+        f"{srv.base_url}/v1/flux-kontext-pro",
+        json={"prompt": "x", "input_image": base64.b64encode(big.getvalue()).decode()},
+    )
     assert r.status_code == 422 and "larger than 4096 bytes" in r.json()["detail"][0]["msg"]
     many = io.BytesIO()
     Image.new("RGB", (200, 200)).save(many, format="PNG")  # small file, too many pixels
-    r = httpx.post(f"{srv.base_url}/v1/flux-kontext-pro",
-                   json={"prompt": "x", "input_image": base64.b64encode(many.getvalue()).decode()})
+    r = httpx.post(
+        f"{srv.base_url}/v1/flux-kontext-pro",
+        json={"prompt": "x", "input_image": base64.b64encode(many.getvalue()).decode()},
+    )
     assert r.status_code == 422 and "pixels" in r.json()["detail"][0]["msg"]
     gif = io.BytesIO()
     Image.new("RGB", (10, 10)).save(gif, format="GIF")
-    r = httpx.post(f"{srv.base_url}/v1/flux-kontext-pro",
-                   json={"prompt": "x", "input_image": base64.b64encode(gif.getvalue()).decode()})
+    r = httpx.post(
+        f"{srv.base_url}/v1/flux-kontext-pro",
+        json={"prompt": "x", "input_image": base64.b64encode(gif.getvalue()).decode()},
+    )
     assert r.status_code == 422 and "JPEG, PNG or WebP" in r.json()["detail"][0]["msg"]
 
 
@@ -163,7 +194,10 @@ def test_x_key_and_bearer_auth(make_server) -> None:  # type: ignore[no-untyped-
     srv = make_server(start=False)
     key = subprocess.run(
         [sys.executable, "-m", "fluxserve", "keys", "create", "--data-dir", str(srv.data_dir)],
-        capture_output=True, text=True, env=srv.env, check=True,
+        capture_output=True,
+        text=True,
+        env=srv.env,
+        check=True,
     ).stdout.strip()
     srv.start()
     url = f"{srv.base_url}/v1/flux-kontext-pro"

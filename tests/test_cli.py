@@ -12,8 +12,13 @@ from fluxserve.settings import Settings
 
 
 def fluxserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fluxserve", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fluxserve", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_keys_create_list_revoke_store_only_hashes(tmp_path: Path) -> None:
@@ -41,11 +46,15 @@ def test_serve_refuses_public_bind_without_keys(tmp_path: Path) -> None:
 def test_settings_precedence(tmp_path: Path) -> None:
     cfg = tmp_path / "fluxserve.toml"
     cfg.write_text(
-        'port = 9001\nurl_ttl_s = 30\n[models.flux-dev]\nsteps = 12\nprice = 0.5\n'
+        "port = 9001\nurl_ttl_s = 30\n[models.flux-dev]\nsteps = 12\nprice = 0.5\n"
         '[models.my-model]\nfamily = "pro"\ncheckpoint = "/ckpt"\n'
     )
-    s = Settings.load(cfg, environ={"FLUXSERVE_URL_TTL_S": "45", "FLUXSERVE_ALLOW_PRIVATE_URLS": "1"},
-                      port=None, host="::1")
+    s = Settings.load(
+        cfg,
+        environ={"FLUXSERVE_URL_TTL_S": "45", "FLUXSERVE_ALLOW_PRIVATE_URLS": "1"},
+        port=None,
+        host="::1",
+    )
     assert (s.port, s.url_ttl_s, s.host, s.allow_private_urls) == (9001, 45, "::1", True)
     from fluxserve.catalog import ModelCatalog
 

@@ -11,20 +11,32 @@ import openai
 from PIL import Image
 
 
-def test_plain_flux_checkpoint_serves_width_height_models(make_server, tiny_flux_checkpoint) -> None:  # type: ignore[no-untyped-def]
+def test_plain_flux_checkpoint_serves_width_height_models(
+    make_server, tiny_flux_checkpoint
+) -> None:  # type: ignore[no-untyped-def]
     srv = make_server(models=json.dumps({"flux-dev": {"checkpoint": str(tiny_flux_checkpoint)}}))
     client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="x")
-    resp = client.images.generate(model="flux-dev", prompt="a red square", size="256x512",
-                                  response_format="b64_json", extra_body={"seed": 4})
+    resp = client.images.generate(
+        model="flux-dev",
+        prompt="a red square",
+        size="256x512",
+        response_format="b64_json",
+        extra_body={"seed": 4},
+    )
     img = Image.open(io.BytesIO(base64.b64decode(resp.data[0].b64_json or "")))
     assert img.size == (256, 512)
     # A Kontext-family id pointed at a plain FLUX checkpoint fails clearly, not silently.
-    srv2 = make_server(models=json.dumps({"flux-kontext-pro": {"checkpoint": str(tiny_flux_checkpoint)}}))
+    srv2 = make_server(
+        models=json.dumps({"flux-kontext-pro": {"checkpoint": str(tiny_flux_checkpoint)}})
+    )
     buf = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buf, format="PNG")
-    r = httpx.post(f"{srv2.base_url}/v1/images/edits", timeout=60,
-                   files={"image": ("a.png", buf.getvalue(), "image/png")},
-                   data={"prompt": "x", "model": "flux-kontext-pro"})
+    r = httpx.post(
+        f"{srv2.base_url}/v1/images/edits",
+        timeout=60,
+        files={"image": ("a.png", buf.getvalue(), "image/png")},
+        data={"prompt": "x", "model": "flux-kontext-pro"},
+    )
     assert r.status_code == 500
     assert "not a Kontext checkpoint" in r.json()["error"]["message"]
 

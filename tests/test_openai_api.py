@@ -26,9 +26,15 @@ def _png(color: tuple[int, int, int], size: tuple[int, int]) -> bytes:
 
 def test_generate_with_extra_body_returns_a_signed_url(client: openai.OpenAI) -> None:
     resp = client.images.generate(
-        model="flux-kontext-pro", prompt="a red circle in the center",
-        extra_body={"aspect_ratio": "16:9", "seed": 42, "safety_tolerance": 2,
-                    "output_format": "png", "prompt_upsampling": False},
+        model="flux-kontext-pro",
+        prompt="a red circle in the center",
+        extra_body={
+            "aspect_ratio": "16:9",
+            "seed": 42,
+            "safety_tolerance": 2,
+            "output_format": "png",
+            "prompt_upsampling": False,
+        },
     )
     assert len(resp.data) == 1
     url = resp.data[0].url
@@ -43,7 +49,10 @@ def test_generate_with_extra_body_returns_a_signed_url(client: openai.OpenAI) ->
 
 def test_generate_b64_json_jpeg(client: openai.OpenAI) -> None:
     resp = client.images.generate(
-        model="flux-pro-1.1", prompt="a blue square", response_format="b64_json", size="512x768",
+        model="flux-pro-1.1",
+        prompt="a blue square",
+        response_format="b64_json",
+        size="512x768",
         extra_body={"output_format": "jpeg", "seed": 7},
     )
     data = base64.b64decode(resp.data[0].b64_json or "")
@@ -54,7 +63,10 @@ def test_generate_b64_json_jpeg(client: openai.OpenAI) -> None:
 
 def test_n2_gives_two_different_images(client: openai.OpenAI) -> None:
     resp = client.images.generate(
-        model="flux-dev", prompt="a star", n=2, response_format="b64_json",
+        model="flux-dev",
+        prompt="a star",
+        n=2,
+        response_format="b64_json",
         extra_body={"seed": 5, "width": 256, "height": 256},
     )
     assert len(resp.data) == 2
@@ -64,16 +76,25 @@ def test_n2_gives_two_different_images(client: openai.OpenAI) -> None:
 
 
 def test_same_seed_same_bytes_over_openai(client: openai.OpenAI) -> None:
-    kwargs = dict(model="flux-kontext-pro", prompt="a green ring", response_format="b64_json",
-                  size="256x256", extra_body={"seed": 1234})
+    kwargs = dict(
+        model="flux-kontext-pro",
+        prompt="a green ring",
+        response_format="b64_json",
+        size="256x256",
+        extra_body={"seed": 1234},
+    )
     r1 = client.images.generate(**kwargs)  # type: ignore[arg-type]
     r2 = client.images.generate(**kwargs)  # type: ignore[arg-type]
     assert r1.data[0].b64_json == r2.data[0].b64_json
 
 
 def test_nested_extra_body_from_raw_http(server) -> None:  # type: ignore[no-untyped-def]
-    body = {"model": "flux-kontext-pro", "prompt": "a pink diamond", "response_format": "b64_json",
-            "extra_body": {"aspect_ratio": "9:16", "seed": 9, "output_format": "webp"}}
+    body = {
+        "model": "flux-kontext-pro",
+        "prompt": "a pink diamond",
+        "response_format": "b64_json",
+        "extra_body": {"aspect_ratio": "9:16", "seed": 9, "output_format": "webp"},
+    }
     r = httpx.post(server.base_url + "/v1/images/generations", json=body, timeout=60)
     assert r.status_code == 200, r.text
     img = Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"])))
@@ -87,8 +108,10 @@ def test_nested_extra_body_from_raw_http(server) -> None:  # type: ignore[no-unt
 def test_edit_with_one_image_follows_its_shape(client: openai.OpenAI) -> None:
     src = _png((220, 30, 30), (600, 300))
     resp = client.images.edit(
-        model="flux-kontext-pro", image=("in.png", src, "image/png"),
-        prompt="make the background blue", response_format="b64_json",
+        model="flux-kontext-pro",
+        image=("in.png", src, "image/png"),
+        prompt="make the background blue",
+        response_format="b64_json",
         extra_body={"seed": 3},
     )
     img = Image.open(io.BytesIO(base64.b64decode(resp.data[0].b64_json or "")))
@@ -99,10 +122,16 @@ def test_edit_with_two_images_and_form_options(client: openai.OpenAI) -> None:
     a = _png((220, 30, 30), (256, 256))
     b = _png((30, 60, 220), (256, 256))
     resp = client.images.edit(
-        model="flux-kontext-max", image=[("a.png", a, "image/png"), ("b.png", b, "image/png")],
-        prompt="put them together", response_format="url",
-        extra_body={"aspect_ratio": "4:3", "seed": "11", "output_format": "jpeg",
-                    "prompt_upsampling": "false"},
+        model="flux-kontext-max",
+        image=[("a.png", a, "image/png"), ("b.png", b, "image/png")],
+        prompt="put them together",
+        response_format="url",
+        extra_body={
+            "aspect_ratio": "4:3",
+            "seed": "11",
+            "output_format": "jpeg",
+            "prompt_upsampling": "false",
+        },
     )
     r = httpx.get(resp.data[0].url or "")
     img = Image.open(io.BytesIO(r.content))
@@ -111,10 +140,17 @@ def test_edit_with_two_images_and_form_options(client: openai.OpenAI) -> None:
 
 def test_edit_json_form_with_data_url(server) -> None:  # type: ignore[no-untyped-def]
     data_url = "data:image/png;base64," + base64.b64encode(_png((30, 170, 50), (300, 300))).decode()
-    r = httpx.post(server.base_url + "/v1/images/edits", timeout=60, json={
-        "model": "flux-kontext-pro", "prompt": "make it red", "images": [{"image_url": data_url}],
-        "response_format": "b64_json", "size": "512x512",
-    })
+    r = httpx.post(
+        server.base_url + "/v1/images/edits",
+        timeout=60,
+        json={
+            "model": "flux-kontext-pro",
+            "prompt": "make it red",
+            "images": [{"image_url": data_url}],
+            "response_format": "b64_json",
+            "size": "512x512",
+        },
+    )
     assert r.status_code == 200, r.text
     img = Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"])))
     assert img.size == (512, 512)
@@ -122,24 +158,29 @@ def test_edit_json_form_with_data_url(server) -> None:  # type: ignore[no-untype
 
 def test_bad_aspect_ratio_is_a_400_in_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.images.generate(model="flux-kontext-pro", prompt="x",
-                               extra_body={"aspect_ratio": "4:1"})
+        client.images.generate(
+            model="flux-kontext-pro", prompt="x", extra_body={"aspect_ratio": "4:1"}
+        )
     err = info.value.body
     assert isinstance(err, dict)
     assert err["param"] == "aspect_ratio"
     assert "3:7" in err["message"] and "7:3" in err["message"]
 
 
-@pytest.mark.parametrize("extra,param", [
-    ({"size": "1000x1000"}, "size"),
-    ({"size": "4096x4096"}, "size"),
-    ({"n": 11}, "n"),
-    ({"extra_body": {"safety_tolerance": 7}}, "safety_tolerance"),
-    ({"response_format": "gif"}, "response_format"),
-])
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"size": "1000x1000"}, "size"),
+        ({"size": "4096x4096"}, "size"),
+        ({"n": 11}, "n"),
+        ({"extra_body": {"safety_tolerance": 7}}, "safety_tolerance"),
+        ({"response_format": "gif"}, "response_format"),
+    ],
+)
 def test_invalid_values_are_400s(server, extra, param) -> None:  # type: ignore[no-untyped-def]
-    r = httpx.post(server.base_url + "/v1/images/generations",
-                   json={"prompt": "x", **extra}, timeout=30)
+    r = httpx.post(
+        server.base_url + "/v1/images/generations", json={"prompt": "x", **extra}, timeout=30
+    )
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
     assert r.json()["error"]["type"] == "invalid_request_error"
@@ -148,8 +189,11 @@ def test_invalid_values_are_400s(server, extra, param) -> None:  # type: ignore[
 def test_unknown_model_and_edit_without_image(client: openai.OpenAI, server) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(openai.NotFoundError):
         client.images.generate(model="no-such-model", prompt="x")
-    r = httpx.post(server.base_url + "/v1/images/edits", data={"prompt": "x"},
-                   files={"unused": ("a.txt", b"x", "text/plain")})
+    r = httpx.post(
+        server.base_url + "/v1/images/edits",
+        data={"prompt": "x"},
+        files={"unused": ("a.txt", b"x", "text/plain")},
+    )
     assert r.status_code == 400 and "error" in r.json()
 
 
@@ -161,8 +205,16 @@ def test_edit_rejects_non_image_upload(client: openai.OpenAI) -> None:
 
 def test_models_list(client: openai.OpenAI) -> None:
     ids = {m.id for m in client.models.list()}
-    assert {"flux-kontext-pro", "flux-kontext-max", "flux-pro-1.1", "flux-pro-1.1-ultra",
-            "flux-dev", "flux-pro", "gpt-image-1", "dall-e-3"} <= ids
+    assert {
+        "flux-kontext-pro",
+        "flux-kontext-max",
+        "flux-pro-1.1",
+        "flux-pro-1.1-ultra",
+        "flux-dev",
+        "flux-pro",
+        "gpt-image-1",
+        "dall-e-3",
+    } <= ids
 
 
 def test_api_key_required_once_a_key_exists(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -171,8 +223,21 @@ def test_api_key_required_once_a_key_exists(make_server) -> None:  # type: ignor
 
     srv = make_server(start=False)
     out = subprocess.run(
-        [sys.executable, "-m", "fluxserve", "keys", "create", "--name", "ci",
-         "--data-dir", str(srv.data_dir)], capture_output=True, text=True, env=srv.env, check=True,
+        [
+            sys.executable,
+            "-m",
+            "fluxserve",
+            "keys",
+            "create",
+            "--name",
+            "ci",
+            "--data-dir",
+            str(srv.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env=srv.env,
+        check=True,
     )
     key = out.stdout.strip()
     assert key.startswith("fsk_")

@@ -79,8 +79,13 @@ class ModelCatalog:
                         "to 'kontext', 'pro' or 'ultra'"
                     )
                 base = ModelEntry(
-                    model_id, o.family, settings.default_checkpoint or BUILTIN_CHECKPOINT,
-                    28, 3.0, 0.0, "png" if o.family == "kontext" else "jpeg",
+                    model_id,
+                    o.family,
+                    settings.default_checkpoint or BUILTIN_CHECKPOINT,
+                    28,
+                    3.0,
+                    0.0,
+                    "png" if o.family == "kontext" else "jpeg",
                 )
             entries[model_id] = replace(
                 base,

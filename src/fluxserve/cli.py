@@ -17,14 +17,17 @@ from fluxserve.settings import Settings
 
 app = typer.Typer(
     help="fluxserve: self-hosted FLUX behind the BFL and OpenAI Images APIs.",
-    no_args_is_help=True, add_completion=False,
+    no_args_is_help=True,
+    add_completion=False,
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 console = Console()
 err_console = Console(stderr=True)
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where jobs, results and keys live.")]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where jobs, results and keys live.")
+]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
 
 
@@ -86,10 +89,15 @@ def serve(
                     shown = f"[{shown}]"
                 print(f"fluxserve listening on http://{shown}:{sock[1]}", flush=True)
 
-    server = AnnouncingServer(uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port,
-        log_level=settings.log_level, access_log=False,
-    ))
+    server = AnnouncingServer(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+        )
+    )
     server.run()
     if not server.started:
         sys.exit(1)
@@ -107,7 +115,9 @@ def keys_create(
 
     settings = _settings(config, data_dir=data_dir)
     key, secret = ApiKeyStore(Database(settings.db_path)).create(name)
-    err_console.print(f"Created key [bold]{key.id}[/bold] ({name}). Store it now: it is not shown again.")
+    err_console.print(
+        f"Created key [bold]{key.id}[/bold] ({name}). Store it now: it is not shown again."
+    )
     print(secret)
 
 
@@ -133,7 +143,9 @@ def keys_revoke(key_id: str, data_dir: DataDir = None, config: ConfigFile = None
 
     settings = _settings(config, data_dir=data_dir)
     if not ApiKeyStore(Database(settings.db_path)).revoke(key_id):
-        err_console.print(f"[red]error:[/red] no active key with id {key_id!r} (see: fluxserve keys list)")
+        err_console.print(
+            f"[red]error:[/red] no active key with id {key_id!r} (see: fluxserve keys list)"
+        )
         raise typer.Exit(1)
     err_console.print(f"Revoked {key_id}.")
 

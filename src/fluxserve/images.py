@@ -75,7 +75,7 @@ def normalize_image(data: bytes, param: str, limits: ImageLimits) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             if img.format not in ALLOWED_INPUT_FORMATS:
                 raise InputImageError(
                     f"{param} must be a JPEG, PNG or WebP image, got {img.format or 'unknown'}",
@@ -92,7 +92,9 @@ def normalize_image(data: bytes, param: str, limits: ImageLimits) -> bytes:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputImageError(f"{param} has too many pixels", param) from exc
     except Exception as exc:  # PIL raises many types for corrupt input
-        raise InputImageError(f"{param} is not a readable image ({exc.__class__.__name__})", param) from exc
+        raise InputImageError(
+            f"{param} is not a readable image ({exc.__class__.__name__})", param
+        ) from exc
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA", "P"):
             img = img.convert("RGBA")
@@ -125,7 +127,9 @@ def encode_image(img: Image.Image, fmt: str, compression: int | None = None) -> 
     return out.getvalue()
 
 
-def stitch_horizontally(images: list[Image.Image], background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+def stitch_horizontally(
+    images: list[Image.Image], background: tuple[int, int, int] = (255, 255, 255)
+) -> Image.Image:
     """Place images side by side at the first one's height, keeping each aspect ratio.
 
     This is how several reference images reach a single-image Kontext transformer: as one
@@ -134,7 +138,9 @@ def stitch_horizontally(images: list[Image.Image], background: tuple[int, int, i
         return images[0]
     height = images[0].height
     scaled = [
-        im if im.height == height else im.resize(
+        im
+        if im.height == height
+        else im.resize(
             (max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS
         )
         for im in images

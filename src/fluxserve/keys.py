@@ -34,7 +34,7 @@ class ApiKeyStore:
     def create(self, name: str) -> tuple[ApiKey, str]:
         """Create a key; returns its record and the secret, which is never stored."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
-        key_id = secret[len(KEY_PREFIX): len(KEY_PREFIX) + 8]
+        key_id = secret[len(KEY_PREFIX) : len(KEY_PREFIX) + 8]
         now = time.time()
         with self._db.transaction() as c:
             c.execute(

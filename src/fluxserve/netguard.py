@@ -38,7 +38,8 @@ async def check_url(url: str, allow_private: bool) -> None:
         return
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+            parts.hostname,
+            parts.port or (443 if parts.scheme == "https" else 80),
             type=socket.SOCK_STREAM,
         )
     except socket.gaierror as exc:

@@ -99,7 +99,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         catalog=catalog,
         service=service,
         storage=storage,
-        signer=SignedUrls(load_or_create_secret(settings.data_dir, settings.secret_key), settings.url_ttl_s),
+        signer=SignedUrls(
+            load_or_create_secret(settings.data_dir, settings.secret_key), settings.url_ttl_s
+        ),
         keys=ApiKeyStore(db),
         limits=ImageLimits(
             max_bytes=settings.max_input_bytes,
@@ -174,11 +176,17 @@ def _misc_router() -> APIRouter:
         state = get_state(request)
         if state.ready:
             return {"status": "ready"}
-        body = {"status": "error", "error": state.load_error} if state.load_error else {"status": "loading"}
+        body = (
+            {"status": "error", "error": state.load_error}
+            if state.load_error
+            else {"status": "loading"}
+        )
         return JSONResponse(status_code=503, content=body)
 
     @router.get("/v1/files/{key:path}", response_class=FileResponse)
-    async def get_file(key: str, request: Request, exp: str | None = None, sig: str | None = None) -> Any:
+    async def get_file(
+        key: str, request: Request, exp: str | None = None, sig: str | None = None
+    ) -> Any:
         """A result file, by signed URL (no API key needed; the signature is the credential)."""
         state = get_state(request)
         verdict = state.signer.verify(key, exp, sig)

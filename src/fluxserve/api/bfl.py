@@ -36,7 +36,8 @@ def bfl_auth(request: Request) -> str | None:
     allowed, key_id = check_key(request)
     if not allowed:
         raise HTTPException(
-            401, "Invalid or missing API key: send it in the 'x-key' header "
+            401,
+            "Invalid or missing API key: send it in the 'x-key' header "
             "(create one with: fluxserve keys create).",
         )
     return key_id
@@ -51,13 +52,23 @@ def _check_ratio(v: str | None) -> str | None:
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 16, description="Optional seed for reproducibility.")
-    prompt_upsampling: bool = Field(default=False, description="Rewrite the prompt with more detail before generation.")
-    safety_tolerance: int = Field(default=2, ge=0, le=6, description="0 (most strict) to 6 (least strict).")
+    seed: int | None = Field(
+        default=None, ge=0, le=2**63 - 16, description="Optional seed for reproducibility."
+    )
+    prompt_upsampling: bool = Field(
+        default=False, description="Rewrite the prompt with more detail before generation."
+    )
+    safety_tolerance: int = Field(
+        default=2, ge=0, le=6, description="0 (most strict) to 6 (least strict)."
+    )
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2083)
     webhook_secret: str | None = None
-    steps: int | None = Field(default=None, ge=1, le=50, description="Denoising steps (default: the model's).")
-    guidance: float | None = Field(default=None, ge=1.5, le=5.0, description="Guidance (default: the model's).")
+    steps: int | None = Field(
+        default=None, ge=1, le=50, description="Denoising steps (default: the model's)."
+    )
+    guidance: float | None = Field(
+        default=None, ge=1.5, le=5.0, description="Guidance (default: the model's)."
+    )
 
 
 class FluxKontextInputs(_Common):
@@ -66,7 +77,9 @@ class FluxKontextInputs(_Common):
     input_image_2: str | None = None
     input_image_3: str | None = None
     input_image_4: str | None = None
-    aspect_ratio: str | None = Field(default=None, description="Between 21:9 and 9:21 (3:7 to 7:3).")
+    aspect_ratio: str | None = Field(
+        default=None, description="Between 21:9 and 9:21 (3:7 to 7:3)."
+    )
     output_format: Literal["jpeg", "png", "webp"] | None = "png"
 
     _ratio = field_validator("aspect_ratio")(_check_ratio)
@@ -92,7 +105,9 @@ class FluxUltraInputs(_Common):
 
 
 INPUTS: dict[str, type[_Common]] = {
-    "kontext": FluxKontextInputs, "pro": FluxProInputs, "ultra": FluxUltraInputs,
+    "kontext": FluxKontextInputs,
+    "pro": FluxProInputs,
+    "ultra": FluxUltraInputs,
 }
 
 
@@ -114,11 +129,16 @@ class ResultResponse(BaseModel):
 
 
 async def _submit(
-    entry: ModelEntry, body: _Common, request: Request, state: AppState, key_id: str | None,
+    entry: ModelEntry,
+    body: _Common,
+    request: Request,
+    state: AppState,
+    key_id: str | None,
 ) -> AsyncResponse | JSONResponse:
     if getattr(body, "image_prompt", None):
         return bfl_validation_error(
-            ["body", "image_prompt"], "image_prompt (Redux) is not supported by this server; "
+            ["body", "image_prompt"],
+            "image_prompt (Redux) is not supported by this server; "
             "use a Kontext model with input_image instead",
         )
     if getattr(body, "raw", False):
@@ -163,7 +183,9 @@ async def _submit(
         id=job.id,
         polling_url=f"{state.base_url(request)}/v1/get_result?id={job.id}",
         cost=round(entry.price * 100, 4),  # BFL reports credits; 1 credit = 0.01 USD
-        input_mp=round(sum(image_size(i)[0] * image_size(i)[1] for i in inputs) / 1e6, 3) if inputs else None,
+        input_mp=round(sum(image_size(i)[0] * image_size(i)[1] for i in inputs) / 1e6, 3)
+        if inputs
+        else None,
         output_mp=round(width * height / 1e6, 3),
     )
 
@@ -191,8 +213,11 @@ def make_router(models: list[ModelEntry]) -> APIRouter:
             return endpoint
 
         router.add_api_route(
-            f"/v1/{entry.id}", endpoint_for(entry, inputs_cls), methods=["POST"],
-            response_model=AsyncResponse, summary=f"Generate an image with {entry.id}",
+            f"/v1/{entry.id}",
+            endpoint_for(entry, inputs_cls),
+            methods=["POST"],
+            response_model=AsyncResponse,
+            summary=f"Generate an image with {entry.id}",
             operation_id=f"generate_{entry.id.replace('-', '_').replace('.', '_')}",
         )
 
@@ -223,6 +248,12 @@ def render_result(request: Request, state: AppState, job: Job) -> ResultResponse
             "start_time": job.started_at,
             "end_time": job.finished_at,
             "duration": round((job.finished_at or 0) - (job.started_at or 0), 4),
+            # fluxserve extension: where the time went.
+            "timings": {
+                "queue_s": round((job.started_at or 0) - job.created_at, 4),
+                "engine_s": job.result.get("engine_s"),
+                "encode_s": job.result.get("encode_s"),
+            },
         }
         if len(urls) > 1:
             result["samples"] = urls

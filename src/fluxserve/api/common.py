@@ -21,7 +21,8 @@ def check_openai_size(width: int, height: int, param: str = "size") -> None:
         if side % 16 or not 256 <= side <= 2048:
             raise SpecError(
                 f"{param}: width and height must be multiples of 16 between 256 and 2048, "
-                f"got {width}x{height}", param,
+                f"got {width}x{height}",
+                param,
             )
     if width * height > 4 * 1024 * 1024:
         raise SpecError(f"{param}: {width}x{height} is more than 4 megapixels", param)
@@ -30,7 +31,9 @@ def check_openai_size(width: int, height: int, param: str = "size") -> None:
 def parse_size(size: str) -> tuple[int, int]:
     w, sep, h = size.lower().partition("x")
     if not sep or not w.isdigit() or not h.isdigit():
-        raise SpecError(f"size must be 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got {size!r}", "size")
+        raise SpecError(
+            f"size must be 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got {size!r}", "size"
+        )
     width, height = int(w), int(h)
     check_openai_size(width, height)
     return width, height

@@ -18,8 +18,13 @@ def is_openai_path(path: str) -> bool:
 
 class OpenAIError(Exception):
     def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error",
-        param: str | None = None, code: str | None = None,
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -28,8 +33,12 @@ class OpenAIError(Exception):
         self.headers = headers
 
 
-def bfl_validation_error(loc: list[str | int], msg: str, type_: str = "value_error") -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": [{"loc": loc, "msg": msg, "type": type_}]})
+def bfl_validation_error(
+    loc: list[str | int], msg: str, type_: str = "value_error"
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=422, content={"detail": [{"loc": loc, "msg": msg, "type": type_}]}
+    )
 
 
 def _first_error(exc: RequestValidationError) -> tuple[str | None, str]:
@@ -41,7 +50,7 @@ def _first_error(exc: RequestValidationError) -> tuple[str | None, str]:
     param = ".".join(str(p) for p in loc) or None
     msg = str(err.get("msg", "invalid value"))
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     return param, f"Invalid value for '{param}': {msg}" if param else msg
 
 
@@ -56,11 +65,21 @@ def install_error_handlers(app: FastAPI) -> None:
             param, message = _first_error(exc)
             return JSONResponse(
                 status_code=400,
-                content={"error": {"message": message, "type": "invalid_request_error",
-                                   "param": param, "code": "invalid_value"}},
+                content={
+                    "error": {
+                        "message": message,
+                        "type": "invalid_request_error",
+                        "param": param,
+                        "code": "invalid_value",
+                    }
+                },
             )
         detail = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            {
+                "loc": list(e.get("loc", ())),
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
             for e in exc.errors()
         ]
         return JSONResponse(status_code=422, content={"detail": detail})
@@ -73,11 +92,18 @@ def install_error_handlers(app: FastAPI) -> None:
             )
             return JSONResponse(
                 status_code=exc.status_code,
-                content={"error": {"message": str(exc.detail), "type": "invalid_request_error",
-                                   "param": None, "code": code}},
+                content={
+                    "error": {
+                        "message": str(exc.detail),
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": code,
+                    }
+                },
                 headers=getattr(exc, "headers", None),
             )
         return JSONResponse(
-            status_code=exc.status_code, content={"detail": exc.detail},
+            status_code=exc.status_code,
+            content={"detail": exc.detail},
             headers=getattr(exc, "headers", None),
         )

@@ -33,8 +33,15 @@ from fluxserve.jobs.service import new_seed
 from fluxserve.spec import GenerationSpec, SpecError, aspect_to_size, parse_aspect_ratio
 
 FLUX_OPTIONS = (
-    "aspect_ratio", "seed", "safety_tolerance", "output_format", "prompt_upsampling",
-    "steps", "guidance", "width", "height",
+    "aspect_ratio",
+    "seed",
+    "safety_tolerance",
+    "output_format",
+    "prompt_upsampling",
+    "steps",
+    "guidance",
+    "width",
+    "height",
 )
 DEFAULT_MODEL = "flux-kontext-pro"
 
@@ -139,13 +146,18 @@ def _entry(state: AppState, model: str | None) -> ModelEntry:
     entry = state.catalog.get(model_id)
     if entry is None:
         raise OpenAIError(
-            404, f"The model '{model_id}' does not exist. GET /v1/models lists the models "
-            "this server has.", param="model", code="model_not_found",
+            404,
+            f"The model '{model_id}' does not exist. GET /v1/models lists the models "
+            "this server has.",
+            param="model",
+            code="model_not_found",
         )
     return entry
 
 
-def _size(entry: ModelEntry, opts: ImageOptions, first_image: tuple[int, int] | None) -> tuple[int, int]:
+def _size(
+    entry: ModelEntry, opts: ImageOptions, first_image: tuple[int, int] | None
+) -> tuple[int, int]:
     if opts.width is not None or opts.height is not None:
         if opts.width is None or opts.height is None:
             raise SpecError("give both width and height, or neither", "width")
@@ -161,8 +173,12 @@ def _size(entry: ModelEntry, opts: ImageOptions, first_image: tuple[int, int] | 
 
 
 async def _run(
-    request: Request, state: AppState, opts: ImageOptions, entry: ModelEntry,
-    inputs: list[bytes], key_id: str | None,
+    request: Request,
+    state: AppState,
+    opts: ImageOptions,
+    entry: ModelEntry,
+    inputs: list[bytes],
+    key_id: str | None,
 ) -> ImagesResponse:
     try:
         width, height = _size(entry, opts, image_size(inputs[0]) if inputs else None)
@@ -197,18 +213,22 @@ def render(request: Request, state: AppState, job_id: str, job: Job | None) -> I
             504,
             f"Generation is still running after {state.settings.sync_timeout_s:.0f}s. It is job "
             f"{job.id}: poll GET /v1/get_result?id={job.id} for its result.",
-            type="server_error", code="timeout",
+            type="server_error",
+            code="timeout",
         )
     if job.status == JobStatus.REQUEST_MODERATED or job.status == JobStatus.CONTENT_MODERATED:
         category = (job.details or {}).get("category", "unspecified")
         raise OpenAIError(
-            400, f"Your request was rejected by the safety system (category: {category}).",
+            400,
+            f"Your request was rejected by the safety system (category: {category}).",
             code="moderation_blocked",
         )
     if job.status != JobStatus.READY or job.result is None:
         error = (job.details or {}).get("error", "unknown error")
         raise OpenAIError(
-            500, f"Generation failed for job {job.id}: {error}", type="server_error",
+            500,
+            f"Generation failed for job {job.id}: {error}",
+            type="server_error",
             code="generation_failed",
         )
     spec = job.spec
@@ -221,21 +241,29 @@ def render(request: Request, state: AppState, job_id: str, job: Job | None) -> I
         else:
             data.append(ImageData(url=state.file_url(request, key), revised_prompt=revised))
     return ImagesResponse(
-        created=int(job.created_at), data=data, output_format=spec.output_format,
+        created=int(job.created_at),
+        data=data,
+        output_format=spec.output_format,
         size=f"{spec.width}x{spec.height}",
     )
 
 
 @router.post(
-    "/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True,
+    "/v1/images/generations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
 )
 async def create_image(
-    body: ImageGenerateRequest, request: Request,
-    key_id: str | None = Depends(openai_auth), state: AppState = Depends(get_state),
+    body: ImageGenerateRequest,
+    request: Request,
+    key_id: str | None = Depends(openai_auth),
+    state: AppState = Depends(get_state),
 ) -> ImagesResponse:
     """Generate images (OpenAI ``images.generate``)."""
     if body.stream:
-        raise OpenAIError(400, "stream=true is not supported yet", param="stream", code="unsupported")
+        raise OpenAIError(
+            400, "stream=true is not supported yet", param="stream", code="unsupported"
+        )
     return await _run(request, state, body, _entry(state, body.model), [], key_id)
 
 
@@ -243,24 +271,54 @@ def _validation_to_openai(exc: ValidationError) -> OpenAIError:
     err = exc.errors()[0]
     param = ".".join(str(p) for p in err["loc"]) or None
     msg = str(err["msg"]).removeprefix("Value error, ")
-    return OpenAIError(400, f"Invalid value for '{param}': {msg}", param=param, code="invalid_value")
+    return OpenAIError(
+        400, f"Invalid value for '{param}': {msg}", param=param, code="invalid_value"
+    )
 
 
 @router.post(
-    "/v1/images/edits", response_model=ImagesResponse, response_model_exclude_none=True,
-    openapi_extra={"requestBody": {"content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "image": {"type": "string", "format": "binary"},
-            "image[]": {"type": "array", "items": {"type": "string", "format": "binary"}},
-            "prompt": {"type": "string"}}}},
-        "application/json": {"schema": {"type": "object", "properties": {
-            "images": {"type": "array", "items": {"type": "object", "properties": {
-                "image_url": {"type": "string"}}}},
-            "prompt": {"type": "string"}}}},
-    }, "required": True}},
+    "/v1/images/edits",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "image": {"type": "string", "format": "binary"},
+                            "image[]": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                            },
+                            "prompt": {"type": "string"},
+                        },
+                    }
+                },
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "images": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {"image_url": {"type": "string"}},
+                                },
+                            },
+                            "prompt": {"type": "string"},
+                        },
+                    }
+                },
+            },
+            "required": True,
+        }
+    },
 )
 async def edit_image(
-    request: Request, key_id: str | None = Depends(openai_auth),
+    request: Request,
+    key_id: str | None = Depends(openai_auth),
     state: AppState = Depends(get_state),
 ) -> ImagesResponse:
     """Edit images with a Kontext model (OpenAI ``images.edit``): multipart or JSON."""
@@ -274,8 +332,10 @@ async def edit_image(
             if isinstance(value, UploadFile):
                 if name not in ("image", "image[]"):
                     raise OpenAIError(
-                        400, f"'{name}' is not supported: fluxserve edits follow the prompt "
-                        "(no mask).", param=name, code="unsupported",
+                        400,
+                        f"'{name}' is not supported: fluxserve edits follow the prompt (no mask).",
+                        param=name,
+                        code="unsupported",
                     )
                 data = await value.read(state.limits.max_bytes + 1)
                 refs.append((f"image[{len(refs)}]", data))
@@ -285,7 +345,9 @@ async def edit_image(
             try:
                 fields["extra_body"] = json.loads(fields["extra_body"])
             except ValueError as exc:
-                raise OpenAIError(400, "extra_body must be a JSON object", param="extra_body") from exc
+                raise OpenAIError(
+                    400, "extra_body must be a JSON object", param="extra_body"
+                ) from exc
     elif ctype.startswith("application/json"):
         try:
             fields = await request.json()
@@ -296,8 +358,10 @@ async def edit_image(
         for i, item in enumerate(fields.pop("images", None) or []):
             if not isinstance(item, dict) or not isinstance(item.get("image_url"), str):
                 raise OpenAIError(
-                    400, "each entry of 'images' needs an 'image_url' (URL or data URL); "
-                    "file_id is not supported", param=f"images[{i}]",
+                    400,
+                    "each entry of 'images' needs an 'image_url' (URL or data URL); "
+                    "file_id is not supported",
+                    param=f"images[{i}]",
                 )
             refs.append((f"images[{i}]", item["image_url"]))
         if fields.get("mask") is not None:
@@ -313,8 +377,10 @@ async def edit_image(
     entry = _entry(state, opts.model)
     if not entry.takes_images:
         raise OpenAIError(
-            400, f"model '{entry.id}' does not take input images; use a Kontext model such as "
-            "flux-kontext-pro", param="model",
+            400,
+            f"model '{entry.id}' does not take input images; use a Kontext model such as "
+            "flux-kontext-pro",
+            param="model",
         )
     try:
         inputs = await load_inputs(refs, state.limits)
@@ -325,7 +391,8 @@ async def edit_image(
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(
-    key_id: str | None = Depends(openai_auth), state: AppState = Depends(get_state),
+    key_id: str | None = Depends(openai_auth),
+    state: AppState = Depends(get_state),
 ) -> ModelList:
     """The catalog, in OpenAI's list format."""
     created = int(time.time())

@@ -11,11 +11,15 @@ import json
 import string
 from pathlib import Path
 
-BASE_WORDS = (
-    "a an the and of in on at to into with red orange yellow green cyan blue purple pink "
-    "white black gray grey brown circle square triangle star ring diamond small large center "
-    "top bottom left right background make change move turn remove add"
-).split()
+# fmt: off
+BASE_WORDS = [
+    "a", "an", "the", "and", "of", "in", "on", "at", "to", "into", "with", "red", "orange",
+    "yellow", "green", "cyan", "blue", "purple", "pink", "white", "black", "gray", "grey",
+    "brown", "circle", "square", "triangle", "star", "ring", "diamond", "small", "large",
+    "center", "top", "bottom", "left", "right", "background", "make", "change", "move", "turn",
+    "remove", "add",
+]
+# fmt: on
 
 
 def _clip_tokenizer(words: list[str], tmp: Path):  # type: ignore[no-untyped-def]
@@ -47,15 +51,17 @@ def _clip_tokenizer(words: list[str], tmp: Path):  # type: ignore[no-untyped-def
     (tmp / "vocab.json").write_text(json.dumps(vocab))
     (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return CLIPTokenizer(
-        str(tmp / "vocab.json"), str(tmp / "merges.txt"),
-        model_max_length=77, pad_token="<|endoftext|>",
+        str(tmp / "vocab.json"),
+        str(tmp / "merges.txt"),
+        model_max_length=77,
+        pad_token="<|endoftext|>",
     ), len(vocab)
 
 
 def _t5_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
-    from transformers import T5TokenizerFast
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
 
     chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
@@ -66,8 +72,12 @@ def _t5_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
     tok.decoder = decoders.Metaspace()
     tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return T5TokenizerFast(
-        tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_ids=0, model_max_length=512,
+        tokenizer_object=tok,
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_ids=0,
+        model_max_length=512,
     ), len(pieces)
 
 
@@ -95,38 +105,80 @@ def build_tiny_checkpoint(
     tokenizer, clip_vocab = _clip_tokenizer(vocab_words, out)
     tokenizer_2, t5_vocab = _t5_tokenizer(vocab_words)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=clip_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
-    text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=t5_vocab, d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-        eos_token_id=1,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=clip_vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    text_encoder_2 = T5EncoderModel(
+        T5Config(  # type: ignore[call-arg]
+            vocab_size=t5_vocab,
+            d_model=32,
+            d_ff=64,
+            d_kv=16,
+            num_layers=1,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-        pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=(8, 8, 16, 16), latent_channels=4, layers_per_block=1,
-        norm_num_groups=4, sample_size=64, shift_factor=0.0, scaling_factor=1.0,
-        use_quant_conv=False, use_post_quant_conv=False,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=(8, 8, 16, 16),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+        shift_factor=0.0,
+        scaling_factor=1.0,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
     )
     cls = FluxKontextPipeline if kontext else FluxPipeline
     pipe = cls(
-        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
     )
-    pipe.save_pretrained(str(out))
+    pipe.save_pretrained(str(out))  # type: ignore[union-attr]
     (out / "vocab.json").unlink(missing_ok=True)
     (out / "merges.txt").unlink(missing_ok=True)
     (out / "fluxserve.json").write_text(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
@@ -30,7 +31,9 @@ class JobService:
         self.work_available = asyncio.Event()
 
     async def submit(
-        self, spec: GenerationSpec, input_images: list[bytes] | None = None,
+        self,
+        spec: GenerationSpec,
+        input_images: list[bytes] | None = None,
         api_key_id: str | None = None,
     ) -> Job:
         """Persist a job (inputs first, then the row) and wake the worker."""
@@ -42,7 +45,10 @@ class JobService:
             keys.append(key)
         spec = replace(spec, input_images=tuple(keys))
         job = Job(
-            id=job_id, status=JobStatus.QUEUED, spec=spec, created_at=time.time(),
+            id=job_id,
+            status=JobStatus.QUEUED,
+            spec=spec,
+            created_at=time.time(),
             api_key_id=api_key_id,
         )
         self.store.create(job)
@@ -69,7 +75,5 @@ class JobService:
             if remaining <= 0:
                 return job
             # Re-check now and then as well: another process may finish the job.
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), timeout=min(remaining, 1.0))
-            except TimeoutError:
-                pass

@@ -17,14 +17,21 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job | None: ...
     def claim_next(self) -> Job | None:
         """Mark the oldest queued job running (one more attempt) and return it."""
+
     def requeue_running(self) -> int:
         """After a restart: put jobs left running by a dead worker back in the queue."""
+
     def set_progress(self, job_id: str, progress: float) -> None: ...
     def finish(
-        self, job_id: str, attempt: int, status: JobStatus,
-        result: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> bool:
         """End a job, only if it is still running under ``attempt``; False otherwise."""
+
     def queue_position(self, job_id: str) -> int | None: ...
     def finished_before(self, cutoff: float) -> list[str]: ...
     def delete(self, job_id: str) -> None: ...
@@ -56,11 +63,17 @@ class SQLiteJobStore:
                 "INSERT INTO jobs (id, status, model, protocol, spec, created_at, progress,"
                 " result, details, api_key_id, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    job.id, job.status.value, job.spec.model, job.spec.protocol,
-                    json.dumps(job.spec.to_json()), job.created_at, job.progress,
+                    job.id,
+                    job.status.value,
+                    job.spec.model,
+                    job.spec.protocol,
+                    json.dumps(job.spec.to_json()),
+                    job.created_at,
+                    job.progress,
                     json.dumps(job.result) if job.result else None,
                     json.dumps(job.details) if job.details else None,
-                    job.api_key_id, job.finished_at,
+                    job.api_key_id,
+                    job.finished_at,
                 ),
             )
 
@@ -98,8 +111,12 @@ class SQLiteJobStore:
             )
 
     def finish(
-        self, job_id: str, attempt: int, status: JobStatus,
-        result: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> bool:
         with self._db.transaction() as c:
             cur = c.execute(
@@ -108,10 +125,14 @@ class SQLiteJobStore:
                 " completions = completions + CASE WHEN ? = 'ready' THEN 1 ELSE 0 END"
                 " WHERE id = ? AND status = 'running' AND attempts = ?",
                 (
-                    status.value, time.time(),
+                    status.value,
+                    time.time(),
                     json.dumps(result) if result is not None else None,
                     json.dumps(details) if details is not None else None,
-                    status.value, status.value, job_id, attempt,
+                    status.value,
+                    status.value,
+                    job_id,
+                    attempt,
                 ),
             )
         return cur.rowcount == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
@@ -37,10 +38,8 @@ class Worker:
             job = self.service.store.claim_next()
             if job is None:
                 self.service.work_available.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.service.work_available.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
                 continue
             await self.run_job(job)
 
@@ -53,12 +52,16 @@ class Worker:
         except Exception as exc:
             log.error("job %s failed: %s", job.id, "".join(traceback.format_exception(exc)))
             store.finish(
-                job.id, job.attempts, JobStatus.ERROR,
+                job.id,
+                job.attempts,
+                JobStatus.ERROR,
                 details={"error": f"{exc.__class__.__name__}: {exc}"},
             )
         else:
             if not store.finish(job.id, job.attempts, JobStatus.READY, result=result):
-                log.warning("job %s was no longer ours to finish (attempt %s)", job.id, job.attempts)
+                log.warning(
+                    "job %s was no longer ours to finish (attempt %s)", job.id, job.attempts
+                )
         self.service.notify(job.id)
 
     def _execute(self, job: Job) -> dict[str, Any]:
@@ -83,9 +86,15 @@ class Worker:
         t0 = time.time()
         outputs = self.engine.generate(
             EngineRequest(
-                checkpoint=entry.checkpoint, prompt=spec.prompt, width=spec.width,
-                height=spec.height, seed=spec.seed, steps=spec.steps, guidance=spec.guidance,
-                num_images=spec.num_images, images=images,
+                checkpoint=entry.checkpoint,
+                prompt=spec.prompt,
+                width=spec.width,
+                height=spec.height,
+                seed=spec.seed,
+                steps=spec.steps,
+                guidance=spec.guidance,
+                num_images=spec.num_images,
+                images=images,
             ),
             on_step=on_step,
         )
@@ -93,7 +102,9 @@ class Worker:
         files = []
         for i, img in enumerate(outputs):
             key = f"results/{job.id}/{i}.{spec.output_format}"
-            self.service.storage.put(key, encode_image(img, spec.output_format, spec.output_compression))
+            self.service.storage.put(
+                key, encode_image(img, spec.output_format, spec.output_compression)
+            )
             files.append(key)
         t2 = time.time()
         return {

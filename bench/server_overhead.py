@@ -70,7 +70,7 @@ def main() -> None:
             )
             return time.perf_counter() - t
 
-        one(-1)  # warm-up
+        one(10_000)  # warm-up
         print(f"{'clients':>7} {'n':>4} {'e2e p50':>9} {'e2e p99':>9} {'engine p50':>10} "
               f"{'encode p50':>10} {'overhead p50':>12} {'overhead p99':>12} {'img/s':>6}")
         db = sqlite3.connect(data_dir / "fluxserve.sqlite3")

@@ -32,6 +32,7 @@ class _Loaded:
     native_area: int | None
     multiple: int
     max_sequence_length: int
+    true_cfg: bool
 
 
 def pick_device(device: str) -> torch.device:
@@ -91,6 +92,9 @@ class DiffusersFluxEngine:
             native_area=extra.get("native_area"),
             multiple=pipe.vae_scale_factor * 2,
             max_sequence_length=int(extra.get("max_sequence_length", 512)),
+            # Checkpoints trained with caption dropout and no guidance embedding (the embedded
+            # model) are guided the classic way: against the empty prompt.
+            true_cfg=bool(extra.get("true_cfg", False)),
         )
         self._pipes[checkpoint] = loaded
         return loaded
@@ -140,6 +144,9 @@ class DiffusersFluxEngine:
             max_sequence_length=m.max_sequence_length,
             callback_on_step_end=step_end,
         )
+        if m.true_cfg:
+            kwargs["negative_prompt"] = ""
+            kwargs["true_cfg_scale"] = req.guidance
         if m.kontext:
             kwargs["max_area"] = width * height
             if req.images:

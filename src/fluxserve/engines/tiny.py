@@ -22,7 +22,7 @@ BASE_WORDS = [
 # fmt: on
 
 
-def _clip_tokenizer(words: list[str], tmp: Path):  # type: ignore[no-untyped-def]
+def make_clip_tokenizer(words: list[str], tmp: Path):  # type: ignore[no-untyped-def]
     from transformers import CLIPTokenizer
 
     chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
@@ -58,8 +58,8 @@ def _clip_tokenizer(words: list[str], tmp: Path):  # type: ignore[no-untyped-def
     ), len(vocab)
 
 
-def _t5_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def make_t5_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
     from transformers import T5TokenizerFast  # type: ignore[attr-defined]
 
@@ -68,6 +68,14 @@ def _t5_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
     pieces += [("\u2581" + w, -1.0) for w in words] + [(c, -5.0) for c in chars]
     pieces += [("\u2581", -3.0)]
     tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    # Case and punctuation carry no meaning in the scene grammar.
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Lowercase(),
+            normalizers.Replace(Regex(r"[^a-z0-9]+"), " "),
+            normalizers.Strip(),
+        ]
+    )
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
@@ -102,8 +110,8 @@ def build_tiny_checkpoint(
 
     out.mkdir(parents=True, exist_ok=True)
     vocab_words = list(dict.fromkeys(BASE_WORDS + (words or [])))
-    tokenizer, clip_vocab = _clip_tokenizer(vocab_words, out)
-    tokenizer_2, t5_vocab = _t5_tokenizer(vocab_words)
+    tokenizer, clip_vocab = make_clip_tokenizer(vocab_words, out)
+    tokenizer_2, t5_vocab = make_t5_tokenizer(vocab_words)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(

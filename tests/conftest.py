@@ -36,9 +36,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A plain (non-Kontext) FluxPipeline checkpoint, for the width/height models."""
-    return build_tiny_checkpoint(
-        tmp_path_factory.mktemp("ckpt") / "tiny-flux", seed=1, kontext=False
-    )
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-flux", seed=1, kontext=False)
 
 
 @dataclass
@@ -86,9 +84,7 @@ class Server:
                     assert line.strip().endswith(self.base_url)
                     announced = True
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    "server exited:\n" + "".join(self.output) + self.proc.stdout.read()
-                )
+                raise RuntimeError("server exited:\n" + "".join(self.output) + self.proc.stdout.read())
             if announced:
                 try:
                     if httpx.get(self.base_url + "/readyz", timeout=2).status_code == 200:

@@ -156,9 +156,7 @@ def test_validation_errors_are_422_with_detail_list(server, model, body, field) 
 
 
 def test_out_of_range_ratio_message_names_the_range(server) -> None:  # type: ignore[no-untyped-def]
-    r = httpx.post(
-        f"{server.base_url}/v1/flux-kontext-pro", json={"prompt": "x", "aspect_ratio": "8:3"}
-    )
+    r = httpx.post(f"{server.base_url}/v1/flux-kontext-pro", json={"prompt": "x", "aspect_ratio": "8:3"})
     assert "between 3:7 and 7:3" in r.json()["detail"][0]["msg"]
 
 

@@ -23,9 +23,7 @@ def test_sigkill_with_jobs_queued_then_restart_completes_all_exactly_once(make_s
     # Wait until the worker is inside a job, then kill the server without warning.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        statuses = [
-            httpx.get(f"{srv.base_url}/v1/get_result", params={"id": i}).json() for i in ids[:2]
-        ]
+        statuses = [httpx.get(f"{srv.base_url}/v1/get_result", params={"id": i}).json() for i in ids[:2]]
         if any(s["status"] == "Ready" or s["progress"] > 0 for s in statuses):
             break
         time.sleep(0.02)

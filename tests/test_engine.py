@@ -11,9 +11,7 @@ import openai
 from PIL import Image
 
 
-def test_plain_flux_checkpoint_serves_width_height_models(
-    make_server, tiny_flux_checkpoint
-) -> None:  # type: ignore[no-untyped-def]
+def test_plain_flux_checkpoint_serves_width_height_models(make_server, tiny_flux_checkpoint) -> None:  # type: ignore[no-untyped-def]
     srv = make_server(models=json.dumps({"flux-dev": {"checkpoint": str(tiny_flux_checkpoint)}}))
     client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="x")
     resp = client.images.generate(
@@ -26,9 +24,7 @@ def test_plain_flux_checkpoint_serves_width_height_models(
     img = Image.open(io.BytesIO(base64.b64decode(resp.data[0].b64_json or "")))
     assert img.size == (256, 512)
     # A Kontext-family id pointed at a plain FLUX checkpoint fails clearly, not silently.
-    srv2 = make_server(
-        models=json.dumps({"flux-kontext-pro": {"checkpoint": str(tiny_flux_checkpoint)}})
-    )
+    srv2 = make_server(models=json.dumps({"flux-kontext-pro": {"checkpoint": str(tiny_flux_checkpoint)}}))
     buf = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buf, format="PNG")
     r = httpx.post(

@@ -66,9 +66,7 @@ def test_check_url_refuses_non_public_targets_without_connecting(url: str) -> No
 
 def test_server_refuses_loopback_input_url(server, image_host) -> None:  # type: ignore[no-untyped-def]
     for url in (image_host + "/img.png", "http://169.254.169.254/latest", "http://10.0.0.1/a.png"):
-        r = httpx.post(
-            f"{server.base_url}/v1/flux-kontext-pro", json={"prompt": "x", "input_image": url}
-        )
+        r = httpx.post(f"{server.base_url}/v1/flux-kontext-pro", json={"prompt": "x", "input_image": url})
         assert r.status_code == 422, r.text
         assert "non-public address" in r.json()["detail"][0]["msg"]
 

@@ -158,9 +158,7 @@ def test_edit_json_form_with_data_url(server) -> None:  # type: ignore[no-untype
 
 def test_bad_aspect_ratio_is_a_400_in_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.images.generate(
-            model="flux-kontext-pro", prompt="x", extra_body={"aspect_ratio": "4:1"}
-        )
+        client.images.generate(model="flux-kontext-pro", prompt="x", extra_body={"aspect_ratio": "4:1"})
     err = info.value.body
     assert isinstance(err, dict)
     assert err["param"] == "aspect_ratio"
@@ -178,9 +176,7 @@ def test_bad_aspect_ratio_is_a_400_in_openai_shape(client: openai.OpenAI) -> Non
     ],
 )
 def test_invalid_values_are_400s(server, extra, param) -> None:  # type: ignore[no-untyped-def]
-    r = httpx.post(
-        server.base_url + "/v1/images/generations", json={"prompt": "x", **extra}, timeout=30
-    )
+    r = httpx.post(server.base_url + "/v1/images/generations", json={"prompt": "x", **extra}, timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
     assert r.json()["error"]["type"] == "invalid_request_error"

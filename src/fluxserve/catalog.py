@@ -67,9 +67,7 @@ class ModelCatalog:
     def from_settings(cls, settings: Settings) -> ModelCatalog:
         entries = {e.id: e for e in _builtin_entries()}
         if settings.default_checkpoint:
-            entries = {
-                k: replace(e, checkpoint=settings.default_checkpoint) for k, e in entries.items()
-            }
+            entries = {k: replace(e, checkpoint=settings.default_checkpoint) for k, e in entries.items()}
         for model_id, o in settings.models.items():
             base = entries.get(model_id)
             if base is None:

@@ -25,9 +25,7 @@ app.add_typer(keys_app, name="keys")
 console = Console()
 err_console = Console(stderr=True)
 
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Where jobs, results and keys live.")
-]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where jobs, results and keys live.")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
 
 
@@ -115,9 +113,7 @@ def keys_create(
 
     settings = _settings(config, data_dir=data_dir)
     key, secret = ApiKeyStore(Database(settings.db_path)).create(name)
-    err_console.print(
-        f"Created key [bold]{key.id}[/bold] ({name}). Store it now: it is not shown again."
-    )
+    err_console.print(f"Created key [bold]{key.id}[/bold] ({name}). Store it now: it is not shown again.")
     print(secret)
 
 
@@ -143,9 +139,7 @@ def keys_revoke(key_id: str, data_dir: DataDir = None, config: ConfigFile = None
 
     settings = _settings(config, data_dir=data_dir)
     if not ApiKeyStore(Database(settings.db_path)).revoke(key_id):
-        err_console.print(
-            f"[red]error:[/red] no active key with id {key_id!r} (see: fluxserve keys list)"
-        )
+        err_console.print(f"[red]error:[/red] no active key with id {key_id!r} (see: fluxserve keys list)")
         raise typer.Exit(1)
     err_console.print(f"Revoked {key_id}.")
 

@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     completions INTEGER NOT NULL DEFAULT 0,
     result      TEXT,
     details     TEXT,
+    moderation  TEXT,
     api_key_id  TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);

@@ -92,9 +92,7 @@ def normalize_image(data: bytes, param: str, limits: ImageLimits) -> bytes:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputImageError(f"{param} has too many pixels", param) from exc
     except Exception as exc:  # PIL raises many types for corrupt input
-        raise InputImageError(
-            f"{param} is not a readable image ({exc.__class__.__name__})", param
-        ) from exc
+        raise InputImageError(f"{param} is not a readable image ({exc.__class__.__name__})", param) from exc
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA", "P"):
             img = img.convert("RGBA")
@@ -140,9 +138,7 @@ def stitch_horizontally(
     scaled = [
         im
         if im.height == height
-        else im.resize(
-            (max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS
-        )
+        else im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS)
         for im in images
     ]
     canvas = Image.new("RGB", (sum(im.width for im in scaled), height), background)

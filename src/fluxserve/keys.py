@@ -46,10 +46,7 @@ class ApiKeyStore:
 
     def list(self) -> list[ApiKey]:
         rows = self._db.query("SELECT * FROM api_keys ORDER BY created_at")
-        return [
-            ApiKey(r["id"], r["name"], r["created_at"], r["revoked_at"], r["last_used_at"])
-            for r in rows
-        ]
+        return [ApiKey(r["id"], r["name"], r["created_at"], r["revoked_at"], r["last_used_at"]) for r in rows]
 
     def revoke(self, key_id: str) -> bool:
         with self._db.transaction() as c:

@@ -68,6 +68,20 @@ class Settings(BaseModel):
     """Checkpoint for every model id without its own. Default: the built-in tiny model."""
     models: dict[str, ModelOverride] = Field(default_factory=dict)
 
+    moderation_enabled: bool = True
+    """Prompt, input-image and output moderation. Off only per deployment, never per request."""
+    moderation_thresholds: dict[str, list[float]] = Field(default_factory=dict)
+    """Per category, 7 severities (tolerance 0..6) at or above which a prompt term blocks."""
+    moderation_image_thresholds: list[float] | None = None
+    """7 NSFW probabilities (tolerance 0..6) at or above which an image is blocked."""
+
+    upsampler: Literal["builtin", "chat"] = "builtin"
+    upsampler_url: str | None = None
+    """Base URL of an OpenAI-compatible API (``.../v1``) for the ``chat`` upsampler."""
+    upsampler_model: str = "gpt-4o-mini"
+    upsampler_api_key: str | None = None
+    upsampler_timeout_s: float = Field(default=10.0, gt=0)
+
     sync_timeout_s: float = Field(default=600.0, gt=0)
     """How long a synchronous OpenAI call waits for its job before answering 504."""
     log_level: str = "info"
@@ -91,9 +105,9 @@ class Settings(BaseModel):
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is None:
                 continue
-            if name == "models":
+            if raw.lstrip().startswith(("{", "[")):
                 values[name] = json.loads(raw)
-            elif field.annotation is bool or name == "allow_private_urls":
+            elif field.annotation is bool:
                 values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
                 values[name] = raw

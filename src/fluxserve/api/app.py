@@ -25,8 +25,10 @@ from fluxserve.engines import Engine
 from fluxserve.images import ImageLimits
 from fluxserve.jobs import JobService, SQLiteJobStore, Worker
 from fluxserve.keys import ApiKeyStore
+from fluxserve.safety import Moderator, OpenNSFWClassifier
 from fluxserve.settings import Settings
 from fluxserve.storage import CONTENT_TYPES, LocalStorage, SignedUrls, load_or_create_secret
+from fluxserve.upsampling import BuiltinUpsampler, ChatUpsampler, PromptUpsampler
 
 log = logging.getLogger("fluxserve")
 
@@ -89,7 +91,22 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     db = Database(settings.db_path)
     storage = LocalStorage(settings.data_dir / "files")
     catalog = ModelCatalog.from_settings(settings)
-    service = JobService(SQLiteJobStore(db), storage)
+    moderator = Moderator(
+        enabled=settings.moderation_enabled,
+        thresholds=settings.moderation_thresholds,
+        image_thresholds=settings.moderation_image_thresholds,
+        classifier=OpenNSFWClassifier() if settings.moderation_enabled else None,
+    )
+    upsampler: PromptUpsampler = BuiltinUpsampler()
+    if settings.upsampler == "chat":
+        if not settings.upsampler_url:
+            raise ValueError("upsampler = 'chat' needs upsampler_url (an OpenAI-compatible base URL)")
+        upsampler = ChatUpsampler(
+            settings.upsampler_url, settings.upsampler_model, settings.upsampler_api_key,
+            settings.upsampler_timeout_s,
+        )  # fmt: skip
+    scene_models = frozenset(e.id for e in catalog if e.checkpoint == BUILTIN_CHECKPOINT)
+    service = JobService(SQLiteJobStore(db), storage, moderator, upsampler, scene_models)
     if engine is None:
         from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
 
@@ -99,9 +116,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         catalog=catalog,
         service=service,
         storage=storage,
-        signer=SignedUrls(
-            load_or_create_secret(settings.data_dir, settings.secret_key), settings.url_ttl_s
-        ),
+        signer=SignedUrls(load_or_create_secret(settings.data_dir, settings.secret_key), settings.url_ttl_s),
         keys=ApiKeyStore(db),
         limits=ImageLimits(
             max_bytes=settings.max_input_bytes,
@@ -176,17 +191,11 @@ def _misc_router() -> APIRouter:
         state = get_state(request)
         if state.ready:
             return {"status": "ready"}
-        body = (
-            {"status": "error", "error": state.load_error}
-            if state.load_error
-            else {"status": "loading"}
-        )
+        body = {"status": "error", "error": state.load_error} if state.load_error else {"status": "loading"}
         return JSONResponse(status_code=503, content=body)
 
     @router.get("/v1/files/{key:path}", response_class=FileResponse)
-    async def get_file(
-        key: str, request: Request, exp: str | None = None, sig: str | None = None
-    ) -> Any:
+    async def get_file(key: str, request: Request, exp: str | None = None, sig: str | None = None) -> Any:
         """A result file, by signed URL (no API key needed; the signature is the credential)."""
         state = get_state(request)
         verdict = state.signer.verify(key, exp, sig)

@@ -19,9 +19,7 @@ from fluxserve.jobs import Job, JobStatus
 from fluxserve.jobs.service import new_seed
 from fluxserve.spec import GenerationSpec, SpecError, aspect_to_size, parse_aspect_ratio
 
-BFLStatus = Literal[
-    "Task not found", "Pending", "Request Moderated", "Content Moderated", "Ready", "Error"
-]
+BFLStatus = Literal["Task not found", "Pending", "Request Moderated", "Content Moderated", "Ready", "Error"]
 STATUS_TEXT: dict[JobStatus, str] = {
     JobStatus.QUEUED: "Pending",
     JobStatus.RUNNING: "Pending",
@@ -58,9 +56,7 @@ class _Common(BaseModel):
     prompt_upsampling: bool = Field(
         default=False, description="Rewrite the prompt with more detail before generation."
     )
-    safety_tolerance: int = Field(
-        default=2, ge=0, le=6, description="0 (most strict) to 6 (least strict)."
-    )
+    safety_tolerance: int = Field(default=2, ge=0, le=6, description="0 (most strict) to 6 (least strict).")
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2083)
     webhook_secret: str | None = None
     steps: int | None = Field(
@@ -77,9 +73,7 @@ class FluxKontextInputs(_Common):
     input_image_2: str | None = None
     input_image_3: str | None = None
     input_image_4: str | None = None
-    aspect_ratio: str | None = Field(
-        default=None, description="Between 21:9 and 9:21 (3:7 to 7:3)."
-    )
+    aspect_ratio: str | None = Field(default=None, description="Between 21:9 and 9:21 (3:7 to 7:3).")
     output_format: Literal["jpeg", "png", "webp"] | None = "png"
 
     _ratio = field_validator("aspect_ratio")(_check_ratio)
@@ -183,9 +177,7 @@ async def _submit(
         id=job.id,
         polling_url=f"{state.base_url(request)}/v1/get_result?id={job.id}",
         cost=round(entry.price * 100, 4),  # BFL reports credits; 1 credit = 0.01 USD
-        input_mp=round(sum(image_size(i)[0] * image_size(i)[1] for i in inputs) / 1e6, 3)
-        if inputs
-        else None,
+        input_mp=round(sum(image_size(i)[0] * image_size(i)[1] for i in inputs) / 1e6, 3) if inputs else None,
         output_mp=round(width * height / 1e6, 3),
     )
 

@@ -31,9 +31,7 @@ def check_openai_size(width: int, height: int, param: str = "size") -> None:
 def parse_size(size: str) -> tuple[int, int]:
     w, sep, h = size.lower().partition("x")
     if not sep or not w.isdigit() or not h.isdigit():
-        raise SpecError(
-            f"size must be 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got {size!r}", "size"
-        )
+        raise SpecError(f"size must be 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got {size!r}", "size")
     width, height = int(w), int(h)
     check_openai_size(width, height)
     return width, height

@@ -33,12 +33,8 @@ class OpenAIError(Exception):
         self.headers = headers
 
 
-def bfl_validation_error(
-    loc: list[str | int], msg: str, type_: str = "value_error"
-) -> JSONResponse:
-    return JSONResponse(
-        status_code=422, content={"detail": [{"loc": loc, "msg": msg, "type": type_}]}
-    )
+def bfl_validation_error(loc: list[str | int], msg: str, type_: str = "value_error") -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": [{"loc": loc, "msg": msg, "type": type_}]})
 
 
 def _first_error(exc: RequestValidationError) -> tuple[str | None, str]:
@@ -87,9 +83,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if is_openai_path(request.url.path):
-            code = {401: "invalid_api_key", 404: "not_found", 413: "request_too_large"}.get(
-                exc.status_code
-            )
+            code = {401: "invalid_api_key", 404: "not_found", 413: "request_too_large"}.get(exc.status_code)
             return JSONResponse(
                 status_code=exc.status_code,
                 content={

@@ -147,17 +147,14 @@ def _entry(state: AppState, model: str | None) -> ModelEntry:
     if entry is None:
         raise OpenAIError(
             404,
-            f"The model '{model_id}' does not exist. GET /v1/models lists the models "
-            "this server has.",
+            f"The model '{model_id}' does not exist. GET /v1/models lists the models this server has.",
             param="model",
             code="model_not_found",
         )
     return entry
 
 
-def _size(
-    entry: ModelEntry, opts: ImageOptions, first_image: tuple[int, int] | None
-) -> tuple[int, int]:
+def _size(entry: ModelEntry, opts: ImageOptions, first_image: tuple[int, int] | None) -> tuple[int, int]:
     if opts.width is not None or opts.height is not None:
         if opts.width is None or opts.height is None:
             raise SpecError("give both width and height, or neither", "width")
@@ -217,7 +214,7 @@ def render(request: Request, state: AppState, job_id: str, job: Job | None) -> I
             code="timeout",
         )
     if job.status == JobStatus.REQUEST_MODERATED or job.status == JobStatus.CONTENT_MODERATED:
-        category = (job.details or {}).get("category", "unspecified")
+        category = (job.details or {}).get("moderation", {}).get("category", "unspecified")
         raise OpenAIError(
             400,
             f"Your request was rejected by the safety system (category: {category}).",
@@ -261,9 +258,7 @@ async def create_image(
 ) -> ImagesResponse:
     """Generate images (OpenAI ``images.generate``)."""
     if body.stream:
-        raise OpenAIError(
-            400, "stream=true is not supported yet", param="stream", code="unsupported"
-        )
+        raise OpenAIError(400, "stream=true is not supported yet", param="stream", code="unsupported")
     return await _run(request, state, body, _entry(state, body.model), [], key_id)
 
 
@@ -271,9 +266,7 @@ def _validation_to_openai(exc: ValidationError) -> OpenAIError:
     err = exc.errors()[0]
     param = ".".join(str(p) for p in err["loc"]) or None
     msg = str(err["msg"]).removeprefix("Value error, ")
-    return OpenAIError(
-        400, f"Invalid value for '{param}': {msg}", param=param, code="invalid_value"
-    )
+    return OpenAIError(400, f"Invalid value for '{param}': {msg}", param=param, code="invalid_value")
 
 
 @router.post(
@@ -345,9 +338,7 @@ async def edit_image(
             try:
                 fields["extra_body"] = json.loads(fields["extra_body"])
             except ValueError as exc:
-                raise OpenAIError(
-                    400, "extra_body must be a JSON object", param="extra_body"
-                ) from exc
+                raise OpenAIError(400, "extra_body must be a JSON object", param="extra_body") from exc
     elif ctype.startswith("application/json"):
         try:
             fields = await request.json()
@@ -359,8 +350,7 @@ async def edit_image(
             if not isinstance(item, dict) or not isinstance(item.get("image_url"), str):
                 raise OpenAIError(
                     400,
-                    "each entry of 'images' needs an 'image_url' (URL or data URL); "
-                    "file_id is not supported",
+                    "each entry of 'images' needs an 'image_url' (URL or data URL); file_id is not supported",
                     param=f"images[{i}]",
                 )
             refs.append((f"images[{i}]", item["image_url"]))
@@ -378,8 +368,7 @@ async def edit_image(
     if not entry.takes_images:
         raise OpenAIError(
             400,
-            f"model '{entry.id}' does not take input images; use a Kontext model such as "
-            "flux-kontext-pro",
+            f"model '{entry.id}' does not take input images; use a Kontext model such as flux-kontext-pro",
             param="model",
         )
     try:

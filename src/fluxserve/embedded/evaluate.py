@@ -201,9 +201,7 @@ def prompt_set(seed: int = 1234, per_ratio: int = 24) -> list[dict[str, Any]]:
         for kind, n in (("single", 1), ("two", 2)):
             for _ in range(per_ratio):
                 s = random_scene(rng, w, h, n, train=False)
-                cases.append(
-                    {"kind": kind, "ratio": ratio, "scene": s, "seed": rng.randrange(2**31)}
-                )
+                cases.append({"kind": kind, "ratio": ratio, "scene": s, "seed": rng.randrange(2**31)})
         k = 0
         while k < per_ratio:
             src = random_scene(rng, w, h, rng.choice((1, 2)), train=False)
@@ -218,9 +216,7 @@ def prompt_set(seed: int = 1234, per_ratio: int = 24) -> list[dict[str, Any]]:
             w, h = size_for(ratio, 256 * 256, 16)
             s = layout(Scene((Obj(shape, colour, None, "in the center"),), bg), w, h, rng)
             assert s is not None
-            cases.append(
-                {"kind": "held_out", "ratio": ratio, "scene": s, "seed": rng.randrange(2**31)}
-            )
+            cases.append({"kind": "held_out", "ratio": ratio, "scene": s, "seed": rng.randrange(2**31)})
     return cases
 
 
@@ -314,9 +310,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--per-ratio", type=int, default=24)
     args = ap.parse_args()
-    figures = evaluate_checkpoint(
-        args.checkpoint, args.out, args.steps, args.guidance, args.per_ratio
-    )
+    figures = evaluate_checkpoint(args.checkpoint, args.out, args.steps, args.guidance, args.per_ratio)
     print(json.dumps(figures, indent=2))
 
 

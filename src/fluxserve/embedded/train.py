@@ -365,9 +365,7 @@ def train_transformer(cfg: Config, pool: dict[str, Any], work: Path, device: tor
 
 def _train_loop(cfg: Config, pool: dict[str, Any], work: Path, device: torch.device,
                 env: dict[str, Any]) -> None:  # fmt: skip
-    transformer, t5, tok2, opt, params = (
-        env[k] for k in ("transformer", "t5", "tok2", "opt", "params")
-    )
+    transformer, t5, tok2, opt, params = (env[k] for k in ("transformer", "t5", "tok2", "opt", "params"))
     ema_t, ema_5, start, state_path = env["ema_t"], env["ema_5"], env["start"], env["state_path"]
     shift, scale, gen, rng, sizes = env["shift"], env["scale"], env["gen"], env["rng"], env["sizes"]
     txt_ids, prog = env["txt_ids"], env["prog"]

@@ -130,9 +130,7 @@ class DiffusersFluxEngine:
             return kwargs
 
         # One CPU generator per image: results do not depend on batch size or device.
-        generators = [
-            torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.num_images)
-        ]
+        generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.num_images)]
         kwargs: dict[str, Any] = dict(
             prompt=req.prompt,
             height=height,
@@ -158,9 +156,7 @@ class DiffusersFluxEngine:
                 else:
                     kwargs["image"] = cond
         elif req.images:
-            raise ValueError(
-                "this model's checkpoint is not a Kontext checkpoint: it takes no input images"
-            )
+            raise ValueError("this model's checkpoint is not a Kontext checkpoint: it takes no input images")
 
         if cancelled is not None and cancelled():
             raise JobCancelled()

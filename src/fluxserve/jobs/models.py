@@ -34,6 +34,9 @@ class Job:
     result: dict[str, Any] | None = None
     """When ready: files (storage keys), prompt, seed, width, height, timings."""
     details: dict[str, Any] | None = None
+    """What the API shows about a failure or a moderation decision."""
+    moderation: list[dict[str, Any]] | None = None
+    """Audit trail: every moderation decision (source, category, score, tolerance, threshold)."""
     api_key_id: str | None = None
 
     @property

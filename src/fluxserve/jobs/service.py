@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import secrets
 import time
 import uuid
 from dataclasses import replace
+from typing import Any
+
+from PIL import Image
 
 from fluxserve.jobs.models import Job, JobStatus
 from fluxserve.jobs.store import JobStore
+from fluxserve.safety import Moderator
 from fluxserve.spec import GenerationSpec
 from fluxserve.storage import Storage
+from fluxserve.upsampling import BuiltinUpsampler, PromptUpsampler
 
 MAX_SEED = 2**32 - 1
 
@@ -24,9 +30,20 @@ def new_seed() -> int:
 class JobService:
     """The one path by which both protocols create and observe jobs."""
 
-    def __init__(self, store: JobStore, storage: Storage) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        storage: Storage,
+        moderator: Moderator | None = None,
+        upsampler: PromptUpsampler | None = None,
+        scene_models: frozenset[str] = frozenset(),
+    ) -> None:
         self.store = store
         self.storage = storage
+        self.moderator = moderator or Moderator(enabled=False)
+        self.upsampler = upsampler or BuiltinUpsampler()
+        self.scene_models = scene_models
+        """Model ids served by the embedded model, whose prompts upsample within its grammar."""
         self._waiters: dict[str, list[asyncio.Event]] = {}
         self.work_available = asyncio.Event()
 
@@ -36,8 +53,33 @@ class JobService:
         input_images: list[bytes] | None = None,
         api_key_id: str | None = None,
     ) -> Job:
-        """Persist a job (inputs first, then the row) and wake the worker."""
+        """Moderate, upsample, then persist a job (inputs first, then the row) and wake the
+        worker. A moderated request is still a job, ended at once as Request Moderated."""
         job_id = str(uuid.uuid4())
+        tolerance = spec.safety_tolerance
+        audit: list[dict[str, Any]] = []
+        decision = self.moderator.check_prompt(spec.prompt, tolerance)
+        audit.append(decision.audit())
+        if decision.allowed and input_images:
+            decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in input_images]
+            decision = await asyncio.to_thread(self.moderator.check_images, decoded, tolerance, "input_image")
+            audit.append(decision.audit())
+        if decision.allowed and spec.prompt_upsampling:
+            rewritten = await self.upsampler.upsample(
+                spec.prompt, spec.seed, scene_vocabulary=spec.model in self.scene_models
+            )
+            spec = replace(spec, prompt=rewritten, extras={**spec.extras, "original_prompt": spec.prompt})
+            decision = self.moderator.check_prompt(rewritten, tolerance)
+            audit.append({**decision.audit(), "source": "upsampled_prompt"})
+        if not decision.allowed:
+            now = time.time()
+            job = Job(
+                id=job_id, status=JobStatus.REQUEST_MODERATED, spec=spec, created_at=now,
+                finished_at=now, details={"moderation": decision.public()}, moderation=audit,
+                api_key_id=api_key_id,
+            )  # fmt: skip
+            self.store.create(job)
+            return job
         keys = []
         for i, data in enumerate(input_images or []):
             key = f"inputs/{job_id}/{i}.png"
@@ -45,12 +87,9 @@ class JobService:
             keys.append(key)
         spec = replace(spec, input_images=tuple(keys))
         job = Job(
-            id=job_id,
-            status=JobStatus.QUEUED,
-            spec=spec,
-            created_at=time.time(),
-            api_key_id=api_key_id,
-        )
+            id=job_id, status=JobStatus.QUEUED, spec=spec, created_at=time.time(),
+            moderation=audit, api_key_id=api_key_id,
+        )  # fmt: skip
         self.store.create(job)
         self.work_available.set()
         return job

@@ -29,8 +29,10 @@ class JobStore(Protocol):
         status: JobStatus,
         result: dict[str, Any] | None = None,
         details: dict[str, Any] | None = None,
+        moderation: list[dict[str, Any]] | None = None,
     ) -> bool:
-        """End a job, only if it is still running under ``attempt``; False otherwise."""
+        """End a job, only if it is still running under ``attempt``; False otherwise.
+        ``moderation``, when given, replaces the job's moderation audit trail."""
 
     def queue_position(self, job_id: str) -> int | None: ...
     def finished_before(self, cutoff: float) -> list[str]: ...
@@ -49,6 +51,7 @@ def _row_to_job(r: Any) -> Job:
         attempts=r["attempts"],
         result=json.loads(r["result"]) if r["result"] else None,
         details=json.loads(r["details"]) if r["details"] else None,
+        moderation=json.loads(r["moderation"]) if r["moderation"] else None,
         api_key_id=r["api_key_id"],
     )
 
@@ -61,7 +64,8 @@ class SQLiteJobStore:
         with self._db.transaction() as c:
             c.execute(
                 "INSERT INTO jobs (id, status, model, protocol, spec, created_at, progress,"
-                " result, details, api_key_id, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " result, details, moderation, api_key_id, finished_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job.id,
                     job.status.value,
@@ -72,6 +76,7 @@ class SQLiteJobStore:
                     job.progress,
                     json.dumps(job.result) if job.result else None,
                     json.dumps(job.details) if job.details else None,
+                    json.dumps(job.moderation) if job.moderation else None,
                     job.api_key_id,
                     job.finished_at,
                 ),
@@ -98,9 +103,7 @@ class SQLiteJobStore:
 
     def requeue_running(self) -> int:
         with self._db.transaction() as c:
-            cur = c.execute(
-                "UPDATE jobs SET status = 'queued', progress = 0 WHERE status = 'running'"
-            )
+            cur = c.execute("UPDATE jobs SET status = 'queued', progress = 0 WHERE status = 'running'")
         return cur.rowcount
 
     def set_progress(self, job_id: str, progress: float) -> None:
@@ -117,10 +120,12 @@ class SQLiteJobStore:
         status: JobStatus,
         result: dict[str, Any] | None = None,
         details: dict[str, Any] | None = None,
+        moderation: list[dict[str, Any]] | None = None,
     ) -> bool:
         with self._db.transaction() as c:
             cur = c.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, result = ?, details = ?,"
+                " moderation = COALESCE(?, moderation),"
                 " progress = CASE WHEN ? = 'ready' THEN 1.0 ELSE progress END,"
                 " completions = completions + CASE WHEN ? = 'ready' THEN 1 ELSE 0 END"
                 " WHERE id = ? AND status = 'running' AND attempts = ?",
@@ -129,6 +134,7 @@ class SQLiteJobStore:
                     time.time(),
                     json.dumps(result) if result is not None else None,
                     json.dumps(details) if details is not None else None,
+                    json.dumps(moderation) if moderation is not None else None,
                     status.value,
                     status.value,
                     job_id,

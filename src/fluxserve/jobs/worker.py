@@ -17,6 +17,7 @@ from fluxserve.engines import Engine, EngineRequest, JobCancelled
 from fluxserve.images import encode_image
 from fluxserve.jobs.models import Job, JobStatus
 from fluxserve.jobs.service import JobService
+from fluxserve.safety import Decision
 
 log = logging.getLogger("fluxserve.worker")
 
@@ -46,7 +47,7 @@ class Worker:
     async def run_job(self, job: Job) -> None:
         store = self.service.store
         try:
-            result = await asyncio.to_thread(self._execute, job)
+            result, decision = await asyncio.to_thread(self._execute, job)
         except JobCancelled:
             store.finish(job.id, job.attempts, JobStatus.ERROR, details={"error": "cancelled"})
         except Exception as exc:
@@ -58,21 +59,24 @@ class Worker:
                 details={"error": f"{exc.__class__.__name__}: {exc}"},
             )
         else:
-            if not store.finish(job.id, job.attempts, JobStatus.READY, result=result):
-                log.warning(
-                    "job %s was no longer ours to finish (attempt %s)", job.id, job.attempts
-                )
+            audit = [*(job.moderation or []), decision.audit()]
+            if not decision.allowed:
+                store.finish(
+                    job.id, job.attempts, JobStatus.CONTENT_MODERATED,
+                    details={"moderation": decision.public()}, moderation=audit,
+                )  # fmt: skip
+            elif not store.finish(job.id, job.attempts, JobStatus.READY, result=result, moderation=audit):
+                log.warning("job %s was no longer ours to finish (attempt %s)", job.id, job.attempts)
         self.service.notify(job.id)
 
-    def _execute(self, job: Job) -> dict[str, Any]:
+    def _execute(self, job: Job) -> tuple[dict[str, Any], Decision]:
         """Blocking part of a run (in a worker thread): generate, encode, store."""
         spec = job.spec
         entry = self.catalog.get(spec.model)
         if entry is None:
             raise ValueError(f"model {spec.model!r} is no longer in the catalog")
         images = [
-            Image.open(io.BytesIO(self.service.storage.get(key))).convert("RGB")
-            for key in spec.input_images
+            Image.open(io.BytesIO(self.service.storage.get(key))).convert("RGB") for key in spec.input_images
         ]
         last = [0.0]
 
@@ -99,12 +103,14 @@ class Worker:
             on_step=on_step,
         )
         t1 = time.time()
+        # Output moderation: a blocked image is never stored.
+        decision = self.service.moderator.check_images(outputs, spec.safety_tolerance, "output_image")
+        if not decision.allowed:
+            return {}, decision
         files = []
         for i, img in enumerate(outputs):
             key = f"results/{job.id}/{i}.{spec.output_format}"
-            self.service.storage.put(
-                key, encode_image(img, spec.output_format, spec.output_compression)
-            )
+            self.service.storage.put(key, encode_image(img, spec.output_format, spec.output_compression))
             files.append(key)
         t2 = time.time()
         return {
@@ -115,4 +121,4 @@ class Worker:
             "height": spec.height,
             "engine_s": round(t1 - t0, 4),
             "encode_s": round(t2 - t1, 4),
-        }
+        }, decision

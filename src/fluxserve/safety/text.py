@@ -89,8 +89,14 @@ def match_terms(text: str) -> list[TermMatch]:
     lex = _lexicon()
     ws, extra = words(text)
     found: dict[tuple[str, str], TermMatch] = {}
-    for g in extra:
-        for category, severity in lex.get(g, ()):
+    # Inside a spaced-out run keep the longest words only ("s e x y" is "sexy", not "sex").
+    hits = sorted((g for g in extra if g in lex), key=len, reverse=True)
+    kept: list[str] = []
+    for g in hits:
+        if not any(g in longer for longer in kept):
+            kept.append(g)
+    for g in kept:
+        for category, severity in lex[g]:
             found[(category, g)] = TermMatch(category, g, severity)
     for n in (3, 2, 1):
         for i in range(len(ws) - n + 1):

@@ -24,10 +24,40 @@ CREATE TABLE IF NOT EXISTS jobs (
     result      TEXT,
     details     TEXT,
     moderation  TEXT,
-    api_key_id  TEXT
+    api_key_id  TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    job_id     TEXT PRIMARY KEY,
+    url        TEXT NOT NULL,
+    secret     TEXT,
+    base_url   TEXT NOT NULL,
+    state      TEXT NOT NULL,          -- pending, sending, delivered, failed
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    next_at    REAL NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhooks_due ON webhook_deliveries (state, next_at);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at          REAL NOT NULL,
+    status_code INTEGER,
+    error       TEXT,
+    duration_s  REAL
+);
+CREATE INDEX IF NOT EXISTS webhook_attempts_by_job ON webhook_attempts (job_id, attempt);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key        TEXT NOT NULL,
+    owner      TEXT NOT NULL,
+    body_hash  TEXT NOT NULL,
+    job_id     TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (key, owner)
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     id           TEXT PRIMARY KEY,
     name         TEXT NOT NULL,

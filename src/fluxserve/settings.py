@@ -82,6 +82,13 @@ class Settings(BaseModel):
     upsampler_api_key: str | None = None
     upsampler_timeout_s: float = Field(default=10.0, gt=0)
 
+    webhook_retry_base_s: float = Field(default=5.0, gt=0)
+    """First retry delay; it doubles per attempt up to ``webhook_max_delay_s``."""
+    webhook_max_delay_s: float = Field(default=300.0, gt=0)
+    webhook_max_attempts: int = Field(default=10, ge=1)
+    """Defaults retry for about 20 minutes (5 s, 10 s, 20 s ... 300 s) before giving up."""
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+
     sync_timeout_s: float = Field(default=600.0, gt=0)
     """How long a synchronous OpenAI call waits for its job before answering 504."""
     log_level: str = "info"

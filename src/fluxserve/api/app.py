@@ -15,8 +15,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fluxserve import __version__
-from fluxserve.api.bfl import make_router
+from fluxserve.api.bfl import make_router, render_result
 from fluxserve.api.errors import install_error_handlers
+from fluxserve.api.jobs import router as jobs_router
 from fluxserve.api.openai import router as openai_router
 from fluxserve.api.state import AppState, get_state
 from fluxserve.catalog import BUILTIN_CHECKPOINT, ModelCatalog
@@ -24,6 +25,8 @@ from fluxserve.db import Database
 from fluxserve.engines import Engine
 from fluxserve.images import ImageLimits
 from fluxserve.jobs import JobService, SQLiteJobStore, Worker
+from fluxserve.jobs.idempotency import IdempotencyStore
+from fluxserve.jobs.webhooks import WebhookDispatcher, WebhookStore
 from fluxserve.keys import ApiKeyStore
 from fluxserve.safety import Moderator, OpenNSFWClassifier
 from fluxserve.settings import Settings
@@ -118,6 +121,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         storage=storage,
         signer=SignedUrls(load_or_create_secret(settings.data_dir, settings.secret_key), settings.url_ttl_s),
         keys=ApiKeyStore(db),
+        idempotency=IdempotencyStore(db),
         limits=ImageLimits(
             max_bytes=settings.max_input_bytes,
             max_pixels=settings.max_input_pixels,
@@ -126,6 +130,19 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         ),
     )
     worker = Worker(service, engine, catalog)
+    service.webhooks = WebhookStore(db)
+
+    def render_for_webhook(job_id: str, base_url: str) -> dict[str, Any] | None:
+        job = service.get(job_id)
+        if job is None:
+            return None
+        return render_result(state, job, settings.public_url or base_url).model_dump()
+
+    dispatcher = WebhookDispatcher(
+        service.webhooks, render_for_webhook, settings.allow_private_urls,
+        base_delay_s=settings.webhook_retry_base_s, max_delay_s=settings.webhook_max_delay_s,
+        max_attempts=settings.webhook_max_attempts, timeout_s=settings.webhook_timeout_s,
+    )  # fmt: skip
 
     async def load_models() -> None:
         try:
@@ -152,7 +169,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(load_models()), asyncio.create_task(sweep())]
+        loop = asyncio.get_running_loop()
+        service.events.bind(loop)
+        service.on_webhook = dispatcher.wakeup.set
+        tasks = [
+            asyncio.create_task(load_models()),
+            asyncio.create_task(sweep()),
+            asyncio.create_task(dispatcher.run()),
+        ]
         try:
             yield
         finally:
@@ -172,6 +196,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(make_router(list(catalog)))
+    app.include_router(jobs_router)
     app.include_router(_misc_router())
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app

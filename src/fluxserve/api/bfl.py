@@ -16,7 +16,9 @@ from fluxserve.api.state import AppState, check_key, get_state
 from fluxserve.catalog import ModelEntry
 from fluxserve.images import InputImageError
 from fluxserve.jobs import Job, JobStatus
+from fluxserve.jobs.idempotency import IdempotencyConflict, body_hash
 from fluxserve.jobs.service import new_seed
+from fluxserve.netguard import UrlRefused, check_url
 from fluxserve.spec import GenerationSpec, SpecError, aspect_to_size, parse_aspect_ratio
 
 BFLStatus = Literal["Task not found", "Pending", "Request Moderated", "Content Moderated", "Ready", "Error"]
@@ -129,6 +131,62 @@ async def _submit(
     state: AppState,
     key_id: str | None,
 ) -> AsyncResponse | JSONResponse:
+    idem_key = request.headers.get("idempotency-key")
+    if not idem_key:
+        return await _submit_new(entry, body, request, state, key_id)
+    owner = key_id or ""
+    digest = body_hash(request.url.path, body.model_dump(mode="json"))
+    try:
+        existing = state.idempotency.reserve(idem_key, owner, digest)
+        if existing == "":
+            existing = await state.idempotency.wait_for_job(idem_key, owner, digest)
+    except IdempotencyConflict:
+        return JSONResponse(
+            status_code=422,
+            content={"detail": [{"loc": ["header", "Idempotency-Key"], "type": "idempotency_conflict",
+                                 "msg": "this Idempotency-Key was already used with a different "
+                                        "request body; use a new key for a new request"}]},
+        )  # fmt: skip
+    if existing:
+        job = state.service.get(existing)
+        if job is not None:
+            return _async_response(job, entry, request, state)
+    try:
+        response = await _submit_new(entry, body, request, state, key_id)
+    except BaseException:
+        state.idempotency.release(idem_key, owner)
+        raise
+    if isinstance(response, AsyncResponse):
+        state.idempotency.bind(idem_key, owner, response.id)
+    else:
+        state.idempotency.release(idem_key, owner)
+    return response
+
+
+def _async_response(job: Job, entry: ModelEntry, request: Request, state: AppState) -> AsyncResponse:
+    spec = job.spec
+    n_inputs = len(spec.input_images)
+    return AsyncResponse(
+        id=job.id,
+        polling_url=f"{state.base_url(request)}/v1/get_result?id={job.id}",
+        cost=round(entry.price * 100, 4),  # BFL reports credits; 1 credit = 0.01 USD
+        input_mp=spec.extras.get("input_mp") if n_inputs else None,
+        output_mp=round(spec.width * spec.height / 1e6, 3),
+    )
+
+
+async def _submit_new(
+    entry: ModelEntry,
+    body: _Common,
+    request: Request,
+    state: AppState,
+    key_id: str | None,
+) -> AsyncResponse | JSONResponse:
+    if body.webhook_url:
+        try:
+            await check_url(body.webhook_url, state.settings.allow_private_urls)
+        except UrlRefused as exc:
+            return bfl_validation_error(["body", "webhook_url"], str(exc))
     if getattr(body, "image_prompt", None):
         return bfl_validation_error(
             ["body", "image_prompt"],
@@ -171,15 +229,13 @@ async def _submit(
         webhook_url=body.webhook_url,
         webhook_secret=body.webhook_secret,
         protocol="bfl",
+        extras={
+            "base_url": state.base_url(request),
+            "input_mp": round(sum(image_size(i)[0] * image_size(i)[1] for i in inputs) / 1e6, 3),
+        },
     )
     job = await state.service.submit(spec, inputs, api_key_id=key_id)
-    return AsyncResponse(
-        id=job.id,
-        polling_url=f"{state.base_url(request)}/v1/get_result?id={job.id}",
-        cost=round(entry.price * 100, 4),  # BFL reports credits; 1 credit = 0.01 USD
-        input_mp=round(sum(image_size(i)[0] * image_size(i)[1] for i in inputs) / 1e6, 3) if inputs else None,
-        output_mp=round(width * height / 1e6, 3),
-    )
+    return _async_response(job, entry, request, state)
 
 
 def make_router(models: list[ModelEntry]) -> APIRouter:
@@ -224,15 +280,16 @@ def make_router(models: list[ModelEntry]) -> APIRouter:
         job = state.service.get(id)
         if job is None:
             return ResultResponse(id=id, status="Task not found")
-        return render_result(request, state, job)
+        return render_result(state, job, state.base_url(request))
 
     return router
 
 
-def render_result(request: Request, state: AppState, job: Job) -> ResultResponse:
+def render_result(state: AppState, job: Job, base_url: str) -> ResultResponse:
+    """get_result's answer for a job; ``sample`` URLs are signed afresh on every call."""
     result: dict[str, Any] | None = None
     if job.status == JobStatus.READY and job.result:
-        urls = [state.file_url(request, key) for key in job.result["files"]]
+        urls = [state.file_url(base_url, key) for key in job.result["files"]]
         result = {
             "sample": urls[0],
             "prompt": job.result["prompt"],

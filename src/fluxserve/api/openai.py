@@ -8,11 +8,14 @@ A call is an async job that this adapter waits on.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.datastructures import UploadFile
 
@@ -29,6 +32,7 @@ from fluxserve.api.state import AppState, check_key, get_state
 from fluxserve.catalog import ModelEntry
 from fluxserve.images import InputImageError
 from fluxserve.jobs import Job, JobStatus
+from fluxserve.jobs.idempotency import IdempotencyConflict, body_hash
 from fluxserve.jobs.service import new_seed
 from fluxserve.spec import GenerationSpec, SpecError, aspect_to_size, parse_aspect_ratio
 
@@ -87,6 +91,9 @@ class ImageOptions(BaseModel):
     guidance: float | None = Field(default=None, ge=1.5, le=5.0)
     width: int | None = None
     height: int | None = None
+    # streaming (server-sent events)
+    stream: bool | None = False
+    partial_images: int | None = Field(default=None, ge=0, le=3)
 
     @model_validator(mode="before")
     @classmethod
@@ -112,8 +119,7 @@ class ImageOptions(BaseModel):
 
 
 class ImageGenerateRequest(ImageOptions):
-    stream: bool | None = False
-    partial_images: int | None = Field(default=None, ge=0, le=3)
+    pass
 
 
 class ImageData(BaseModel):
@@ -176,7 +182,11 @@ async def _run(
     entry: ModelEntry,
     inputs: list[bytes],
     key_id: str | None,
-) -> ImagesResponse:
+    kind: str = "image_generation",
+    stream: bool = False,
+    partial_images: int = 0,
+    idempotency_payload: Any = None,
+) -> Any:
     try:
         width, height = _size(entry, opts, image_size(inputs[0]) if inputs else None)
     except SpecError as exc:
@@ -195,11 +205,114 @@ async def _run(
         num_images=opts.n or 1,
         output_compression=opts.output_compression,
         protocol="openai",
-        extras={"response_format": opts.response_format or "url", "user": opts.user},
-    )
-    job = await state.service.submit(spec, inputs, api_key_id=key_id)
-    done = await state.service.wait(job.id, state.settings.sync_timeout_s)
+        extras={
+            "response_format": opts.response_format or "url", "user": opts.user,
+            "base_url": state.base_url(request), "partial_images": partial_images if stream else 0,
+        },
+    )  # fmt: skip
+    job = await _submit_idempotent(request, state, spec, inputs, key_id, idempotency_payload)
+    if stream:
+        return StreamingResponse(
+            _stream_events(request, state, job.id, kind),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    done = await _wait_or_cancel(request, state, job.id)
     return render(request, state, job.id, done)
+
+
+async def _submit_idempotent(
+    request: Request, state: AppState, spec: GenerationSpec, inputs: list[bytes],
+    key_id: str | None, payload: Any,
+) -> Job:  # fmt: skip
+    """Submit, or with an Idempotency-Key return the job an identical earlier request made."""
+    idem_key = request.headers.get("idempotency-key")
+    if not idem_key:
+        return await state.service.submit(spec, inputs, api_key_id=key_id)
+    owner = key_id or ""
+    digest = body_hash(request.url.path, [payload, [hashlib.sha256(i).hexdigest() for i in inputs]])
+    try:
+        existing = state.idempotency.reserve(idem_key, owner, digest)
+        if existing == "":
+            existing = await state.idempotency.wait_for_job(idem_key, owner, digest)
+    except IdempotencyConflict as exc:
+        raise OpenAIError(
+            409, "This Idempotency-Key was already used with a different request body; use a new "
+            "key for a new request.", param="Idempotency-Key", code="idempotency_conflict",
+        ) from exc  # fmt: skip
+    if existing:
+        job = state.service.get(existing)
+        if job is not None:
+            return job
+    try:
+        job = await state.service.submit(spec, inputs, api_key_id=key_id)
+    except BaseException:
+        state.idempotency.release(idem_key, owner)
+        raise
+    state.idempotency.bind(idem_key, owner, job.id)
+    return job
+
+
+async def _wait_or_cancel(request: Request, state: AppState, job_id: str) -> Job | None:
+    """Wait for the job; if the client goes away first, cancel it (nobody wants it now)."""
+    deadline = time.monotonic() + state.settings.sync_timeout_s
+    while True:
+        job = await state.service.wait(job_id, min(0.5, max(0.0, deadline - time.monotonic())))
+        if job is None or job.terminal or time.monotonic() >= deadline:
+            return job
+        if await request.is_disconnected():
+            state.service.cancel(job_id)
+            return state.service.get(job_id)
+
+
+def _usage(job: Job) -> dict[str, Any]:
+    text_tokens = len(job.spec.prompt.split())
+    return {"total_tokens": text_tokens, "input_tokens": text_tokens, "output_tokens": 0,
+            "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0}}  # fmt: skip
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def _stream_events(request: Request, state: AppState, job_id: str, kind: str) -> AsyncIterator[bytes]:
+    """OpenAI's image stream: ``<kind>.partial_image`` events, then ``<kind>.completed`` per
+    image (or an error event). The job is cancelled if the client goes away."""
+    finished = False
+    try:
+        job = state.service.get(job_id)
+        assert job is not None
+        common = {"size": f"{job.spec.width}x{job.spec.height}", "quality": "auto",
+                  "background": "opaque", "output_format": job.spec.output_format}  # fmt: skip
+        if not job.terminal:
+            async for event in state.service.events.subscribe(job_id):
+                if event.type == "partial":
+                    yield _sse(f"{kind}.partial_image", {
+                        "type": f"{kind}.partial_image", "b64_json": event.data["b64_json"],
+                        "created_at": int(time.time()), "partial_image_index": event.data["index"],
+                        **common,
+                    })  # fmt: skip
+                if event.type == "end":
+                    break
+                if state.service.get(job_id) is None:
+                    break
+        job = state.service.get(job_id)
+        finished = True
+        if job is None or job.status != JobStatus.READY or job.result is None:
+            try:
+                render(request, state, job_id, job)
+            except OpenAIError as exc:
+                yield _sse("error", exc.body)
+            return
+        for key in job.result["files"]:
+            b64 = base64.b64encode(state.storage.get(key)).decode()
+            yield _sse(f"{kind}.completed", {
+                "type": f"{kind}.completed", "b64_json": b64, "created_at": int(time.time()),
+                "usage": _usage(job), **common,
+            })  # fmt: skip
+    finally:
+        if not finished:
+            state.service.cancel(job_id)
 
 
 def render(request: Request, state: AppState, job_id: str, job: Job | None) -> ImagesResponse:
@@ -236,7 +349,8 @@ def render(request: Request, state: AppState, job_id: str, job: Job | None) -> I
             b64 = base64.b64encode(state.storage.get(key)).decode()
             data.append(ImageData(b64_json=b64, revised_prompt=revised))
         else:
-            data.append(ImageData(url=state.file_url(request, key), revised_prompt=revised))
+            url = state.file_url(state.base_url(request), key)
+            data.append(ImageData(url=url, revised_prompt=revised))
     return ImagesResponse(
         created=int(job.created_at),
         data=data,
@@ -257,9 +371,10 @@ async def create_image(
     state: AppState = Depends(get_state),
 ) -> ImagesResponse:
     """Generate images (OpenAI ``images.generate``)."""
-    if body.stream:
-        raise OpenAIError(400, "stream=true is not supported yet", param="stream", code="unsupported")
-    return await _run(request, state, body, _entry(state, body.model), [], key_id)
+    return await _run(
+        request, state, body, _entry(state, body.model), [], key_id, "image_generation",
+        bool(body.stream), body.partial_images or 0, body.model_dump(mode="json"),
+    )  # fmt: skip
 
 
 def _validation_to_openai(exc: ValidationError) -> OpenAIError:
@@ -375,7 +490,10 @@ async def edit_image(
         inputs = await load_inputs(refs, state.limits)
     except (SpecError, InputImageError) as exc:
         raise OpenAIError(400, exc.message, param=exc.param, code="invalid_image") from exc
-    return await _run(request, state, opts, entry, inputs, key_id)
+    return await _run(
+        request, state, opts, entry, inputs, key_id, "image_edit", bool(opts.stream),
+        opts.partial_images or 0, fields,
+    )  # fmt: skip
 
 
 @router.get("/v1/models", response_model=ModelList)

@@ -9,6 +9,7 @@ from fastapi import Request
 from fluxserve.catalog import ModelCatalog
 from fluxserve.images import ImageLimits
 from fluxserve.jobs import JobService
+from fluxserve.jobs.idempotency import IdempotencyStore
 from fluxserve.keys import ApiKeyStore
 from fluxserve.settings import Settings
 from fluxserve.storage import LocalStorage, SignedUrls
@@ -23,6 +24,7 @@ class AppState:
     signer: SignedUrls
     keys: ApiKeyStore
     limits: ImageLimits
+    idempotency: IdempotencyStore
     ready: bool = False
     load_error: str | None = None
     background: list[object] = field(default_factory=list)
@@ -32,8 +34,8 @@ class AppState:
             return self.settings.public_url.rstrip("/")
         return str(request.base_url).rstrip("/")
 
-    def file_url(self, request: Request, key: str) -> str:
-        return f"{self.base_url(request)}/v1/files/{key}?{self.signer.query(key)}"
+    def file_url(self, base_url: str, key: str) -> str:
+        return f"{base_url}/v1/files/{key}?{self.signer.query(key)}"
 
 
 def get_state(request: Request) -> AppState:

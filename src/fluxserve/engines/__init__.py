@@ -28,6 +28,8 @@ class EngineRequest:
 
 StepCallback = Callable[[int, int], None]
 """Called as ``on_step(done_steps, total_steps)`` after each denoising step."""
+PreviewCallback = Callable[[int, list[Image.Image]], None]
+"""Called as ``on_preview(done_steps, images)`` with the current estimate, decoded."""
 
 
 class Engine(Protocol):
@@ -39,5 +41,9 @@ class Engine(Protocol):
         request: EngineRequest,
         on_step: StepCallback | None = None,
         cancelled: Callable[[], bool] | None = None,
+        want_preview: Callable[[int], bool] | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> list[Image.Image]:
-        """Run one request; blocking. Raises :class:`JobCancelled` when ``cancelled()``."""
+        """Run one request; blocking. Raises :class:`JobCancelled` when ``cancelled()``
+        turns true (checked before each step). After a step for which ``want_preview(step)``
+        is true, the current latents are decoded and passed to ``on_preview``."""

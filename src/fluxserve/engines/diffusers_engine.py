@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from fluxserve.engines import EngineRequest, JobCancelled, StepCallback
+from fluxserve.engines import EngineRequest, JobCancelled, PreviewCallback, StepCallback
 from fluxserve.images import stitch_horizontally
 from fluxserve.spec import fit_area
 
@@ -104,10 +104,12 @@ class DiffusersFluxEngine:
         request: EngineRequest,
         on_step: StepCallback | None = None,
         cancelled: Callable[[], bool] | None = None,
+        want_preview: Callable[[int], bool] | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> list[Image.Image]:
         with self._lock:
             m = self._load_locked(request.checkpoint)
-            return self._generate_locked(m, request, on_step, cancelled)
+            return self._generate_locked(m, request, on_step, cancelled, want_preview, on_preview)
 
     def _generate_locked(
         self,
@@ -115,6 +117,8 @@ class DiffusersFluxEngine:
         req: EngineRequest,
         on_step: StepCallback | None,
         cancelled: Callable[[], bool] | None,
+        want_preview: Callable[[int], bool] | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> list[Image.Image]:
         if m.native_area:
             width, height = fit_area(req.width, req.height, m.native_area, m.multiple)
@@ -125,6 +129,8 @@ class DiffusersFluxEngine:
         def step_end(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if on_step is not None:
                 on_step(i + 1, req.steps)
+            if on_preview is not None and want_preview is not None and want_preview(i + 1):
+                on_preview(i + 1, self._decode_preview(pipe, kwargs["latents"], height, width))
             if cancelled is not None and cancelled():
                 raise JobCancelled()
             return kwargs
@@ -160,8 +166,18 @@ class DiffusersFluxEngine:
 
         if cancelled is not None and cancelled():
             raise JobCancelled()
+        kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
         with torch.inference_mode():
             images: list[Image.Image] = m.pipe(**kwargs).images
-        if (width, height) != (req.width, req.height):
+        if (width, height) != (req.width, req.height):  # native area: resize to the request
             images = [im.resize((req.width, req.height), Image.Resampling.LANCZOS) for im in images]
+        return images
+
+    @staticmethod
+    def _decode_preview(pipe: Any, latents: Any, height: int, width: int) -> list[Image.Image]:
+        """Decode the current (noisy) latents of the first image: what the run looks like now."""
+        lat = pipe._unpack_latents(latents[:1], height, width, pipe.vae_scale_factor)
+        lat = lat / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        decoded = pipe.vae.decode(lat.to(pipe.vae.dtype), return_dict=False)[0]
+        images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")
         return images

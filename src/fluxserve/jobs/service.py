@@ -8,13 +8,16 @@ import io
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from PIL import Image
 
+from fluxserve.jobs.events import JobEvents
 from fluxserve.jobs.models import Job, JobStatus
 from fluxserve.jobs.store import JobStore
+from fluxserve.jobs.webhooks import WebhookStore
 from fluxserve.safety import Moderator
 from fluxserve.spec import GenerationSpec
 from fluxserve.storage import Storage
@@ -46,6 +49,9 @@ class JobService:
         """Model ids served by the embedded model, whose prompts upsample within its grammar."""
         self._waiters: dict[str, list[asyncio.Event]] = {}
         self.work_available = asyncio.Event()
+        self.events = JobEvents()
+        self.webhooks: WebhookStore | None = None
+        self.on_webhook: Callable[[], None] | None = None
 
     async def submit(
         self,
@@ -79,6 +85,7 @@ class JobService:
                 api_key_id=api_key_id,
             )  # fmt: skip
             self.store.create(job)
+            self.job_ended(job.id)
             return job
         keys = []
         for i, data in enumerate(input_images or []):
@@ -97,9 +104,29 @@ class JobService:
     def get(self, job_id: str) -> Job | None:
         return self.store.get(job_id)
 
-    def notify(self, job_id: str) -> None:
+    def job_ended(self, job_id: str) -> None:
+        """Everything that follows the end of a job: wake waiters, publish the terminal event,
+        queue its webhook. Called on the event loop."""
         for ev in self._waiters.pop(job_id, []):
             ev.set()
+        self.events.publish(job_id, "end")
+        job = self.store.get(job_id)
+        if job is not None and job.spec.webhook_url and self.webhooks is not None:
+            self.webhooks.enqueue(
+                job_id, job.spec.webhook_url, job.spec.webhook_secret,
+                str(job.spec.extras.get("base_url", "")),
+            )  # fmt: skip
+            if self.on_webhook is not None:
+                self.on_webhook()
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a job: a queued one ends now and never runs; a running one stops at its next
+        denoising step. Returns the job as it stands (None if unknown)."""
+        if self.store.cancel_queued(job_id):
+            self.job_ended(job_id)
+        else:
+            self.store.request_cancel(job_id)
+        return self.store.get(job_id)
 
     async def wait(self, job_id: str, timeout_s: float) -> Job | None:
         """The job once it has ended, or as it stands when ``timeout_s`` runs out."""

@@ -35,6 +35,13 @@ class JobStore(Protocol):
         ``moderation``, when given, replaces the job's moderation audit trail."""
 
     def queue_position(self, job_id: str) -> int | None: ...
+    def cancel_queued(self, job_id: str) -> bool:
+        """End a queued job as cancelled; False if it is not queued."""
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask the worker running a job to stop it."""
+
+    def cancel_requested(self, job_id: str) -> bool: ...
     def finished_before(self, cutoff: float) -> list[str]: ...
     def delete(self, job_id: str) -> None: ...
 
@@ -151,6 +158,23 @@ class SQLiteJobStore:
             (job_id,),
         )
         return int(rows[0]["pos"]) if rows else None
+
+    def cancel_queued(self, job_id: str) -> bool:
+        with self._db.transaction() as c:
+            cur = c.execute(
+                "UPDATE jobs SET status = 'error', finished_at = ?, details = ?"
+                " WHERE id = ? AND status = 'queued'",
+                (time.time(), json.dumps({"error": "cancelled", "steps_done": 0}), job_id),
+            )
+        return cur.rowcount == 1
+
+    def request_cancel(self, job_id: str) -> None:
+        with self._db.transaction() as c:
+            c.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        rows = self._db.query("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
+        return bool(rows and rows[0]["cancel_requested"])
 
     def finished_before(self, cutoff: float) -> list[str]:
         rows = self._db.query(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import logging
@@ -20,6 +21,12 @@ from fluxserve.jobs.service import JobService
 from fluxserve.safety import Decision
 
 log = logging.getLogger("fluxserve.worker")
+PREVIEW_SIDE = 256
+
+
+def partial_steps(steps: int, partial_images: int) -> set[int]:
+    """The steps after which OpenAI-style partial images are sent (evenly spread)."""
+    return {max(1, round(k * steps / (partial_images + 1))) for k in range(1, partial_images + 1)}
 
 
 class Worker:
@@ -46,18 +53,18 @@ class Worker:
 
     async def run_job(self, job: Job) -> None:
         store = self.service.store
+        progress: dict[str, int] = {"done": 0}
         try:
-            result, decision = await asyncio.to_thread(self._execute, job)
+            result, decision = await asyncio.to_thread(self._execute, job, progress)
         except JobCancelled:
-            store.finish(job.id, job.attempts, JobStatus.ERROR, details={"error": "cancelled"})
+            details = {"error": "cancelled", "steps_done": progress["done"], "steps": job.spec.steps}
+            store.finish(job.id, job.attempts, JobStatus.ERROR, details=details)
         except Exception as exc:
             log.error("job %s failed: %s", job.id, "".join(traceback.format_exception(exc)))
             store.finish(
-                job.id,
-                job.attempts,
-                JobStatus.ERROR,
+                job.id, job.attempts, JobStatus.ERROR,
                 details={"error": f"{exc.__class__.__name__}: {exc}"},
-            )
+            )  # fmt: skip
         else:
             audit = [*(job.moderation or []), decision.audit()]
             if not decision.allowed:
@@ -67,11 +74,13 @@ class Worker:
                 )  # fmt: skip
             elif not store.finish(job.id, job.attempts, JobStatus.READY, result=result, moderation=audit):
                 log.warning("job %s was no longer ours to finish (attempt %s)", job.id, job.attempts)
-        self.service.notify(job.id)
+        self.service.job_ended(job.id)
 
-    def _execute(self, job: Job) -> tuple[dict[str, Any], Decision]:
-        """Blocking part of a run (in a worker thread): generate, encode, store."""
+    def _execute(self, job: Job, progress: dict[str, int]) -> tuple[dict[str, Any], Decision]:
+        """Blocking part of a run (in a worker thread): generate, moderate, encode, store."""
         spec = job.spec
+        store = self.service.store
+        events = self.service.events
         entry = self.catalog.get(spec.model)
         if entry is None:
             raise ValueError(f"model {spec.model!r} is no longer in the catalog")
@@ -79,29 +88,49 @@ class Worker:
             Image.open(io.BytesIO(self.service.storage.get(key))).convert("RGB") for key in spec.input_images
         ]
         last = [0.0]
+        partials = partial_steps(spec.steps, int(spec.extras.get("partial_images") or 0))
+        preview_every = max(1, spec.steps // 5)
 
         def on_step(done: int, total: int) -> None:
+            progress["done"] = done
             now = time.monotonic()
             if done == total or now - last[0] > 0.2:  # keep DB writes to a few per second
                 last[0] = now
                 # Generation is most of a job; the rest (encode, store) is the last 5 %.
-                self.service.store.set_progress(job.id, round(0.95 * done / total, 4))
+                store.set_progress(job.id, round(0.95 * done / total, 4))
+            events.publish(job.id, "progress", {"step": done, "steps": total,
+                                                "fraction": round(done / total, 4)})  # fmt: skip
+
+        def want_preview(done: int) -> bool:
+            return done in partials or (
+                events.has_subscribers(job.id) and done % preview_every == 0 and done < spec.steps
+            )
+
+        def on_preview(done: int, previews: list[Image.Image]) -> None:
+            thumb = previews[0].copy()
+            thumb.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+            buf = io.BytesIO()
+            thumb.convert("RGB").save(buf, format="JPEG", quality=80)
+            events.publish(job.id, "preview", {"step": done, "steps": spec.steps,
+                                               "image": base64.b64encode(buf.getvalue()).decode()})  # fmt: skip
+            if done in partials:
+                full = previews[0].resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+                data = encode_image(full, spec.output_format, spec.output_compression)
+                events.publish(job.id, "partial", {"index": sorted(partials).index(done),
+                                                   "b64_json": base64.b64encode(data).decode()})  # fmt: skip
 
         t0 = time.time()
         outputs = self.engine.generate(
             EngineRequest(
-                checkpoint=entry.checkpoint,
-                prompt=spec.prompt,
-                width=spec.width,
-                height=spec.height,
-                seed=spec.seed,
-                steps=spec.steps,
-                guidance=spec.guidance,
-                num_images=spec.num_images,
-                images=images,
+                checkpoint=entry.checkpoint, prompt=spec.prompt, width=spec.width,
+                height=spec.height, seed=spec.seed, steps=spec.steps, guidance=spec.guidance,
+                num_images=spec.num_images, images=images,
             ),
             on_step=on_step,
-        )
+            cancelled=lambda: store.cancel_requested(job.id),
+            want_preview=want_preview,
+            on_preview=on_preview,
+        )  # fmt: skip
         t1 = time.time()
         # Output moderation: a blocked image is never stored.
         decision = self.service.moderator.check_images(outputs, spec.safety_tolerance, "output_image")
@@ -114,11 +143,6 @@ class Worker:
             files.append(key)
         t2 = time.time()
         return {
-            "files": files,
-            "prompt": spec.prompt,
-            "seed": spec.seed,
-            "width": spec.width,
-            "height": spec.height,
-            "engine_s": round(t1 - t0, 4),
-            "encode_s": round(t2 - t1, 4),
-        }, decision
+            "files": files, "prompt": spec.prompt, "seed": spec.seed, "width": spec.width,
+            "height": spec.height, "engine_s": round(t1 - t0, 4), "encode_s": round(t2 - t1, 4),
+        }, decision  # fmt: skip

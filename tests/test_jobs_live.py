@@ -69,8 +69,10 @@ class Receiver:
 def test_webhook_signed_retried_and_listed(make_server) -> None:  # type: ignore[no-untyped-def]
     rx = Receiver(fail=2)
     srv = make_server(allow_private_urls="1", webhook_retry_base_s="0.3")
-    r = httpx.post(f"{srv.base_url}/v1/flux-kontext-pro", json={
-        "prompt": "a red circle", "seed": 1, "webhook_url": rx.url, "webhook_secret": "s3cret"})
+    r = httpx.post(
+        f"{srv.base_url}/v1/flux-kontext-pro",
+        json={"prompt": "a red circle", "seed": 1, "webhook_url": rx.url, "webhook_secret": "s3cret"},
+    )
     job_id = r.json()["id"]
     rx.wait_for(3)
     for headers, body in rx.calls:
@@ -93,8 +95,10 @@ def test_webhook_signed_retried_and_listed(make_server) -> None:  # type: ignore
 def test_webhook_survives_a_restart_between_attempts(make_server) -> None:  # type: ignore[no-untyped-def]
     rx = Receiver(fail=1)
     srv = make_server(allow_private_urls="1", webhook_retry_base_s="3")
-    r = httpx.post(f"{srv.base_url}/v1/flux-kontext-pro", json={
-        "prompt": "a blue star", "seed": 2, "webhook_url": rx.url, "webhook_secret": "k"})
+    r = httpx.post(
+        f"{srv.base_url}/v1/flux-kontext-pro",
+        json={"prompt": "a blue star", "seed": 2, "webhook_url": rx.url, "webhook_secret": "k"},
+    )
     job_id = r.json()["id"]
     rx.wait_for(1)
     time.sleep(0.3)
@@ -108,8 +112,10 @@ def test_webhook_survives_a_restart_between_attempts(make_server) -> None:  # ty
 
 
 def test_webhook_urls_get_the_ssrf_rules(server) -> None:  # type: ignore[no-untyped-def]
-    r = httpx.post(f"{server.base_url}/v1/flux-kontext-pro",
-                   json={"prompt": "x", "webhook_url": "http://127.0.0.1:9/hook"})
+    r = httpx.post(
+        f"{server.base_url}/v1/flux-kontext-pro",
+        json={"prompt": "x", "webhook_url": "http://127.0.0.1:9/hook"},
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "webhook_url"]
 
 
@@ -131,7 +137,9 @@ def _read_sse(resp: httpx.Response) -> list[tuple[str | None, str, dict]]:  # ty
 def test_sse_progress_previews_and_one_terminal_event(slow_server) -> None:  # type: ignore[no-untyped-def]
     srv = slow_server()
     blocker = httpx.post(f"{srv.base_url}/v1/flux-kontext-pro", json={"prompt": "a", "steps": 10, "seed": 1})
-    job = httpx.post(f"{srv.base_url}/v1/flux-kontext-pro", json={"prompt": "b", "steps": 20, "seed": 2}).json()
+    job = httpx.post(
+        f"{srv.base_url}/v1/flux-kontext-pro", json={"prompt": "b", "steps": 20, "seed": 2}
+    ).json()
     with httpx.stream("GET", f"{srv.base_url}/v1/jobs/{job['id']}/events", timeout=120) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         events = _read_sse(resp)
@@ -148,8 +156,9 @@ def test_sse_progress_previews_and_one_terminal_event(slow_server) -> None:  # t
     assert poll_result(srv.base_url, blocker.json()["id"])["status"] == "Ready"
     # Resume: after a progress id only later events come, and the terminal one once.
     mid = next(e[0] for e in events if e[1] == "progress")
-    with httpx.stream("GET", f"{srv.base_url}/v1/jobs/{job['id']}/events",
-                      headers={"Last-Event-ID": str(mid)}) as resp:
+    with httpx.stream(
+        "GET", f"{srv.base_url}/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": str(mid)}
+    ) as resp:
         again = _read_sse(resp)
     assert [e[1] for e in again].count("result") == 1
     assert all(int(e[0]) > int(mid) for e in again if e[1] in ("progress", "preview"))
@@ -160,8 +169,13 @@ def test_sse_progress_previews_and_one_terminal_event(slow_server) -> None:  # t
 def test_openai_stream_with_partial_images(slow_server) -> None:  # type: ignore[no-untyped-def]
     srv = slow_server()
     client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="x")
-    stream = client.images.generate(prompt="a green ring", stream=True, partial_images=2,
-                                    size="512x512", extra_body={"steps": 12, "seed": 4})
+    stream = client.images.generate(
+        prompt="a green ring",
+        stream=True,
+        partial_images=2,
+        size="512x512",
+        extra_body={"steps": 12, "seed": 4},
+    )
     events = list(stream)
     types = [e.type for e in events]
     assert types == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
@@ -172,17 +186,24 @@ def test_openai_stream_with_partial_images(slow_server) -> None:  # type: ignore
     assert partial.size == (512, 512)
     buf = io.BytesIO()
     Image.new("RGB", (256, 256), (30, 60, 220)).save(buf, format="PNG")
-    edit = client.images.edit(image=("a.png", buf.getvalue(), "image/png"), prompt="make it red",
-                              stream=True, partial_images=1, extra_body={"steps": 6, "seed": 1})
+    edit = client.images.edit(
+        image=("a.png", buf.getvalue(), "image/png"),
+        prompt="make it red",
+        stream=True,
+        partial_images=1,
+        extra_body={"steps": 6, "seed": 1},
+    )
     assert [e.type for e in edit] == ["image_edit.partial_image", "image_edit.completed"]
 
 
 def test_cancel_queued_and_running(slow_server) -> None:  # type: ignore[no-untyped-def]
     srv = slow_server()
-    running = httpx.post(f"{srv.base_url}/v1/flux-kontext-pro",
-                         json={"prompt": "long", "steps": 50, "seed": 1}).json()["id"]
-    queued = httpx.post(f"{srv.base_url}/v1/flux-kontext-pro",
-                        json={"prompt": "next", "steps": 5, "seed": 2}).json()["id"]
+    running = httpx.post(
+        f"{srv.base_url}/v1/flux-kontext-pro", json={"prompt": "long", "steps": 50, "seed": 1}
+    ).json()["id"]
+    queued = httpx.post(
+        f"{srv.base_url}/v1/flux-kontext-pro", json={"prompt": "next", "steps": 5, "seed": 2}
+    ).json()["id"]
     r = httpx.delete(f"{srv.base_url}/v1/jobs/{queued}")
     assert r.status_code == 200 and r.json()["status"] == "Error"
     deadline = time.monotonic() + 60
@@ -207,8 +228,11 @@ def test_cancel_queued_and_running(slow_server) -> None:  # type: ignore[no-unty
 def test_sync_openai_call_cancelled_when_client_disconnects(slow_server) -> None:  # type: ignore[no-untyped-def]
     srv = slow_server()
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{srv.base_url}/v1/images/generations", timeout=1.0,
-                   json={"prompt": "slow", "n": 6, "extra_body": {"steps": 50, "seed": 3}})
+        httpx.post(
+            f"{srv.base_url}/v1/images/generations",
+            timeout=1.0,
+            json={"prompt": "slow", "n": 6, "extra_body": {"steps": 50, "seed": 3}},
+        )
     con = sqlite3.connect(srv.data_dir / "fluxserve.sqlite3")
     deadline = time.monotonic() + 30
     while True:
@@ -243,5 +267,4 @@ def test_idempotency_key(server) -> None:  # type: ignore[no-untyped-def]
     assert first.created == second.created
     assert first.data[0].url.split("?")[0] == second.data[0].url.split("?")[0]  # type: ignore[union-attr]
     with pytest.raises(openai.ConflictError):
-        client.images.generate(prompt="a pink star", size="512x512",
-                               extra_headers={"Idempotency-Key": "o-1"})
+        client.images.generate(prompt="a pink star", size="512x512", extra_headers={"Idempotency-Key": "o-1"})

@@ -148,9 +148,19 @@ def chat_server():  # type: ignore[no-untyped-def]
             seen.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
             time.sleep(delay["s"])
             prompt = body["messages"][-1]["content"]
-            data = json.dumps({"id": "x", "object": "chat.completion", "choices": [{
-                "index": 0, "finish_reason": "stop",
-                "message": {"role": "assistant", "content": f"LLM: {prompt}, studio lighting"}}]})
+            data = json.dumps(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": f"LLM: {prompt}, studio lighting"},
+                        }
+                    ],
+                }
+            )
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -200,26 +210,36 @@ def test_moderated_prompt_through_both_protocols(server) -> None:  # type: ignor
     assert isinstance(body, dict) and body["code"] == "moderation_blocked"
     assert "violence_gore" in body["message"] and "decapitated" not in body["message"]
     # A permissive tolerance lets mild content through; the default does not.
-    ok = client.images.generate(prompt="a bloody battlefield", size="256x256",
-                                extra_body={"safety_tolerance": 6})
+    ok = client.images.generate(
+        prompt="a bloody battlefield", size="256x256", extra_body={"safety_tolerance": 6}
+    )
     assert ok.data[0].url
     with pytest.raises(openai.BadRequestError):
         client.images.generate(prompt="a bloody battlefield", size="256x256")
 
 
 def test_moderation_decisions_are_kept_for_audit(server) -> None:  # type: ignore[no-untyped-def]
-    r = httpx.post(f"{server.base_url}/v1/flux-kontext-pro",
-                   json={"prompt": "an erotic dance", "safety_tolerance": 1})
+    r = httpx.post(
+        f"{server.base_url}/v1/flux-kontext-pro", json={"prompt": "an erotic dance", "safety_tolerance": 1}
+    )
     job_id = r.json()["id"]
     assert poll_result(server.base_url, job_id)["status"] == "Request Moderated"
     ok = httpx.post(f"{server.base_url}/v1/flux-kontext-pro", json={"prompt": "a red star", "seed": 1})
     assert poll_result(server.base_url, ok.json()["id"])["status"] == "Ready"
     con = sqlite3.connect(server.data_dir / "fluxserve.sqlite3")
     blocked = json.loads(con.execute("SELECT moderation FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
-    passed = json.loads(con.execute("SELECT moderation FROM jobs WHERE id = ?", (ok.json()["id"],)).fetchone()[0])
+    passed = json.loads(
+        con.execute("SELECT moderation FROM jobs WHERE id = ?", (ok.json()["id"],)).fetchone()[0]
+    )
     con.close()
-    assert blocked[-1] == {"allowed": False, "source": "prompt", "tolerance": 1,
-                           "category": "sexual_suggestive", "score": 0.6, "threshold": 0.6}
+    assert blocked[-1] == {
+        "allowed": False,
+        "source": "prompt",
+        "tolerance": 1,
+        "category": "sexual_suggestive",
+        "score": 0.6,
+        "threshold": 0.6,
+    }
     assert [d["source"] for d in passed] == ["prompt", "output_image"]
     assert all(d["allowed"] for d in passed) and passed[1]["score"] < 0.2
 
@@ -246,8 +266,12 @@ def test_moderation_switched_off_per_deployment(make_server) -> None:  # type: i
 
 def test_upsampling_through_the_server(server) -> None:  # type: ignore[no-untyped-def]
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x")
-    kwargs = dict(prompt="a lighthouse on a cliff", size="256x256", response_format="b64_json",
-                  extra_body={"prompt_upsampling": True, "seed": 21})
+    kwargs = dict(
+        prompt="a lighthouse on a cliff",
+        size="256x256",
+        response_format="b64_json",
+        extra_body={"prompt_upsampling": True, "seed": 21},
+    )
     a = client.images.generate(**kwargs)  # type: ignore[arg-type]
     b = client.images.generate(**kwargs)  # type: ignore[arg-type]
     revised = a.data[0].revised_prompt
@@ -255,18 +279,23 @@ def test_upsampling_through_the_server(server) -> None:  # type: ignore[no-untyp
     assert revised == b.data[0].revised_prompt and a.data[0].b64_json == b.data[0].b64_json
     plain = client.images.generate(prompt="a lighthouse on a cliff", size="256x256")
     assert plain.data[0].revised_prompt is None
-    r = httpx.post(f"{server.base_url}/v1/flux-kontext-pro",
-                   json={"prompt": "a red circle", "prompt_upsampling": True, "seed": 3})
+    r = httpx.post(
+        f"{server.base_url}/v1/flux-kontext-pro",
+        json={"prompt": "a red circle", "prompt_upsampling": True, "seed": 3},
+    )
     result = poll_result(server.base_url, r.json()["id"])
     assert result["result"]["prompt"] != "a red circle" and "red circle" in result["result"]["prompt"]
 
 
 def test_chat_upsampler_configured_on_the_server(make_server, chat_server) -> None:  # type: ignore[no-untyped-def]
     url, seen, _ = chat_server
-    srv = make_server(upsampler="chat", upsampler_url=url, upsampler_model="local-llm",
-                      allow_private_urls="1")
-    r = httpx.post(f"{srv.base_url}/v1/flux-dev", json={"prompt": "a barn", "prompt_upsampling": True,
-                                                        "seed": 4, "width": 256, "height": 256})
+    srv = make_server(
+        upsampler="chat", upsampler_url=url, upsampler_model="local-llm", allow_private_urls="1"
+    )
+    r = httpx.post(
+        f"{srv.base_url}/v1/flux-dev",
+        json={"prompt": "a barn", "prompt_upsampling": True, "seed": 4, "width": 256, "height": 256},
+    )
     result = poll_result(srv.base_url, r.json()["id"])
     assert result["result"]["prompt"] == "LLM: a barn, studio lighting"
     assert seen[-1]["model"] == "local-llm"

@@ -19,65 +19,196 @@ import httpx
 log = logging.getLogger("fluxserve.upsampling")
 
 SUBJECTS: dict[str, tuple[str, ...]] = {
-    "portrait": ("portrait", "person", "man", "woman", "face", "people", "girl", "boy", "child",
-                 "astronaut", "king", "queen", "warrior", "chef", "musician"),
-    "landscape": ("landscape", "mountain", "mountains", "lake", "forest", "sea", "ocean",
-                  "beach", "valley", "river", "desert", "sky", "sunset", "sunrise", "field"),
-    "city": ("city", "street", "building", "buildings", "skyline", "town", "castle", "house",
-             "interior", "room", "bridge", "cathedral", "village"),
-    "animal": ("cat", "dog", "bird", "horse", "fox", "lion", "tiger", "owl", "wolf", "animal",
-               "dragon", "fish", "bear", "rabbit", "otter"),
-    "food": ("food", "cake", "pizza", "coffee", "fruit", "dish", "bread", "soup", "burger",
-             "tea", "salad", "dessert"),
-    "product": ("bottle", "watch", "shoe", "shoes", "phone", "product", "car", "perfume",
-                "chair", "lamp", "camera", "headphones"),
-}  # fmt: skip
+    "portrait": (
+        "portrait",
+        "person",
+        "man",
+        "woman",
+        "face",
+        "people",
+        "girl",
+        "boy",
+        "child",
+        "astronaut",
+        "king",
+        "queen",
+        "warrior",
+        "chef",
+        "musician",
+    ),
+    "landscape": (
+        "landscape",
+        "mountain",
+        "mountains",
+        "lake",
+        "forest",
+        "sea",
+        "ocean",
+        "beach",
+        "valley",
+        "river",
+        "desert",
+        "sky",
+        "sunset",
+        "sunrise",
+        "field",
+    ),
+    "city": (
+        "city",
+        "street",
+        "building",
+        "buildings",
+        "skyline",
+        "town",
+        "castle",
+        "house",
+        "interior",
+        "room",
+        "bridge",
+        "cathedral",
+        "village",
+    ),
+    "animal": (
+        "cat",
+        "dog",
+        "bird",
+        "horse",
+        "fox",
+        "lion",
+        "tiger",
+        "owl",
+        "wolf",
+        "animal",
+        "dragon",
+        "fish",
+        "bear",
+        "rabbit",
+        "otter",
+    ),
+    "food": (
+        "food",
+        "cake",
+        "pizza",
+        "coffee",
+        "fruit",
+        "dish",
+        "bread",
+        "soup",
+        "burger",
+        "tea",
+        "salad",
+        "dessert",
+    ),
+    "product": (
+        "bottle",
+        "watch",
+        "shoe",
+        "shoes",
+        "phone",
+        "product",
+        "car",
+        "perfume",
+        "chair",
+        "lamp",
+        "camera",
+        "headphones",
+    ),
+}
 DETAILS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     # (composition, lighting, style)
-    "portrait": (("head-and-shoulders framing", "three-quarter view", "centered close-up"),
-                 ("soft window light", "golden hour backlight", "studio softbox lighting"),
-                 ("85mm lens, shallow depth of field", "natural skin texture, sharp eyes",
-                  "editorial photography")),
-    "landscape": (("wide-angle composition with a strong foreground", "rule-of-thirds horizon",
-                   "sweeping panoramic view"),
-                  ("golden hour light", "soft morning mist", "dramatic clouds at dusk"),
-                  ("atmospheric depth, highly detailed", "crisp landscape photography",
-                   "rich natural colors")),
-    "city": (("leading lines down the street", "symmetrical architectural framing",
-              "elevated view over the rooftops"),
-             ("blue hour light with glowing windows", "warm afternoon sun", "neon reflections"),
-             ("architectural photography, sharp detail", "cinematic color grading",
-              "tilt-shift clarity")),
-    "animal": (("eye-level close-up", "subject centered against a clean background",
-                "full-body side view"),
-               ("soft diffused daylight", "warm rim light", "dappled forest light"),
-               ("wildlife photography, fine fur detail", "telephoto lens, creamy bokeh",
-                "natural colors")),
-    "food": (("overhead flat lay", "45-degree angle close-up", "tight crop on the dish"),
-             ("soft natural side light", "warm restaurant lighting", "bright airy light"),
-             ("food photography, appetizing textures", "shallow depth of field",
-              "rustic styling")),
-    "product": (("centered hero shot", "three-quarter angle on a seamless backdrop",
-                 "minimal composition with negative space"),
-                ("softbox studio lighting", "rim lighting with gentle reflections",
-                 "bright even light"),
-                ("commercial product photography", "crisp detail, clean edges",
-                 "premium minimal style")),
-    "general": (("balanced composition", "clear focal point", "rule-of-thirds framing"),
-                ("soft natural light", "dramatic lighting", "warm ambient light"),
-                ("highly detailed", "vivid colors, sharp focus", "cinematic atmosphere")),
-}  # fmt: skip
+    "portrait": (
+        ("head-and-shoulders framing", "three-quarter view", "centered close-up"),
+        ("soft window light", "golden hour backlight", "studio softbox lighting"),
+        ("85mm lens, shallow depth of field", "natural skin texture, sharp eyes", "editorial photography"),
+    ),
+    "landscape": (
+        (
+            "wide-angle composition with a strong foreground",
+            "rule-of-thirds horizon",
+            "sweeping panoramic view",
+        ),
+        ("golden hour light", "soft morning mist", "dramatic clouds at dusk"),
+        ("atmospheric depth, highly detailed", "crisp landscape photography", "rich natural colors"),
+    ),
+    "city": (
+        (
+            "leading lines down the street",
+            "symmetrical architectural framing",
+            "elevated view over the rooftops",
+        ),
+        ("blue hour light with glowing windows", "warm afternoon sun", "neon reflections"),
+        ("architectural photography, sharp detail", "cinematic color grading", "tilt-shift clarity"),
+    ),
+    "animal": (
+        ("eye-level close-up", "subject centered against a clean background", "full-body side view"),
+        ("soft diffused daylight", "warm rim light", "dappled forest light"),
+        ("wildlife photography, fine fur detail", "telephoto lens, creamy bokeh", "natural colors"),
+    ),
+    "food": (
+        ("overhead flat lay", "45-degree angle close-up", "tight crop on the dish"),
+        ("soft natural side light", "warm restaurant lighting", "bright airy light"),
+        ("food photography, appetizing textures", "shallow depth of field", "rustic styling"),
+    ),
+    "product": (
+        (
+            "centered hero shot",
+            "three-quarter angle on a seamless backdrop",
+            "minimal composition with negative space",
+        ),
+        ("softbox studio lighting", "rim lighting with gentle reflections", "bright even light"),
+        ("commercial product photography", "crisp detail, clean edges", "premium minimal style"),
+    ),
+    "general": (
+        ("balanced composition", "clear focal point", "rule-of-thirds framing"),
+        ("soft natural light", "dramatic lighting", "warm ambient light"),
+        ("highly detailed", "vivid colors, sharp focus", "cinematic atmosphere"),
+    ),
+}
 
-SCENE_COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "white",
-                 "black", "gray", "brown")  # fmt: skip
+SCENE_COLOURS = (
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "cyan",
+    "blue",
+    "purple",
+    "pink",
+    "white",
+    "black",
+    "gray",
+    "brown",
+)
 SCENE_SHAPES = ("circle", "square", "triangle", "star", "ring", "diamond")
-SCENE_POSITIONS = ("in the center", "on the left", "on the right", "at the top", "at the bottom",
-                   "in the top left", "in the top right", "in the bottom left",
-                   "in the bottom right")  # fmt: skip
-MOOD_BACKGROUNDS = {"night": "black", "space": "black", "dark": "black", "sky": "blue",
-                    "ocean": "blue", "sea": "blue", "water": "blue", "forest": "green",
-                    "grass": "green", "sunset": "orange", "fire": "red", "snow": "white",
-                    "desert": "yellow", "sand": "yellow", "earth": "brown", "wood": "brown"}  # fmt: skip
+SCENE_POSITIONS = (
+    "in the center",
+    "on the left",
+    "on the right",
+    "at the top",
+    "at the bottom",
+    "in the top left",
+    "in the top right",
+    "in the bottom left",
+    "in the bottom right",
+)
+MOOD_BACKGROUNDS = {
+    "night": "black",
+    "space": "black",
+    "dark": "black",
+    "sky": "blue",
+    "ocean": "blue",
+    "sea": "blue",
+    "water": "blue",
+    "forest": "green",
+    "grass": "green",
+    "sunset": "orange",
+    "fire": "red",
+    "snow": "white",
+    "desert": "yellow",
+    "sand": "yellow",
+    "earth": "brown",
+    "wood": "brown",
+}
 
 
 class PromptUpsampler(Protocol):
@@ -129,19 +260,19 @@ def _scene_detail(prompt: str, rng: random.Random) -> str:
     objects = list(OBJECT.finditer(text))
     used_colours = {m.group(2) for m in objects}
     if objects:
-        free = [p for p in SCENE_POSITIONS
-                if not any(m.group(4) and m.group(4).strip() == p for m in objects)]  # fmt: skip
+        free: list[str] = [
+            p for p in SCENE_POSITIONS if not any(m.group(4) and m.group(4).strip() == p for m in objects)
+        ]
         if len(objects) == 2:
-            free = [p for p in ("on the left", "on the right", "at the top", "at the bottom")
-                    if p in free]  # fmt: skip
+            free = [p for p in ("on the left", "on the right", "at the top", "at the bottom") if p in free]
         rng.shuffle(free)
         pieces, last = [], 0
         for m in objects:
             pieces.append(text[last : m.start()])
             size = m.group(1) or ("" if len(objects) == 2 else rng.choice(("", "large")))
             position = (m.group(4) or "").strip() or (free.pop() if free else "")
-            words = [w for w in (size, m.group(2), m.group(3), position) if w]
-            pieces.append(" ".join(words))
+            obj_words = [w for w in (size, m.group(2), m.group(3), position) if w]
+            pieces.append(" ".join(obj_words))
             last = m.end()
         pieces.append(text[last:])
         text = "".join(pieces)
@@ -167,8 +298,14 @@ class ChatUpsampler:
     upsampler on timeout or error. Results are cached per (prompt, seed) so that a seed
     reproduces even if the endpoint is not deterministic."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None,
-                 timeout_s: float = 10.0, fallback: BuiltinUpsampler | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        fallback: BuiltinUpsampler | None = None,
+    ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = api_key
@@ -182,15 +319,20 @@ class ChatUpsampler:
             return self._cache[key]
         system = SYSTEM_PROMPT
         if scene_vocabulary:
-            system += (" The model only knows flat scenes: colours, the shapes circle, square, "
-                       "triangle, star, ring and diamond, the sizes small and large, positions "
-                       "such as 'on the left' or 'in the top right', and 'on a <colour> "
-                       "background'. Use only those words.")  # fmt: skip
+            system += (
+                " The model only knows flat scenes: colours, the shapes circle, square, "
+                "triangle, star, ring and diamond, the sizes small and large, positions "
+                "such as 'on the left' or 'in the top right', and 'on a <colour> "
+                "background'. Use only those words."
+            )
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         body = {
-            "model": self.model, "temperature": 0, "seed": seed, "max_tokens": 300,
+            "model": self.model,
+            "temperature": 0,
+            "seed": seed,
+            "max_tokens": 300,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": prompt}],
-        }  # fmt: skip
+        }
         try:
             async with httpx.AsyncClient(timeout=self.timeout_s) as client:
                 r = await client.post(self.url, json=body, headers=headers)
@@ -199,8 +341,11 @@ class ChatUpsampler:
             if not text or len(text) > 2000:
                 raise ValueError("empty or oversized rewrite")
         except Exception as exc:
-            log.warning("prompt upsampling via %s failed (%s); using the built-in upsampler",
-                        self.url, exc.__class__.__name__)  # fmt: skip
+            log.warning(
+                "prompt upsampling via %s failed (%s); using the built-in upsampler",
+                self.url,
+                exc.__class__.__name__,
+            )
             return await self.fallback.upsample(prompt, seed, scene_vocabulary)
         self._cache[key] = text
         return text

@@ -105,9 +105,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         if not settings.upsampler_url:
             raise ValueError("upsampler = 'chat' needs upsampler_url (an OpenAI-compatible base URL)")
         upsampler = ChatUpsampler(
-            settings.upsampler_url, settings.upsampler_model, settings.upsampler_api_key,
+            settings.upsampler_url,
+            settings.upsampler_model,
+            settings.upsampler_api_key,
             settings.upsampler_timeout_s,
-        )  # fmt: skip
+        )
     scene_models = frozenset(e.id for e in catalog if e.checkpoint == BUILTIN_CHECKPOINT)
     service = JobService(SQLiteJobStore(db), storage, moderator, upsampler, scene_models)
     if engine is None:
@@ -139,10 +141,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return render_result(state, job, settings.public_url or base_url).model_dump()
 
     dispatcher = WebhookDispatcher(
-        service.webhooks, render_for_webhook, settings.allow_private_urls,
-        base_delay_s=settings.webhook_retry_base_s, max_delay_s=settings.webhook_max_delay_s,
-        max_attempts=settings.webhook_max_attempts, timeout_s=settings.webhook_timeout_s,
-    )  # fmt: skip
+        service.webhooks,
+        render_for_webhook,
+        settings.allow_private_urls,
+        base_delay_s=settings.webhook_retry_base_s,
+        max_delay_s=settings.webhook_max_delay_s,
+        max_attempts=settings.webhook_max_attempts,
+        timeout_s=settings.webhook_timeout_s,
+    )
 
     async def load_models() -> None:
         try:

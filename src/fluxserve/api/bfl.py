@@ -143,10 +143,17 @@ async def _submit(
     except IdempotencyConflict:
         return JSONResponse(
             status_code=422,
-            content={"detail": [{"loc": ["header", "Idempotency-Key"], "type": "idempotency_conflict",
-                                 "msg": "this Idempotency-Key was already used with a different "
-                                        "request body; use a new key for a new request"}]},
-        )  # fmt: skip
+            content={
+                "detail": [
+                    {
+                        "loc": ["header", "Idempotency-Key"],
+                        "type": "idempotency_conflict",
+                        "msg": "this Idempotency-Key was already used with a different "
+                        "request body; use a new key for a new request",
+                    }
+                ]
+            },
+        )
     if existing:
         job = state.service.get(existing)
         if job is not None:

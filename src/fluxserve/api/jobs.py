@@ -27,9 +27,11 @@ def _frame(event: str, data: dict[str, Any], event_id: str | int | None = None) 
 
 @router.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse)
 async def job_events(
-    job_id: str, request: Request, key_id: str | None = Depends(bfl_auth),
+    job_id: str,
+    request: Request,
+    key_id: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),
-) -> Any:  # fmt: skip
+) -> Any:
     """Server-sent events: ``queued`` (position), ``progress`` (step, steps, fraction),
     ``preview`` (a small base64 JPEG of the current estimate, every few steps), then exactly
     one terminal event, ``result``, carrying what ``get_result`` would answer (event id
@@ -65,15 +67,18 @@ async def job_events(
                     break
                 if event.type in ("progress", "preview"):
                     yield _frame(event.type, event.data, event.id)
-            await it.aclose()
+            await it.aclose()  # type: ignore[attr-defined]
         else:
-            await events.aclose()
+            await events.aclose()  # type: ignore[attr-defined]
         job = state.service.get(job_id)
         if job is not None:
             yield _frame("result", render_result(state, job, base_url).model_dump(), END_ID)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 class WebhookAttempt(BaseModel):
@@ -125,9 +130,11 @@ async def _cancel(job_id: str, request: Request, state: AppState) -> ResultRespo
 
 @router.delete("/v1/jobs/{job_id}", response_model=ResultResponse)
 async def delete_job(
-    job_id: str, request: Request, key_id: str | None = Depends(bfl_auth),
+    job_id: str,
+    request: Request,
+    key_id: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),
-) -> ResultResponse:  # fmt: skip
+) -> ResultResponse:
     """Cancel a job: a queued job never runs; a running one stops at its next denoising step.
     ``get_result`` then answers ``Error`` with ``details.error == "cancelled"``."""
     return await _cancel(job_id, request, state)
@@ -135,8 +142,10 @@ async def delete_job(
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=ResultResponse)
 async def cancel_job(
-    job_id: str, request: Request, key_id: str | None = Depends(bfl_auth),
+    job_id: str,
+    request: Request,
+    key_id: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),
-) -> ResultResponse:  # fmt: skip
+) -> ResultResponse:
     """The same as ``DELETE /v1/jobs/{id}``."""
     return await _cancel(job_id, request, state)

@@ -206,10 +206,12 @@ async def _run(
         output_compression=opts.output_compression,
         protocol="openai",
         extras={
-            "response_format": opts.response_format or "url", "user": opts.user,
-            "base_url": state.base_url(request), "partial_images": partial_images if stream else 0,
+            "response_format": opts.response_format or "url",
+            "user": opts.user,
+            "base_url": state.base_url(request),
+            "partial_images": partial_images if stream else 0,
         },
-    )  # fmt: skip
+    )
     job = await _submit_idempotent(request, state, spec, inputs, key_id, idempotency_payload)
     if stream:
         return StreamingResponse(
@@ -222,9 +224,13 @@ async def _run(
 
 
 async def _submit_idempotent(
-    request: Request, state: AppState, spec: GenerationSpec, inputs: list[bytes],
-    key_id: str | None, payload: Any,
-) -> Job:  # fmt: skip
+    request: Request,
+    state: AppState,
+    spec: GenerationSpec,
+    inputs: list[bytes],
+    key_id: str | None,
+    payload: Any,
+) -> Job:
     """Submit, or with an Idempotency-Key return the job an identical earlier request made."""
     idem_key = request.headers.get("idempotency-key")
     if not idem_key:
@@ -237,9 +243,12 @@ async def _submit_idempotent(
             existing = await state.idempotency.wait_for_job(idem_key, owner, digest)
     except IdempotencyConflict as exc:
         raise OpenAIError(
-            409, "This Idempotency-Key was already used with a different request body; use a new "
-            "key for a new request.", param="Idempotency-Key", code="idempotency_conflict",
-        ) from exc  # fmt: skip
+            409,
+            "This Idempotency-Key was already used with a different request body; use a new "
+            "key for a new request.",
+            param="Idempotency-Key",
+            code="idempotency_conflict",
+        ) from exc
     if existing:
         job = state.service.get(existing)
         if job is not None:
@@ -267,8 +276,12 @@ async def _wait_or_cancel(request: Request, state: AppState, job_id: str) -> Job
 
 def _usage(job: Job) -> dict[str, Any]:
     text_tokens = len(job.spec.prompt.split())
-    return {"total_tokens": text_tokens, "input_tokens": text_tokens, "output_tokens": 0,
-            "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0}}  # fmt: skip
+    return {
+        "total_tokens": text_tokens,
+        "input_tokens": text_tokens,
+        "output_tokens": 0,
+        "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0},
+    }
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -282,16 +295,25 @@ async def _stream_events(request: Request, state: AppState, job_id: str, kind: s
     try:
         job = state.service.get(job_id)
         assert job is not None
-        common = {"size": f"{job.spec.width}x{job.spec.height}", "quality": "auto",
-                  "background": "opaque", "output_format": job.spec.output_format}  # fmt: skip
+        common = {
+            "size": f"{job.spec.width}x{job.spec.height}",
+            "quality": "auto",
+            "background": "opaque",
+            "output_format": job.spec.output_format,
+        }
         if not job.terminal:
             async for event in state.service.events.subscribe(job_id):
                 if event.type == "partial":
-                    yield _sse(f"{kind}.partial_image", {
-                        "type": f"{kind}.partial_image", "b64_json": event.data["b64_json"],
-                        "created_at": int(time.time()), "partial_image_index": event.data["index"],
-                        **common,
-                    })  # fmt: skip
+                    yield _sse(
+                        f"{kind}.partial_image",
+                        {
+                            "type": f"{kind}.partial_image",
+                            "b64_json": event.data["b64_json"],
+                            "created_at": int(time.time()),
+                            "partial_image_index": event.data["index"],
+                            **common,
+                        },
+                    )
                 if event.type == "end":
                     break
                 if state.service.get(job_id) is None:
@@ -306,10 +328,16 @@ async def _stream_events(request: Request, state: AppState, job_id: str, kind: s
             return
         for key in job.result["files"]:
             b64 = base64.b64encode(state.storage.get(key)).decode()
-            yield _sse(f"{kind}.completed", {
-                "type": f"{kind}.completed", "b64_json": b64, "created_at": int(time.time()),
-                "usage": _usage(job), **common,
-            })  # fmt: skip
+            yield _sse(
+                f"{kind}.completed",
+                {
+                    "type": f"{kind}.completed",
+                    "b64_json": b64,
+                    "created_at": int(time.time()),
+                    "usage": _usage(job),
+                    **common,
+                },
+            )
     finally:
         if not finished:
             state.service.cancel(job_id)
@@ -372,9 +400,17 @@ async def create_image(
 ) -> ImagesResponse:
     """Generate images (OpenAI ``images.generate``)."""
     return await _run(
-        request, state, body, _entry(state, body.model), [], key_id, "image_generation",
-        bool(body.stream), body.partial_images or 0, body.model_dump(mode="json"),
-    )  # fmt: skip
+        request,
+        state,
+        body,
+        _entry(state, body.model),
+        [],
+        key_id,
+        "image_generation",
+        bool(body.stream),
+        body.partial_images or 0,
+        body.model_dump(mode="json"),
+    )
 
 
 def _validation_to_openai(exc: ValidationError) -> OpenAIError:
@@ -491,9 +527,17 @@ async def edit_image(
     except (SpecError, InputImageError) as exc:
         raise OpenAIError(400, exc.message, param=exc.param, code="invalid_image") from exc
     return await _run(
-        request, state, opts, entry, inputs, key_id, "image_edit", bool(opts.stream),
-        opts.partial_images or 0, fields,
-    )  # fmt: skip
+        request,
+        state,
+        opts,
+        entry,
+        inputs,
+        key_id,
+        "image_edit",
+        bool(opts.stream),
+        opts.partial_images or 0,
+        fields,
+    )
 
 
 @router.get("/v1/models", response_model=ModelList)

@@ -78,9 +78,13 @@ def shape_features(mask: np.ndarray) -> tuple[float, float, float, float]:
     area = float(mask.sum())
     extent = area / ((y1 - y0) * (x1 - x0))
     corners = np.concatenate(
-        [np.stack([xs, ys], 1), np.stack([xs + 1, ys], 1), np.stack([xs, ys + 1], 1),
-         np.stack([xs + 1, ys + 1], 1)]
-    )  # fmt: skip
+        [
+            np.stack([xs, ys], 1),
+            np.stack([xs + 1, ys], 1),
+            np.stack([xs, ys + 1], 1),
+            np.stack([xs + 1, ys + 1], 1),
+        ]
+    )
     solidity = area / max(1.0, _hull_area(corners))
     cy_rel = (ys.mean() + 0.5 - y0) / (y1 - y0)
     h, w = y1 - y0, x1 - x0
@@ -129,8 +133,7 @@ def analyse(img: Image.Image, max_side: int = 128) -> tuple[str, list[Found]]:
     """The background colour and the objects found in ``img``."""
     if max(img.size) > max_side:
         s = max_side / max(img.size)
-        img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))),
-                         Image.Resampling.BOX)  # fmt: skip
+        img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.Resampling.BOX)
     a = np.asarray(img.convert("RGB"), dtype=np.float32)
     h, w, _ = a.shape
     dist = ((a[:, :, None, :] - PALETTE[None, None]) ** 2).sum(-1)
@@ -161,8 +164,13 @@ def score(scene: Scene, img: Image.Image, check_all_cells: bool = False) -> dict
     """Which attributes of ``scene`` the image gets right. Objects with a position word are
     checked for their cell; with ``check_all_cells`` (edits) every object is."""
     bg, found = analyse(img)
-    out = {"background": bg == scene.background, "colour": True, "shape": True,
-           "position": True, "count": len(found) == len(scene.objects)}  # fmt: skip
+    out = {
+        "background": bg == scene.background,
+        "colour": True,
+        "shape": True,
+        "position": True,
+        "count": len(found) == len(scene.objects),
+    }
     pool = list(found)
     # Match the most specific candidates first, so two objects of one colour pair up right.
     order = sorted(scene.objects, key=lambda o: sum(f.colour == o.colour for f in found))
@@ -208,14 +216,23 @@ def prompt_set(seed: int = 1234, per_ratio: int = 24) -> list[dict[str, Any]]:
             edit = random_edit(rng, src, w, h, train=False)
             if edit is None:
                 continue
-            cases.append({"kind": "edit", "ratio": ratio, "scene": edit[1], "source": src,
-                          "instruction": edit[0], "seed": rng.randrange(2**31)})  # fmt: skip
+            cases.append(
+                {
+                    "kind": "edit",
+                    "ratio": ratio,
+                    "scene": edit[1],
+                    "source": src,
+                    "instruction": edit[0],
+                    "seed": rng.randrange(2**31),
+                }
+            )
             k += 1
     for shape, colour, bg in sorted(HELD_OUT):
         for ratio in ("1:1", "16:9"):
             w, h = size_for(ratio, 256 * 256, 16)
-            s = layout(Scene((Obj(shape, colour, None, "in the center"),), bg), w, h, rng)
-            assert s is not None
+            laid = layout(Scene((Obj(shape, colour, None, "in the center"),), bg), w, h, rng)
+            assert laid is not None
+            s = laid
             cases.append({"kind": "held_out", "ratio": ratio, "scene": s, "seed": rng.randrange(2**31)})
     return cases
 
@@ -255,8 +272,9 @@ def contact_sheet(
         thumb = img.copy()
         thumb.thumbnail((cell - 4, cell - 4))
         sheet.paste(thumb, (x + 2, y + 2))
-        draw.rectangle([x, y + cell, x + cell - 1, y + cell + 3],
-                       fill=(40, 200, 40) if s["all"] else (220, 40, 40))  # fmt: skip
+        draw.rectangle(
+            [x, y + cell, x + cell - 1, y + cell + 3], fill=(40, 200, 40) if s["all"] else (220, 40, 40)
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
 
@@ -279,8 +297,9 @@ def evaluate_checkpoint(
     engine.load(str(checkpoint))
 
     def run(prompt: str, w: int, h: int, seed: int, image: Image.Image | None) -> Image.Image:
-        req = EngineRequest(str(checkpoint), prompt, w, h, seed, steps, guidance,
-                            images=[image] if image is not None else [])  # fmt: skip
+        req = EngineRequest(
+            str(checkpoint), prompt, w, h, seed, steps, guidance, images=[image] if image is not None else []
+        )
         return engine.generate(req)[0]
 
     cases = prompt_set(per_ratio=per_ratio)

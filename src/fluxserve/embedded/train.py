@@ -35,8 +35,17 @@ from PIL import Image
 from fluxserve.embedded.scenes import COLOURS, caption, random_edit, random_scene, render
 
 RATIOS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (2, 1), (1, 2), (7, 3), (3, 7))
-FILLERS = ("a photo of", "an image of", "beautiful", "highly detailed", "please draw",
-           "minimalist", "a picture showing", "4k render of", "simple flat art,")  # fmt: skip
+FILLERS = (
+    "a photo of",
+    "an image of",
+    "beautiful",
+    "highly detailed",
+    "please draw",
+    "minimalist",
+    "a picture showing",
+    "4k render of",
+    "simple flat art,",
+)
 
 
 @dataclass
@@ -112,8 +121,11 @@ class Progress:
         rate = done / max(1e-9, now - self.t0)
         eta = (self.total - i) / max(rate, 1e-9)
         extra = " ".join(f"{k}={v:.4g}" for k, v in info.items())
-        print(f"[{self.name}] {i}/{self.total} ({100 * i / self.total:.1f}%) "
-              f"{rate:.2f} it/s eta {eta / 60:.1f} min {extra}", flush=True)  # fmt: skip
+        print(
+            f"[{self.name}] {i}/{self.total} ({100 * i / self.total:.1f}%) "
+            f"{rate:.2f} it/s eta {eta / 60:.1f} min {extra}",
+            flush=True,
+        )
 
 
 # ---------------------------------------------------------------- components
@@ -123,12 +135,19 @@ def make_vae(cfg: Config):  # type: ignore[no-untyped-def]
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
-        block_out_channels=(16, 32, 64), latent_channels=cfg.latent_channels,
-        layers_per_block=1, norm_num_groups=8, sample_size=64, mid_block_add_attention=False,
-        use_quant_conv=False, use_post_quant_conv=False,
-    )  # fmt: skip
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3,
+        block_out_channels=(16, 32, 64),
+        latent_channels=cfg.latent_channels,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+        mid_block_add_attention=False,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
 
 
 def make_text(cfg: Config, out: Path):  # type: ignore[no-untyped-def]
@@ -139,17 +158,35 @@ def make_text(cfg: Config, out: Path):  # type: ignore[no-untyped-def]
     out.mkdir(parents=True, exist_ok=True)
     tok, clip_vocab = make_clip_tokenizer(BASE_WORDS, out)
     tok2, t5_vocab = make_t5_tokenizer(BASE_WORDS)
-    clip = CLIPTextModel(CLIPTextConfig(
-        vocab_size=clip_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))  # fmt: skip
-    t5 = T5EncoderModel(T5Config(  # type: ignore[call-arg]
-        vocab_size=t5_vocab, d_model=cfg.text_dim, d_ff=cfg.text_dim * 2, d_kv=16,
-        num_layers=cfg.text_layers, num_heads=cfg.text_dim // 16,
-        relative_attention_num_buckets=16, decoder_start_token_id=0, pad_token_id=0,
-        eos_token_id=1, dropout_rate=0.0,
-    ))  # fmt: skip
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=clip_vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(  # type: ignore[call-arg]
+            vocab_size=t5_vocab,
+            d_model=cfg.text_dim,
+            d_ff=cfg.text_dim * 2,
+            d_kv=16,
+            num_layers=cfg.text_layers,
+            num_heads=cfg.text_dim // 16,
+            relative_attention_num_buckets=16,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+            dropout_rate=0.0,
+        )
+    )
     return tok, tok2, clip, t5
 
 
@@ -159,17 +196,24 @@ def make_transformer(cfg: Config):  # type: ignore[no-untyped-def]
     head = cfg.width // cfg.heads
     rope = (head // 4, 3 * head // 8, 3 * head // 8)
     t = FluxTransformer2DModel(
-        patch_size=1, in_channels=cfg.latent_channels * 4, num_layers=cfg.double_blocks,
-        num_single_layers=cfg.single_blocks, attention_head_dim=head,
-        num_attention_heads=cfg.heads, joint_attention_dim=cfg.text_dim,
-        pooled_projection_dim=32, guidance_embeds=False, axes_dims_rope=rope,
-    )  # fmt: skip
+        patch_size=1,
+        in_channels=cfg.latent_channels * 4,
+        num_layers=cfg.double_blocks,
+        num_single_layers=cfg.single_blocks,
+        attention_head_dim=head,
+        num_attention_heads=cfg.heads,
+        joint_attention_dim=cfg.text_dim,
+        pooled_projection_dim=32,
+        guidance_embeds=False,
+        axes_dims_rope=rope,
+    )
     # The pooled CLIP vector always enters FLUX's modulation; a zero projection makes it a
     # constant, so the image must read the caption through joint attention (see the spec).
-    proj = t.time_text_embed.text_embedder.linear_2
+    embedder = t.time_text_embed.text_embedder  # type: ignore[attr-defined]
+    proj = embedder.linear_2
     torch.nn.init.zeros_(proj.weight)
     torch.nn.init.zeros_(proj.bias)
-    for p in t.time_text_embed.text_embedder.parameters():
+    for p in embedder.parameters():
         p.requires_grad_(False)
     return t
 
@@ -214,8 +258,9 @@ def train_vae(cfg: Config, work: Path, device: torch.device) -> Any:
         opt.step()
         prog.update(step + 1, loss=loss.item())
         if (step + 1) % 500 == 0 or step + 1 == cfg.vae_steps:
-            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1},
-                       work / "vae_state.pt")  # fmt: skip
+            torch.save(
+                {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, work / "vae_state.pt"
+            )
             torch.save(vae.state_dict(), path)
     (work / "vae.done").touch()
     return vae.eval()
@@ -256,12 +301,16 @@ def build_pool(cfg: Config, vae: Any, work: Path, device: torch.device) -> dict[
             lats.append(encode(vae, imgs, device).half())
             done += len(imgs)
             prog.update(done)
-        pool["t2i"][(w, h)] = {"captions": caps, "latents": torch.cat(lats),
-                               "masks": torch.from_numpy(np.stack(masks)).half()}  # fmt: skip
+        pool["t2i"][(w, h)] = {
+            "captions": caps,
+            "latents": torch.cat(lats),
+            "masks": torch.from_numpy(np.stack(masks)).half(),
+        }
         caps, src_l, tgt_l, masks = [], [], [], []
         n = 0
         while n < per_bucket_edit:
-            srcs, tgts = [], []
+            srcs: list[Image.Image] = []
+            tgts: list[Image.Image] = []
             while len(srcs) < min(chunk, per_bucket_edit - n):
                 src = random_scene(rng, w, h, rng.choice((1, 2)))
                 edit = random_edit(rng, src, w, h)
@@ -273,17 +322,21 @@ def build_pool(cfg: Config, vae: Any, work: Path, device: torch.device) -> dict[
                 tgts.append(timg)
                 caps.append(noisy_caption(text, rng))
                 # weight both what changed and the objects of the result
-                diff = (np.abs(np.asarray(srcs[-1], np.int16) - np.asarray(timg, np.int16))
-                        .sum(-1) > 60).astype(np.float32)  # fmt: skip
+                diff = (
+                    np.abs(np.asarray(srcs[-1], np.int16) - np.asarray(timg, np.int16)).sum(-1) > 60
+                ).astype(np.float32)
                 masks.append(np.maximum(diff, object_mask(timg, tgt.background)))
             src_l.append(encode(vae, srcs, device).half())
             tgt_l.append(encode(vae, tgts, device).half())
             n += len(srcs)
             done += len(srcs)
             prog.update(done)
-        pool["edit"][(w, h)] = {"captions": caps, "source": torch.cat(src_l),
-                                "latents": torch.cat(tgt_l),
-                                "masks": torch.from_numpy(np.stack(masks)).half()}  # fmt: skip
+        pool["edit"][(w, h)] = {
+            "captions": caps,
+            "source": torch.cat(src_l),
+            "latents": torch.cat(tgt_l),
+            "masks": torch.from_numpy(np.stack(masks)).half(),
+        }
     all_lat = torch.cat([b["latents"][:2000].float().flatten() for b in pool["t2i"].values()])
     pool["shift"] = float(all_lat.mean())
     pool["scale"] = float(1.0 / all_lat.std())
@@ -294,8 +347,16 @@ def build_pool(cfg: Config, vae: Any, work: Path, device: torch.device) -> dict[
 # ---------------------------------------------------------------- stage 3: transformer
 
 
-def _matmul_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,  # type: ignore[no-untyped-def]
-                      scale=None, enable_gqa=False):  # fmt: skip
+def _matmul_attention(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,  # type: ignore[no-untyped-def]
+    scale=None,
+    enable_gqa=False,
+):
     """Plain attention: on CPU its backward is about twice as fast as SDPA's at these sizes."""
     s = (query @ key.transpose(-2, -1)) * (scale or query.shape[-1] ** -0.5)
     if attn_mask is not None:
@@ -363,8 +424,9 @@ def train_transformer(cfg: Config, pool: dict[str, Any], work: Path, device: tor
     return tok, tok2, clip, t5.eval(), transformer.eval()
 
 
-def _train_loop(cfg: Config, pool: dict[str, Any], work: Path, device: torch.device,
-                env: dict[str, Any]) -> None:  # fmt: skip
+def _train_loop(
+    cfg: Config, pool: dict[str, Any], work: Path, device: torch.device, env: dict[str, Any]
+) -> None:
     transformer, t5, tok2, opt, params = (env[k] for k in ("transformer", "t5", "tok2", "opt", "params"))
     ema_t, ema_5, start, state_path = env["ema_t"], env["ema_5"], env["start"], env["state_path"]
     shift, scale, gen, rng, sizes = env["shift"], env["scale"], env["gen"], env["rng"], env["sizes"]
@@ -374,8 +436,7 @@ def _train_loop(cfg: Config, pool: dict[str, Any], work: Path, device: torch.dev
         is_edit = rng.random() < cfg.edit_fraction
         data = pool["edit" if is_edit else "t2i"][(w, h)]
         idx = torch.randint(len(data["captions"]), (cfg.batch,), generator=gen)
-        caps = [data["captions"][i] if rng.random() >= cfg.caption_dropout else ""
-                for i in idx.tolist()]  # fmt: skip
+        caps = [data["captions"][i] if rng.random() >= cfg.caption_dropout else "" for i in idx.tolist()]
         x0 = (data["latents"][idx].float().to(device) - shift) * scale
         lh, lw = x0.shape[2], x0.shape[3]
         x0p = pack(x0)
@@ -388,8 +449,9 @@ def _train_loop(cfg: Config, pool: dict[str, Any], work: Path, device: torch.dev
             cond = pack((data["source"][idx].float().to(device) - shift) * scale)
             hidden = torch.cat([xt, cond], 1)
             ids = torch.cat([ids, image_ids(lh, lw, 1, device)])
-        input_ids = tok2(caps, padding="max_length", max_length=cfg.max_text, truncation=True,
-                         return_tensors="pt").input_ids.to(device)  # fmt: skip
+        input_ids = tok2(
+            caps, padding="max_length", max_length=cfg.max_text, truncation=True, return_tensors="pt"
+        ).input_ids.to(device)
         warm = min(1.0, (step + 1) / cfg.warmup)
         lr = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for g in opt.param_groups:
@@ -397,10 +459,15 @@ def _train_loop(cfg: Config, pool: dict[str, Any], work: Path, device: torch.dev
         with torch.autocast(device.type, dtype=torch.bfloat16):
             emb = t5(input_ids)[0]
             pred = transformer(
-                hidden_states=hidden, timestep=sigma, guidance=None,
+                hidden_states=hidden,
+                timestep=sigma,
+                guidance=None,
                 pooled_projections=torch.zeros(cfg.batch, 32, device=device),
-                encoder_hidden_states=emb, txt_ids=txt_ids, img_ids=ids, return_dict=False,
-            )[0][:, : x0p.shape[1]]  # fmt: skip
+                encoder_hidden_states=emb,
+                txt_ids=txt_ids,
+                img_ids=ids,
+                return_dict=False,
+            )[0][:, : x0p.shape[1]]
         target = noise - x0p
         wts = token_weights(data["masks"][idx].to(device), 4, cfg.object_weight)
         loss = (((pred.float() - target) ** 2).mean(-1) * wts).sum() / wts.sum()
@@ -416,9 +483,17 @@ def _train_loop(cfg: Config, pool: dict[str, Any], work: Path, device: torch.dev
                         ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
         prog.update(step + 1, loss=loss.item(), lr=lr)
         if (step + 1) % 500 == 0 or step + 1 == cfg.steps:
-            torch.save({"transformer": transformer.state_dict(), "t5": t5.state_dict(),
-                        "opt": opt.state_dict(), "ema_t": ema_t, "ema_5": ema_5,
-                        "step": step + 1}, state_path)  # fmt: skip
+            torch.save(
+                {
+                    "transformer": transformer.state_dict(),
+                    "t5": t5.state_dict(),
+                    "opt": opt.state_dict(),
+                    "ema_t": ema_t,
+                    "ema_5": ema_5,
+                    "step": step + 1,
+                },
+                state_path,
+            )
 
 
 # ---------------------------------------------------------------- stage 4: export
@@ -431,20 +506,28 @@ def export(cfg: Config, vae: Any, pool: dict[str, Any], parts: Any, out: Path) -
     vae.register_to_config(shift_factor=pool["shift"], scaling_factor=pool["scale"])
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     pipe = FluxKontextPipeline(
-        scheduler=scheduler, vae=vae.cpu(), text_encoder=clip, tokenizer=tok,
-        text_encoder_2=t5.cpu(), tokenizer_2=tok2, transformer=transformer.cpu(),
-    )  # fmt: skip
+        scheduler=scheduler,
+        vae=vae.cpu(),
+        text_encoder=clip,
+        tokenizer=tok,
+        text_encoder_2=t5.cpu(),
+        tokenizer_2=tok2,
+        transformer=transformer.cpu(),
+    )
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.to(torch.float16)
-    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    pipe.to(torch.float16)  # type: ignore[attr-defined]
+    pipe.save_pretrained(str(tmp), safe_serialization=True)  # type: ignore[attr-defined]
     for name in ("vocab.json", "merges.txt"):
         (tmp / name).unlink(missing_ok=True)
     meta = {
-        "native_area": cfg.native_area, "max_sequence_length": cfg.max_text,
-        "true_cfg": True, "default_steps": cfg.default_steps,
-        "default_guidance": cfg.default_guidance, "training": asdict(cfg),
-    }  # fmt: skip
+        "native_area": cfg.native_area,
+        "max_sequence_length": cfg.max_text,
+        "true_cfg": True,
+        "default_steps": cfg.default_steps,
+        "default_guidance": cfg.default_guidance,
+        "training": asdict(cfg),
+    }
     (tmp / "fluxserve.json").write_text(json.dumps(meta, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

@@ -80,10 +80,15 @@ class JobService:
         if not decision.allowed:
             now = time.time()
             job = Job(
-                id=job_id, status=JobStatus.REQUEST_MODERATED, spec=spec, created_at=now,
-                finished_at=now, details={"moderation": decision.public()}, moderation=audit,
+                id=job_id,
+                status=JobStatus.REQUEST_MODERATED,
+                spec=spec,
+                created_at=now,
+                finished_at=now,
+                details={"moderation": decision.public()},
+                moderation=audit,
                 api_key_id=api_key_id,
-            )  # fmt: skip
+            )
             self.store.create(job)
             self.job_ended(job.id)
             return job
@@ -94,9 +99,13 @@ class JobService:
             keys.append(key)
         spec = replace(spec, input_images=tuple(keys))
         job = Job(
-            id=job_id, status=JobStatus.QUEUED, spec=spec, created_at=time.time(),
-            moderation=audit, api_key_id=api_key_id,
-        )  # fmt: skip
+            id=job_id,
+            status=JobStatus.QUEUED,
+            spec=spec,
+            created_at=time.time(),
+            moderation=audit,
+            api_key_id=api_key_id,
+        )
         self.store.create(job)
         self.work_available.set()
         return job
@@ -113,9 +122,11 @@ class JobService:
         job = self.store.get(job_id)
         if job is not None and job.spec.webhook_url and self.webhooks is not None:
             self.webhooks.enqueue(
-                job_id, job.spec.webhook_url, job.spec.webhook_secret,
+                job_id,
+                job.spec.webhook_url,
+                job.spec.webhook_secret,
                 str(job.spec.extras.get("base_url", "")),
-            )  # fmt: skip
+            )
             if self.on_webhook is not None:
                 self.on_webhook()
 

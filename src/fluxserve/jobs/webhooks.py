@@ -4,6 +4,7 @@ exponential backoff, and a dispatcher task that never blocks the generation work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -27,8 +28,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-def verify(secret: str, header: str, body: bytes, tolerance_s: float = 300,
-           now: float | None = None) -> bool:  # fmt: skip
+def verify(secret: str, header: str, body: bytes, tolerance_s: float = 300, now: float | None = None) -> bool:
     """Check a signature header as a receiver should: right MAC, recent timestamp."""
     try:
         parts = dict(p.split("=", 1) for p in header.split(","))
@@ -71,8 +71,16 @@ class WebhookStore:
         with self._db.transaction() as c:
             c.execute("UPDATE webhook_deliveries SET state = 'pending' WHERE state = 'sending'")
 
-    def record(self, job_id: str, attempt: int, status_code: int | None, error: str | None,
-               duration_s: float, state: str, next_at: float) -> None:  # fmt: skip
+    def record(
+        self,
+        job_id: str,
+        attempt: int,
+        status_code: int | None,
+        error: str | None,
+        duration_s: float,
+        state: str,
+        next_at: float,
+    ) -> None:
         with self._db.transaction() as c:
             c.execute(
                 "INSERT INTO webhook_attempts (job_id, attempt, at, status_code, error, duration_s)"
@@ -130,10 +138,8 @@ class WebhookDispatcher:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 self.wakeup.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout=0.25)
-                except TimeoutError:
-                    pass
 
     async def _deliver(self, client: httpx.AsyncClient, row: dict[str, Any]) -> None:
         async with self._sem:

@@ -62,16 +62,21 @@ class Worker:
         except Exception as exc:
             log.error("job %s failed: %s", job.id, "".join(traceback.format_exception(exc)))
             store.finish(
-                job.id, job.attempts, JobStatus.ERROR,
+                job.id,
+                job.attempts,
+                JobStatus.ERROR,
                 details={"error": f"{exc.__class__.__name__}: {exc}"},
-            )  # fmt: skip
+            )
         else:
             audit = [*(job.moderation or []), decision.audit()]
             if not decision.allowed:
                 store.finish(
-                    job.id, job.attempts, JobStatus.CONTENT_MODERATED,
-                    details={"moderation": decision.public()}, moderation=audit,
-                )  # fmt: skip
+                    job.id,
+                    job.attempts,
+                    JobStatus.CONTENT_MODERATED,
+                    details={"moderation": decision.public()},
+                    moderation=audit,
+                )
             elif not store.finish(job.id, job.attempts, JobStatus.READY, result=result, moderation=audit):
                 log.warning("job %s was no longer ours to finish (attempt %s)", job.id, job.attempts)
         self.service.job_ended(job.id)
@@ -98,8 +103,9 @@ class Worker:
                 last[0] = now
                 # Generation is most of a job; the rest (encode, store) is the last 5 %.
                 store.set_progress(job.id, round(0.95 * done / total, 4))
-            events.publish(job.id, "progress", {"step": done, "steps": total,
-                                                "fraction": round(done / total, 4)})  # fmt: skip
+            events.publish(
+                job.id, "progress", {"step": done, "steps": total, "fraction": round(done / total, 4)}
+            )
 
         def want_preview(done: int) -> bool:
             return done in partials or (
@@ -111,26 +117,38 @@ class Worker:
             thumb.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
             buf = io.BytesIO()
             thumb.convert("RGB").save(buf, format="JPEG", quality=80)
-            events.publish(job.id, "preview", {"step": done, "steps": spec.steps,
-                                               "image": base64.b64encode(buf.getvalue()).decode()})  # fmt: skip
+            events.publish(
+                job.id,
+                "preview",
+                {"step": done, "steps": spec.steps, "image": base64.b64encode(buf.getvalue()).decode()},
+            )
             if done in partials:
                 full = previews[0].resize((spec.width, spec.height), Image.Resampling.BILINEAR)
                 data = encode_image(full, spec.output_format, spec.output_compression)
-                events.publish(job.id, "partial", {"index": sorted(partials).index(done),
-                                                   "b64_json": base64.b64encode(data).decode()})  # fmt: skip
+                events.publish(
+                    job.id,
+                    "partial",
+                    {"index": sorted(partials).index(done), "b64_json": base64.b64encode(data).decode()},
+                )
 
         t0 = time.time()
         outputs = self.engine.generate(
             EngineRequest(
-                checkpoint=entry.checkpoint, prompt=spec.prompt, width=spec.width,
-                height=spec.height, seed=spec.seed, steps=spec.steps, guidance=spec.guidance,
-                num_images=spec.num_images, images=images,
+                checkpoint=entry.checkpoint,
+                prompt=spec.prompt,
+                width=spec.width,
+                height=spec.height,
+                seed=spec.seed,
+                steps=spec.steps,
+                guidance=spec.guidance,
+                num_images=spec.num_images,
+                images=images,
             ),
             on_step=on_step,
             cancelled=lambda: store.cancel_requested(job.id),
             want_preview=want_preview,
             on_preview=on_preview,
-        )  # fmt: skip
+        )
         t1 = time.time()
         # Output moderation: a blocked image is never stored.
         decision = self.service.moderator.check_images(outputs, spec.safety_tolerance, "output_image")
@@ -143,6 +161,11 @@ class Worker:
             files.append(key)
         t2 = time.time()
         return {
-            "files": files, "prompt": spec.prompt, "seed": spec.seed, "width": spec.width,
-            "height": spec.height, "engine_s": round(t1 - t0, 4), "encode_s": round(t2 - t1, 4),
-        }, decision  # fmt: skip
+            "files": files,
+            "prompt": spec.prompt,
+            "seed": spec.seed,
+            "width": spec.width,
+            "height": spec.height,
+            "engine_s": round(t1 - t0, 4),
+            "encode_s": round(t2 - t1, 4),
+        }, decision

@@ -19,9 +19,14 @@ from fluxserve.safety.text import match_terms
 SEXUAL = ("sexual_explicit", "sexual_suggestive")
 
 __all__ = [
-    "CATEGORIES", "DEFAULT_IMAGE_THRESHOLDS", "DEFAULT_THRESHOLDS", "Decision",
-    "ImageClassifier", "Moderator", "OpenNSFWClassifier",
-]  # fmt: skip
+    "CATEGORIES",
+    "DEFAULT_IMAGE_THRESHOLDS",
+    "DEFAULT_THRESHOLDS",
+    "Decision",
+    "ImageClassifier",
+    "Moderator",
+    "OpenNSFWClassifier",
+]
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,15 @@ class Moderator:
         cats = {m.category for m in matches}
         if "minors" in cats and cats & set(SEXUAL):
             score = max(m.severity for m in matches if m.category in SEXUAL)
-            return Decision(False, "prompt", tolerance, "minors", score, 0.0,
-                            rule="minors with sexual content: blocked at every tolerance")  # fmt: skip
+            return Decision(
+                False,
+                "prompt",
+                tolerance,
+                "minors",
+                score,
+                0.0,
+                rule="minors with sexual content: blocked at every tolerance",
+            )
         worst: Decision | None = None
         for m in matches:
             threshold = self.thresholds[m.category][tolerance]
@@ -73,13 +85,13 @@ class Moderator:
         if worst is not None:
             return worst
         top = max(matches, key=lambda m: m.severity, default=None)
-        return Decision(True, "prompt", tolerance, top.category if top else None,
-                        top.severity if top else 0.0)  # fmt: skip
+        return Decision(
+            True, "prompt", tolerance, top.category if top else None, top.severity if top else 0.0
+        )
 
     def check_images(self, images: list[Image.Image], tolerance: int, source: str) -> Decision:
         if not self.enabled or self.classifier is None or not images:
             return Decision(True, source, tolerance)
         score = max(self.classifier.nsfw_scores(images))
         threshold = self.image_thresholds[tolerance]
-        return Decision(score < threshold, source, tolerance, "sexual_explicit",
-                        round(score, 4), threshold)  # fmt: skip
+        return Decision(score < threshold, source, tolerance, "sexual_explicit", round(score, 4), threshold)

@@ -10,8 +10,23 @@ from functools import lru_cache
 
 from fluxserve.safety.terms import MODERATE, TERMS
 
-LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a",
-                      "$": "s", "!": "i", "|": "i", "+": "t", "€": "e", "8": "b"})  # fmt: skip
+LEET = str.maketrans(
+    {
+        "0": "o",
+        "1": "i",
+        "3": "e",
+        "4": "a",
+        "5": "s",
+        "7": "t",
+        "@": "a",
+        "$": "s",
+        "!": "i",
+        "|": "i",
+        "+": "t",
+        "€": "e",
+        "8": "b",
+    }
+)
 INVISIBLE = re.compile("[\u00ad\u200b\u200c\u200d\u2060\ufeff]")
 AGE = re.compile(r"\b(?:[1-9]|1[0-7])\s*(?:yo|y\s*o|years?\s*old|year-old)\b")
 

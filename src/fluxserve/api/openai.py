@@ -550,3 +550,18 @@ async def list_models(
     return ModelList(
         data=[ModelObject(id=e.id, created=created, owned_by="fluxserve") for e in state.catalog]
     )
+
+
+class PriceList(BaseModel):
+    currency: Literal["USD"] = "USD"
+    prices: dict[str, float]
+    """Price of one image, per model id."""
+
+
+@router.get("/v1/prices", response_model=PriceList, tags=["Service"])
+async def list_prices(
+    key_id: str | None = Depends(openai_auth), state: AppState = Depends(get_state)
+) -> PriceList:
+    """What one image of each model costs on this server (the catalog's prices), so that
+    clients can estimate the cost of a batch before running it."""
+    return PriceList(prices={e.id: e.price for e in state.catalog})

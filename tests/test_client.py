@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import subprocess
@@ -83,12 +82,23 @@ def test_batch_saves_valid_items_records_failures_and_resumes(server, tmp_path: 
         {"prompt": "bad ratio", "aspect_ratio": "9:1"},
         {"prompt": "bad width", "model": "flux-dev", "width": 1000, "height": 768},
         {"prompt": "no such model", "model": "flux-imaginary"},
-        {"prompt": "a blue star", "model": "flux-dev", "width": 512, "height": 512, "seed": 5, "name": "star"},
+        {
+            "prompt": "a blue star",
+            "model": "flux-dev",
+            "width": 512,
+            "height": 512,
+            "seed": 5,
+            "name": "star",
+        },
     ]
     seen = []
     with FluxClient(server.base_url) as flux:
-        report = flux.batch(items, concurrency=4, out_dir=tmp_path / "out",
-                            on_progress=lambda p: seen.append((p.done, p.failed, p.running)))
+        report = flux.batch(
+            items,
+            concurrency=4,
+            out_dir=tmp_path / "out",
+            on_progress=lambda p: seen.append((p.done, p.failed, p.running)),
+        )
     assert (report.done, report.failed, report.skipped) == (9, 3, 0)
     assert max(r for _, _, r in seen) <= 4 and seen[-1][:2] == (9, 3)
     out = tmp_path / "out"
@@ -133,8 +143,13 @@ class RateLimitedBFL:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def _send(self, code: int, body: bytes, ctype: str = "application/json",
-                      headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self,
+                code: int,
+                body: bytes,
+                ctype: str = "application/json",
+                headers: dict[str, str] | None = None,
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -163,8 +178,11 @@ class RateLimitedBFL:
                         self._send(200, b'{"id":"abc","status":"Pending","progress":0.5}')
                     else:
                         sample = f"http://127.0.0.1:{outer.port}/sample.png"
-                        body = {"id": "abc", "status": "Ready",
-                                "result": {"sample": sample, "prompt": "p", "seed": 9}}
+                        body = {
+                            "id": "abc",
+                            "status": "Ready",
+                            "result": {"sample": sample, "prompt": "p", "seed": 9},
+                        }
                         self._send(200, json.dumps(body).encode())
                 else:
                     self._send(200, _png((1, 2, 3), (8, 8)), "image/png")
@@ -204,20 +222,35 @@ def test_compose_dimensions_and_batch_files(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("# comment\na red circle\n\na blue star\n")
     assert load_batch_file(tmp_path / "a.txt") == [{"prompt": "a red circle"}, {"prompt": "a blue star"}]
     (tmp_path / "a.csv").write_text("prompt,seed,aspect_ratio\na red circle,3,16:9\n")
-    assert load_batch_file(tmp_path / "a.csv") == [{"prompt": "a red circle", "seed": 3, "aspect_ratio": "16:9"}]
+    assert load_batch_file(tmp_path / "a.csv") == [
+        {"prompt": "a red circle", "seed": 3, "aspect_ratio": "16:9"}
+    ]
     (tmp_path / "a.jsonl").write_text('{"prompt": "x", "model": "flux-dev"}\n')
     assert load_batch_file(tmp_path / "a.jsonl") == [{"prompt": "x", "model": "flux-dev"}]
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fluxserve", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "fluxserve", *args], capture_output=True, text=True, cwd=cwd, timeout=180
+    )
 
 
 def test_cli_commands(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     url = ["--base-url", server.base_url]
-    out = cli("generate", "a red circle", "--aspect-ratio", "4:3", "--seed", "7", "--format", "jpeg",
-              "-o", "red.jpg", *url, cwd=tmp_path)
+    out = cli(
+        "generate",
+        "a red circle",
+        "--aspect-ratio",
+        "4:3",
+        "--seed",
+        "7",
+        "--format",
+        "jpeg",
+        "-o",
+        "red.jpg",
+        *url,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert Image.open(tmp_path / "red.jpg").size == aspect_to_size("4:3") and "seed=7" in out.stdout
     out = cli("generate", "x", "--aspect-ratio", "9:1", *url, cwd=tmp_path)
@@ -229,8 +262,21 @@ def test_cli_commands(server, tmp_path: Path) -> None:  # type: ignore[no-untype
     assert out.returncode == 0, out.stderr
     assert Image.open(tmp_path / "both.png").size == (400 + 4 + 100, 200)
 
-    out = cli("pair-edit", "l.png", "r.png", "--prompt", "make them green", "--seed", "1",
-              "-o", "pair.png", "--protocol", "openai", *url, cwd=tmp_path)
+    out = cli(
+        "pair-edit",
+        "l.png",
+        "r.png",
+        "--prompt",
+        "make them green",
+        "--seed",
+        "1",
+        "-o",
+        "pair.png",
+        "--protocol",
+        "openai",
+        *url,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert Image.open(tmp_path / "pair.png").size[0] > Image.open(tmp_path / "pair.png").size[1]
 
@@ -245,6 +291,7 @@ def test_cli_commands(server, tmp_path: Path) -> None:  # type: ignore[no-untype
 
     out = cli("cost", "--model", "flux-kontext-pro", "-n", "100", *url, cwd=tmp_path)
     assert out.returncode == 0 and "$4.00" in out.stdout and "server" in out.stdout
-    out = cli("cost", "--model", "flux-kontext-max", "-n", "10", "--base-url", "http://127.0.0.1:9",
-              cwd=tmp_path)
+    out = cli(
+        "cost", "--model", "flux-kontext-max", "-n", "10", "--base-url", "http://127.0.0.1:9", cwd=tmp_path
+    )
     assert "$0.80" in out.stdout and "default" in out.stdout

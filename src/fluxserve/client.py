@@ -452,7 +452,7 @@ class AsyncFluxClient:
         **kwargs: Any,
     ) -> GenerationResult:
         """Kontext editing with one to four images."""
-        seq = [images] if not isinstance(images, list | tuple) else list(images)
+        seq: list[ImageInput] = list(images) if isinstance(images, list | tuple) else [images]  # type: ignore[list-item]
         if not 1 <= len(seq) <= 4:
             raise ValidationError("edit takes one to four images")
         return await self.generate(prompt, model, input_images=seq, **kwargs)

@@ -57,6 +57,19 @@ def _builtin_entries() -> list[ModelEntry]:
     ]
 
 
+def builtin_defaults() -> tuple[int, float] | None:
+    """(steps, guidance) declared by the shipped embedded checkpoint, if this build has one."""
+    import json
+
+    from fluxserve.embedded import embedded_checkpoint
+
+    path = embedded_checkpoint()
+    if path is None:
+        return None
+    meta = json.loads((path / "fluxserve.json").read_text())
+    return int(meta.get("default_steps", 16)), float(meta.get("default_guidance", 3.0))
+
+
 class ModelCatalog:
     """Model ids → :class:`ModelEntry`, built-ins first, then the settings' overrides."""
 
@@ -66,6 +79,15 @@ class ModelCatalog:
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelCatalog:
         entries = {e.id: e for e in _builtin_entries()}
+        # The embedded model declares its own good defaults (it needs far fewer steps than a
+        # real FLUX checkpoint); "max" models get half as many again, for quality.
+        builtin = builtin_defaults()
+        if builtin is not None and not settings.default_checkpoint:
+            steps, guidance = builtin
+            entries = {
+                k: replace(e, steps=round(steps * 1.5) if k.endswith("-max") else steps, guidance=guidance)
+                for k, e in entries.items()
+            }
         if settings.default_checkpoint:
             entries = {k: replace(e, checkpoint=settings.default_checkpoint) for k, e in entries.items()}
         for model_id, o in settings.models.items():

@@ -41,6 +41,12 @@ def checkpoint_resolver(settings: Settings):  # type: ignore[no-untyped-def]
 
     def resolve(name: str) -> Path:
         if name == BUILTIN_CHECKPOINT:
+            from fluxserve.embedded import embedded_checkpoint
+
+            shipped = embedded_checkpoint()
+            if shipped is not None:
+                return shipped
+            # A build without the trained weights still serves: a random tiny checkpoint.
             from fluxserve.engines.tiny import ensure_tiny_checkpoint
 
             return ensure_tiny_checkpoint(settings.data_dir / "models")

@@ -151,42 +151,12 @@ def make_vae(cfg: Config):  # type: ignore[no-untyped-def]
 
 
 def make_text(cfg: Config, out: Path):  # type: ignore[no-untyped-def]
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from fluxserve.engines.tiny import BASE_WORDS, make_clip_tokenizer, make_t5_tokenizer
+    from fluxserve.engines.tiny import BASE_WORDS, make_clip_tokenizer, make_t5_tokenizer, make_text_encoders
 
     out.mkdir(parents=True, exist_ok=True)
     tok, clip_vocab = make_clip_tokenizer(BASE_WORDS, out)
     tok2, t5_vocab = make_t5_tokenizer(BASE_WORDS)
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=clip_vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    t5 = T5EncoderModel(
-        T5Config(  # type: ignore[call-arg]
-            vocab_size=t5_vocab,
-            d_model=cfg.text_dim,
-            d_ff=cfg.text_dim * 2,
-            d_kv=16,
-            num_layers=cfg.text_layers,
-            num_heads=cfg.text_dim // 16,
-            relative_attention_num_buckets=16,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-            dropout_rate=0.0,
-        )
-    )
+    clip, t5 = make_text_encoders(clip_vocab, t5_vocab, cfg.text_dim, cfg.text_layers, buckets=16)
     return tok, tok2, clip, t5
 
 
@@ -401,12 +371,6 @@ def train_transformer(cfg: Config, pool: dict[str, Any], work: Path, device: tor
         opt.load_state_dict(st["opt"])
         ema_t, ema_5, start = st["ema_t"], st["ema_5"], st["step"]
         print(f"resuming transformer training at step {start}", flush=True)
-    shift, scale = pool["shift"], pool["scale"]
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 3 + start)
-    rng = random.Random(cfg.seed * 1000 + 4 + start)
-    sizes = list(pool["t2i"])
-    txt_ids = torch.zeros(cfg.max_text, 3, device=device)
-    prog = Progress("transformer", cfg.steps, start)
     n_params = sum(p.numel() for p in params)
     print(f"transformer+text parameters: {n_params / 1e6:.2f} M", flush=True)
     transformer.train()
@@ -415,7 +379,7 @@ def train_transformer(cfg: Config, pool: dict[str, Any], work: Path, device: tor
     if device.type == "cpu":
         F.scaled_dot_product_attention = _matmul_attention  # training only; restored below
     try:
-        _train_loop(cfg, pool, work, device, locals())
+        _train_loop(cfg, pool, device, transformer, t5, tok2, opt, params, ema_t, ema_5, start, state_path)
     finally:
         F.scaled_dot_product_attention = sdpa
     st = torch.load(state_path, map_location=device)
@@ -425,12 +389,27 @@ def train_transformer(cfg: Config, pool: dict[str, Any], work: Path, device: tor
 
 
 def _train_loop(
-    cfg: Config, pool: dict[str, Any], work: Path, device: torch.device, env: dict[str, Any]
+    cfg: Config,
+    pool: dict[str, Any],
+    device: torch.device,
+    transformer: Any,
+    t5: Any,
+    tok2: Any,
+    opt: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    ema_t: dict[str, torch.Tensor],
+    ema_5: dict[str, torch.Tensor],
+    start: int,
+    state_path: Path,
 ) -> None:
-    transformer, t5, tok2, opt, params = (env[k] for k in ("transformer", "t5", "tok2", "opt", "params"))
-    ema_t, ema_5, start, state_path = env["ema_t"], env["ema_5"], env["start"], env["state_path"]
-    shift, scale, gen, rng, sizes = env["shift"], env["scale"], env["gen"], env["rng"], env["sizes"]
-    txt_ids, prog = env["txt_ids"], env["prog"]
+    """Rectified-flow steps from ``start`` to ``cfg.steps``, saving state every 500 steps.
+    Random streams are seeded from the step, so a resumed run continues deterministically."""
+    shift, scale = pool["shift"], pool["scale"]
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 3 + start)
+    rng = random.Random(cfg.seed * 1000 + 4 + start)
+    sizes = list(pool["t2i"])
+    txt_ids = torch.zeros(cfg.max_text, 3, device=device)
+    prog = Progress("transformer", cfg.steps, start)
     for step in range(start, cfg.steps):
         w, h = rng.choice(sizes)
         is_edit = rng.random() < cfg.edit_fraction

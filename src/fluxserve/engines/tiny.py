@@ -89,6 +89,43 @@ def make_t5_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
     ), len(pieces)
 
 
+def make_text_encoders(clip_vocab: int, t5_vocab: int, t5_dim: int, t5_layers: int, buckets: int = 8):  # type: ignore[no-untyped-def]
+    """The two text encoders FLUX pipelines take, tiny: a CLIP text model (its pooled output
+    feeds the modulation) and a T5 encoder of width ``t5_dim`` (the joint-attention tokens)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=clip_vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(  # type: ignore[call-arg]
+            vocab_size=t5_vocab,
+            d_model=t5_dim,
+            d_ff=t5_dim * 2,
+            d_kv=16,
+            num_layers=t5_layers,
+            num_heads=max(1, t5_dim // 16),
+            relative_attention_num_buckets=buckets,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+            dropout_rate=0.0,
+        )
+    )
+    return clip, t5
+
+
 def build_tiny_checkpoint(
     out: Path,
     *,
@@ -106,41 +143,13 @@ def build_tiny_checkpoint(
         FluxPipeline,
         FluxTransformer2DModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     out.mkdir(parents=True, exist_ok=True)
     vocab_words = list(dict.fromkeys(BASE_WORDS + (words or [])))
     tokenizer, clip_vocab = make_clip_tokenizer(vocab_words, out)
     tokenizer_2, t5_vocab = make_t5_tokenizer(vocab_words)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=clip_vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    text_encoder_2 = T5EncoderModel(
-        T5Config(  # type: ignore[call-arg]
-            vocab_size=t5_vocab,
-            d_model=32,
-            d_ff=64,
-            d_kv=16,
-            num_layers=1,
-            num_heads=2,
-            relative_attention_num_buckets=8,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-    )
+    text_encoder, text_encoder_2 = make_text_encoders(clip_vocab, t5_vocab, t5_dim=32, t5_layers=1)
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=16,

@@ -325,6 +325,41 @@ def evaluate_checkpoint(
     return figures
 
 
+SMOKE_RATIOS = ("1:1", "16:9")
+
+
+def smoke_set(seed: int = 4321, singles: int = 10, pairs: int = 4) -> list[dict[str, Any]]:
+    """A small fixed prompt set (two aspect ratios) for the regression test."""
+    rng = random.Random(seed)
+    cases: list[dict[str, Any]] = []
+    for ratio in SMOKE_RATIOS:
+        w, h = size_for(ratio, 256 * 256, 16)
+        for kind, n, count in (("single", 1, singles), ("two", 2, pairs)):
+            for _ in range(count):
+                s = random_scene(rng, w, h, n, train=False)
+                cases.append({"kind": kind, "ratio": ratio, "scene": s, "seed": rng.randrange(2**31)})
+    return cases
+
+
+def smoke_figures(checkpoint: Path) -> dict[str, float]:
+    """Background, colour and full adherence over :func:`smoke_set` with the default steps."""
+    from fluxserve.engines import EngineRequest
+    from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+
+    meta = json.loads((checkpoint / "fluxserve.json").read_text())
+    steps, guidance = int(meta["default_steps"]), float(meta["default_guidance"])
+    engine = DiffusersFluxEngine(lambda name: Path(name), device="cpu")
+
+    def run(prompt: str, w: int, h: int, seed: int, image: Image.Image | None) -> Image.Image:
+        return engine.generate(EngineRequest(str(checkpoint), prompt, w, h, seed, steps, guidance))[0]
+
+    cases = smoke_set()
+    scores = [score(c["scene"], generate_case(run, c)) for c in cases]
+    return {k: round(sum(s[k] for s in scores) / len(scores), 4) for k in ("background", "colour", "all")} | {
+        "n": len(scores)
+    }
+
+
 def main() -> None:
     from fluxserve.embedded import embedded_checkpoint
 
@@ -334,7 +369,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--per-ratio", type=int, default=24)
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="score only the small regression set and record it in the checkpoint's fluxserve.json",
+    )
     args = ap.parse_args()
+    if args.smoke:
+        figures = smoke_figures(args.checkpoint)
+        meta_path = args.checkpoint / "fluxserve.json"
+        meta = json.loads(meta_path.read_text())
+        meta["smoke_figures"] = figures
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        print(json.dumps(figures, indent=2))
+        return
     figures = evaluate_checkpoint(args.checkpoint, args.out, args.steps, args.guidance, args.per_ratio)
     print(json.dumps(figures, indent=2))
 

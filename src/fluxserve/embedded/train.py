@@ -58,7 +58,7 @@ class Config:
     vae_batch: int = 32
     pool_t2i: int = 66_000
     pool_edit: int = 33_000
-    steps: int = 7000
+    steps: int = 5000
     batch: int = 96
     lr: float = 6e-4
     warmup: int = 300

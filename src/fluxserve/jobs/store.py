@@ -183,5 +183,8 @@ class SQLiteJobStore:
         return [r["id"] for r in rows]
 
     def delete(self, job_id: str) -> None:
+        """Forget a job and everything recorded about it (its webhook deliveries too)."""
         with self._db.transaction() as c:
             c.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            c.execute("DELETE FROM webhook_deliveries WHERE job_id = ?", (job_id,))
+            c.execute("DELETE FROM webhook_attempts WHERE job_id = ?", (job_id,))

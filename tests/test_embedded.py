@@ -1,0 +1,95 @@
+"""The shipped embedded model: loads offline, keeps its figures, edits, serves by default."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import Server, poll_result
+from fluxserve.embedded import embedded_checkpoint
+from fluxserve.embedded.evaluate import analyse, smoke_figures
+from fluxserve.embedded.scenes import Obj, Scene, layout, render
+from fluxserve.engines import EngineRequest
+from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+
+CKPT = embedded_checkpoint()
+
+
+def test_checkpoint_ships_and_is_small() -> None:
+    assert CKPT is not None, "the package must ship src/fluxserve/embedded/checkpoint"
+    size = sum(p.stat().st_size for p in CKPT.rglob("*") if p.is_file())
+    assert size <= 30 * 1024 * 1024
+    index = json.loads((CKPT / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxKontextPipeline"
+    assert index["transformer"] == ["diffusers", "FluxTransformer2DModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+
+
+@pytest.fixture(scope="module")
+def engine() -> DiffusersFluxEngine:
+    os.environ["HF_HUB_OFFLINE"] = "1"  # any attempt to reach a hub would fail loudly
+    e = DiffusersFluxEngine(lambda name: Path(name), device="cpu")
+    e.load(str(CKPT))
+    return e
+
+
+def test_regression_figures_hold(engine: DiffusersFluxEngine) -> None:
+    assert CKPT is not None
+    shipped = json.loads((CKPT / "fluxserve.json").read_text())["smoke_figures"]
+    got = smoke_figures(CKPT)
+    slack = 1 / shipped["n"]  # one case, for float differences between machines
+    for key in ("background", "colour", "all"):
+        assert got[key] >= shipped[key] - slack, (key, got, shipped)
+    assert got["colour"] >= 0.9 and got["background"] >= 0.9
+
+
+def test_seeds_reproduce_bit_for_bit(engine: DiffusersFluxEngine) -> None:
+    req = EngineRequest(str(CKPT), "a large green star on a black background", 128, 96, 5, 12, 4.0)
+    a, b = engine.generate(req)[0], engine.generate(req)[0]
+    assert a.tobytes() == b.tobytes()
+
+
+def test_recolour_edit(engine: DiffusersFluxEngine) -> None:
+    scene = layout(Scene((Obj("circle", "red", "large", "in the center"),), "white"), 256, 256, None)  # type: ignore[arg-type]
+    assert scene is not None
+    source = render(scene, 256, 256)
+    meta = json.loads((CKPT / "fluxserve.json").read_text())  # type: ignore[operator]
+    req = EngineRequest(
+        str(CKPT),
+        "make the circle blue",
+        256,
+        256,
+        7,
+        meta["default_steps"],
+        meta["default_guidance"],
+        images=[source],
+    )
+    bg, found = analyse(engine.generate(req)[0])
+    assert bg == "white"
+    assert found and found[0].colour == "blue" and found[0].cell == (1, 1)
+
+
+def test_server_uses_the_embedded_model_by_default(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
+    env["FLUXSERVE_LOG_LEVEL"] = "warning"
+    srv = Server(data_dir=tmp_path, env=env)
+    srv.start()
+    try:
+        r = httpx.post(
+            f"{srv.base_url}/v1/flux-kontext-pro",
+            json={"prompt": "a large yellow square on a blue background", "seed": 3},
+        )
+        result = poll_result(srv.base_url, r.json()["id"])
+        img = Image.open(io.BytesIO(httpx.get(result["result"]["sample"]).content))
+        assert img.size == (1024, 1024)
+        bg, found = analyse(img)
+        assert bg == "blue" and found and found[0].colour == "yellow"
+        assert not (tmp_path / "models").exists()  # no fallback checkpoint was built
+    finally:
+        srv.stop()

@@ -231,7 +231,7 @@ def test_sync_openai_call_cancelled_when_client_disconnects(slow_server) -> None
         httpx.post(
             f"{srv.base_url}/v1/images/generations",
             timeout=1.0,
-            json={"prompt": "slow", "n": 6, "extra_body": {"steps": 50, "seed": 3}},
+            json={"prompt": "slow", "n": 10, "extra_body": {"steps": 50, "seed": 3}},
         )
     con = sqlite3.connect(srv.data_dir / "fluxserve.sqlite3")
     deadline = time.monotonic() + 30

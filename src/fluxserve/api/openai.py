@@ -266,7 +266,7 @@ async def _wait_or_cancel(request: Request, state: AppState, job_id: str) -> Job
     """Wait for the job; if the client goes away first, cancel it (nobody wants it now)."""
     deadline = time.monotonic() + state.settings.sync_timeout_s
     while True:
-        job = await state.service.wait(job_id, min(0.5, max(0.0, deadline - time.monotonic())))
+        job = await state.service.wait(job_id, min(0.25, max(0.0, deadline - time.monotonic())))
         if job is None or job.terminal or time.monotonic() >= deadline:
             return job
         if await request.is_disconnected():

@@ -124,6 +124,12 @@ def test_kontext_input_images_base64_and_data_url(server) -> None:  # type: igno
     assert img.size == aspect_to_size("2:1")  # follows the first input image
 
 
+def test_unknown_model_is_a_404_that_lists_the_models(server) -> None:  # type: ignore[no-untyped-def]
+    r = httpx.post(f"{server.base_url}/v1/flux-imaginary", json={"prompt": "x"})
+    assert r.status_code == 404
+    assert "flux-imaginary" in r.json()["detail"] and "flux-pro-1.1" in r.json()["detail"]
+
+
 def test_task_not_found(server) -> None:  # type: ignore[no-untyped-def]
     r = httpx.get(f"{server.base_url}/v1/get_result", params={"id": "no-such-id"})
     assert r.status_code == 200

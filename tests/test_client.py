@@ -109,7 +109,7 @@ def test_batch_saves_valid_items_records_failures_and_resumes(server, tmp_path: 
     failed = {m["input"]["prompt"]: m["error"] for m in manifest if m["status"] == "failed"}
     assert set(failed) == {"bad ratio", "bad width", "no such model"}
     assert "3:7" in failed["bad ratio"] and "multiple of 32" in failed["bad width"]
-    assert "404" not in failed["no such model"] or "Not Found" in failed["no such model"]
+    assert "flux-imaginary" in failed["no such model"] and "flux-kontext-pro" in failed["no such model"]
     done = [m for m in manifest if m["status"] == "done"]
     assert all((out / m["file"]).exists() and isinstance(m["seed"], int) for m in done)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

@@ -191,21 +191,7 @@ def compose(
     background: tuple[int, int, int] | str = (255, 255, 255),
 ) -> Image.Image:
     """The two images side by side at the taller one's height, aspect ratios kept."""
-    height = max(left.height, right.height)
-    scaled = [
-        im.convert("RGB")
-        if im.height == height
-        else im.convert("RGB").resize(
-            (max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS
-        )
-        for im in (left, right)
-    ]
-    if gap <= 0:
-        return stitch_horizontally(scaled)
-    canvas = Image.new("RGB", (scaled[0].width + gap + scaled[1].width, height), background)
-    canvas.paste(scaled[0], (0, 0))
-    canvas.paste(scaled[1], (scaled[0].width + gap, 0))
-    return canvas
+    return stitch_horizontally([left, right], max(left.height, right.height), gap, background)
 
 
 def _slug(text: str, n: int = 40) -> str:

@@ -126,24 +126,31 @@ def encode_image(img: Image.Image, fmt: str, compression: int | None = None) -> 
 
 
 def stitch_horizontally(
-    images: list[Image.Image], background: tuple[int, int, int] = (255, 255, 255)
+    images: list[Image.Image],
+    height: int | None = None,
+    gap: int = 0,
+    background: tuple[int, int, int] | str = (255, 255, 255),
 ) -> Image.Image:
-    """Place images side by side at the first one's height, keeping each aspect ratio.
+    """Place images side by side at one height (default: the first one's), each scaled without
+    distortion, ``gap`` pixels of ``background`` between them.
 
     This is how several reference images reach a single-image Kontext transformer: as one
-    conditioning image ("offset" multi-reference)."""
-    if len(images) == 1:
-        return images[0]
-    height = images[0].height
+    conditioning image ("offset" multi-reference); the SDK's ``compose`` uses it too."""
+    height = height or images[0].height
     scaled = [
-        im
+        im.convert("RGB")
         if im.height == height
-        else im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS)
+        else im.convert("RGB").resize(
+            (max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS
+        )
         for im in images
     ]
-    canvas = Image.new("RGB", (sum(im.width for im in scaled), height), background)
+    if len(scaled) == 1:
+        return scaled[0]
+    width = sum(im.width for im in scaled) + gap * (len(scaled) - 1)
+    canvas = Image.new("RGB", (width, height), background)
     x = 0
     for im in scaled:
-        canvas.paste(im.convert("RGB"), (x, 0))
-        x += im.width
+        canvas.paste(im, (x, 0))
+        x += im.width + gap
     return canvas

@@ -137,9 +137,7 @@ async def _submit(
     owner = key_id or ""
     digest = body_hash(request.url.path, body.model_dump(mode="json"))
     try:
-        existing = state.idempotency.reserve(idem_key, owner, digest)
-        if existing == "":
-            existing = await state.idempotency.wait_for_job(idem_key, owner, digest)
+        existing = await state.idempotency.claim(idem_key, owner, digest)
     except IdempotencyConflict:
         return JSONResponse(
             status_code=422,
@@ -275,6 +273,13 @@ def make_router(models: list[ModelEntry]) -> APIRouter:
             summary=f"Generate an image with {entry.id}",
             operation_id=f"generate_{entry.id.replace('-', '_').replace('.', '_')}",
         )
+
+    known = ", ".join(e.id for e in models if e.bfl_route)
+
+    @router.post("/v1/{model}", include_in_schema=False)
+    async def unknown_model(model: str, key_id: str | None = Depends(bfl_auth)) -> None:
+        """After the per-model routes: a model id this server does not have."""
+        raise HTTPException(404, f"model '{model}' is not served here; available: {known}")
 
     @router.get("/v1/get_result", response_model=ResultResponse)
     async def get_result(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from fractions import Fraction
+from typing import Any
 
 from PIL import Image
 
@@ -68,3 +70,9 @@ async def load_inputs(refs: list[tuple[str, str | bytes]], limits: ImageLimits) 
 def image_size(png: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(png)) as im:
         return im.size
+
+
+def sse_frame(event: str, data: dict[str, Any], event_id: str | int | None = None) -> bytes:
+    """One server-sent event: optional id, event name, JSON data."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,17 +11,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from fluxserve.api.bfl import ResultResponse, bfl_auth, render_result
+from fluxserve.api.common import sse_frame
 from fluxserve.api.state import AppState, get_state
 from fluxserve.jobs import JobStatus
 
 router = APIRouter(tags=["Jobs"])
 END_ID = "end"
 KEEPALIVE_S = 15.0
-
-
-def _frame(event: str, data: dict[str, Any], event_id: str | int | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 @router.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse)
@@ -49,7 +44,7 @@ async def job_events(
         job = state.service.get(job_id)
         if job is not None and job.status == JobStatus.QUEUED:
             pos = state.service.store.queue_position(job_id)
-            yield _frame("queued", {"position": pos})
+            yield sse_frame("queued", {"position": pos})
         if job is not None and not job.terminal:
             it = events.__aiter__()
             while True:
@@ -66,13 +61,13 @@ async def job_events(
                 if event.type == "end":
                     break
                 if event.type in ("progress", "preview"):
-                    yield _frame(event.type, event.data, event.id)
+                    yield sse_frame(event.type, event.data, event.id)
             await it.aclose()  # type: ignore[attr-defined]
         else:
             await events.aclose()  # type: ignore[attr-defined]
         job = state.service.get(job_id)
         if job is not None:
-            yield _frame("result", render_result(state, job, base_url).model_dump(), END_ID)
+            yield sse_frame("result", render_result(state, job, base_url).model_dump(), END_ID)
 
     return StreamingResponse(
         stream(),

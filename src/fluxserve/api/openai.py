@@ -26,6 +26,7 @@ from fluxserve.api.common import (
     load_inputs,
     parse_size,
     size_from_image,
+    sse_frame,
 )
 from fluxserve.api.errors import OpenAIError
 from fluxserve.api.state import AppState, check_key, get_state
@@ -116,10 +117,6 @@ class ImageOptions(BaseModel):
     @classmethod
     def _jpg(cls, v: Any) -> Any:
         return "jpeg" if v == "jpg" else v
-
-
-class ImageGenerateRequest(ImageOptions):
-    pass
 
 
 class ImageData(BaseModel):
@@ -238,9 +235,7 @@ async def _submit_idempotent(
     owner = key_id or ""
     digest = body_hash(request.url.path, [payload, [hashlib.sha256(i).hexdigest() for i in inputs]])
     try:
-        existing = state.idempotency.reserve(idem_key, owner, digest)
-        if existing == "":
-            existing = await state.idempotency.wait_for_job(idem_key, owner, digest)
+        existing = await state.idempotency.claim(idem_key, owner, digest)
     except IdempotencyConflict as exc:
         raise OpenAIError(
             409,
@@ -284,10 +279,6 @@ def _usage(job: Job) -> dict[str, Any]:
     }
 
 
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
 async def _stream_events(request: Request, state: AppState, job_id: str, kind: str) -> AsyncIterator[bytes]:
     """OpenAI's image stream: ``<kind>.partial_image`` events, then ``<kind>.completed`` per
     image (or an error event). The job is cancelled if the client goes away."""
@@ -304,7 +295,7 @@ async def _stream_events(request: Request, state: AppState, job_id: str, kind: s
         if not job.terminal:
             async for event in state.service.events.subscribe(job_id):
                 if event.type == "partial":
-                    yield _sse(
+                    yield sse_frame(
                         f"{kind}.partial_image",
                         {
                             "type": f"{kind}.partial_image",
@@ -314,21 +305,18 @@ async def _stream_events(request: Request, state: AppState, job_id: str, kind: s
                             **common,
                         },
                     )
-                if event.type == "end":
-                    break
-                if state.service.get(job_id) is None:
-                    break
+        # subscribe() ends with the job's "end" event (replayed if it already happened)
         job = state.service.get(job_id)
         finished = True
         if job is None or job.status != JobStatus.READY or job.result is None:
             try:
                 render(request, state, job_id, job)
             except OpenAIError as exc:
-                yield _sse("error", exc.body)
+                yield sse_frame("error", exc.body)
             return
         for key in job.result["files"]:
             b64 = base64.b64encode(state.storage.get(key)).decode()
-            yield _sse(
+            yield sse_frame(
                 f"{kind}.completed",
                 {
                     "type": f"{kind}.completed",
@@ -393,7 +381,7 @@ def render(request: Request, state: AppState, job_id: str, job: Job | None) -> I
     response_model_exclude_none=True,
 )
 async def create_image(
-    body: ImageGenerateRequest,
+    body: ImageOptions,
     request: Request,
     key_id: str | None = Depends(openai_auth),
     state: AppState = Depends(get_state),

@@ -32,6 +32,7 @@ from fluxserve.embedded.scenes import (
     random_scene,
     render,
 )
+from fluxserve.spec import fit_area
 
 PALETTE_NAMES = list(COLOURS)
 PALETTE = np.array([COLOURS[n] for n in PALETTE_NAMES], dtype=np.float32)
@@ -192,11 +193,9 @@ def score(scene: Scene, img: Image.Image, check_all_cells: bool = False) -> dict
 
 
 def size_for(ratio: str, area: int = 64 * 64, multiple: int = 8) -> tuple[int, int]:
+    """The size for ``"W:H"`` at ``area``: the engine's own rule (:func:`fit_area`)."""
     a, b = (int(x) for x in ratio.split(":"))
-    r = a / b
-    w = max(multiple, round((area * r) ** 0.5 / multiple) * multiple)
-    h = max(multiple, round((area / r) ** 0.5 / multiple) * multiple)
-    return w, h
+    return fit_area(a, b, area, multiple)
 
 
 def prompt_set(seed: int = 1234, per_ratio: int = 24) -> list[dict[str, Any]]:
@@ -279,6 +278,29 @@ def contact_sheet(
     sheet.save(path)
 
 
+def checkpoint_runner(
+    checkpoint: Path, steps: int | None = None, guidance: float | None = None
+) -> tuple[Any, int, float]:
+    """A ``run(prompt, w, h, seed, image)`` that generates with the fluxserve engine, and the
+    steps and guidance it uses (default: what the checkpoint's ``fluxserve.json`` declares)."""
+    from fluxserve.engines import EngineRequest
+    from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+
+    meta = json.loads((checkpoint / "fluxserve.json").read_text())
+    n_steps = steps or int(meta.get("default_steps", 12))
+    scale = guidance if guidance is not None else float(meta.get("default_guidance", 3.0))
+    engine = DiffusersFluxEngine(lambda name: Path(name), device="cpu")
+    engine.load(str(checkpoint))
+
+    def run(prompt: str, w: int, h: int, seed: int, image: Image.Image | None) -> Image.Image:
+        images = [image] if image is not None else []
+        return engine.generate(
+            EngineRequest(str(checkpoint), prompt, w, h, seed, n_steps, scale, images=images)
+        )[0]
+
+    return run, n_steps, scale
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     out_dir: Path,
@@ -289,21 +311,7 @@ def evaluate_checkpoint(
     """Generate the prompt set with the fluxserve engine and score it."""
     import torch
 
-    from fluxserve.engines import EngineRequest
-    from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
-
-    meta = json.loads((checkpoint / "fluxserve.json").read_text())
-    steps = steps or int(meta.get("default_steps", 12))
-    guidance = guidance if guidance is not None else float(meta.get("default_guidance", 3.0))
-    engine = DiffusersFluxEngine(lambda name: Path(name), device="cpu")
-    engine.load(str(checkpoint))
-
-    def run(prompt: str, w: int, h: int, seed: int, image: Image.Image | None) -> Image.Image:
-        req = EngineRequest(
-            str(checkpoint), prompt, w, h, seed, steps, guidance, images=[image] if image is not None else []
-        )
-        return engine.generate(req)[0]
-
+    run, steps, guidance = checkpoint_runner(checkpoint, steps, guidance)
     cases = prompt_set(per_ratio=per_ratio)
     images, scores, times, walls = [], [], [], []
     for case in cases:
@@ -343,16 +351,7 @@ def smoke_set(seed: int = 4321, singles: int = 10, pairs: int = 4) -> list[dict[
 
 def smoke_figures(checkpoint: Path) -> dict[str, float]:
     """Background, colour and full adherence over :func:`smoke_set` with the default steps."""
-    from fluxserve.engines import EngineRequest
-    from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
-
-    meta = json.loads((checkpoint / "fluxserve.json").read_text())
-    steps, guidance = int(meta["default_steps"]), float(meta["default_guidance"])
-    engine = DiffusersFluxEngine(lambda name: Path(name), device="cpu")
-
-    def run(prompt: str, w: int, h: int, seed: int, image: Image.Image | None) -> Image.Image:
-        return engine.generate(EngineRequest(str(checkpoint), prompt, w, h, seed, steps, guidance))[0]
-
+    run, _, _ = checkpoint_runner(checkpoint)
     cases = smoke_set()
     scores = [score(c["scene"], generate_case(run, c)) for c in cases]
     return {k: round(sum(s[k] for s in scores) / len(scores), 4) for k in ("background", "colour", "all")} | {

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fluxserve.embedded.scenes import COLOURS, caption, random_edit, random_scene, render
+from fluxserve.spec import fit_area
 
 RATIOS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (2, 1), (1, 2), (7, 3), (3, 7))
 FILLERS = (
@@ -79,13 +80,8 @@ class Config:
 
 
 def buckets(cfg: Config) -> list[tuple[int, int]]:
-    out = []
-    for a, b in RATIOS:
-        r = a / b
-        w = max(cfg.multiple, round(math.sqrt(cfg.native_area * r) / cfg.multiple) * cfg.multiple)
-        h = max(cfg.multiple, round(math.sqrt(cfg.native_area / r) / cfg.multiple) * cfg.multiple)
-        out.append((w, h))
-    return out
+    """Training sizes: the native sizes the engine will sample at (the same rule)."""
+    return [fit_area(a, b, cfg.native_area, cfg.multiple) for a, b in RATIOS]
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

@@ -56,7 +56,10 @@ class IdempotencyStore:
         with self._db.transaction() as c:
             c.execute("DELETE FROM idempotency WHERE key = ? AND owner = ? AND job_id IS NULL", (key, owner))
 
-    async def wait_for_job(self, key: str, owner: str, digest: str, timeout_s: float = 30) -> str | None:
+    async def claim(self, key: str, owner: str, digest: str, timeout_s: float = 30) -> str | None:
+        """None when the caller now owns the key (submit, then :meth:`bind` or :meth:`release`);
+        otherwise the id of the job the key's first request made, waiting while that request is
+        still submitting. Raises IdempotencyConflict for a different body."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             job_id = self.reserve(key, owner, digest)

@@ -6,10 +6,14 @@ Stages (each resumable from ``--work``; rerunning the same command continues whe
 1. autoencoder: an ``AutoencoderKL`` (4x downsampling, 8 latent channels) on rendered scenes;
 2. pool: scenes, captions and edit triples rendered at 64x64-area buckets (3:7 .. 7:3) and
    encoded to latents once;
-3. transformer: a ``FluxTransformer2DModel`` (plus a small T5 encoder, trained jointly) by
-   rectified flow with logit-normal timesteps, 10 % caption dropout (for classifier-free
-   guidance), a 5x loss weight on object pixels and an EMA of the weights; Kontext edits append
-   the source image's tokens, as FLUX Kontext does;
+2b. text encoder: the small T5 encoder learns to parse captions (each word predicts the
+   colour, shape, size and position of its own object, or the background colour), so the
+   transformer gets words already bound to their nouns;
+3. transformer: a ``FluxTransformer2DModel`` (the T5 encoder keeps training with it, the parsing
+   loss alongside) by rectified flow with logit-normal timesteps (20 % uniform), 10 % caption
+   dropout (for classifier-free guidance), a 5x loss weight on object pixels and an EMA of the
+   weights. The first 30 % of the steps see single-object scenes only; then two-object scenes
+   and Kontext edits (the source image's tokens appended, as FLUX Kontext does) join in;
 4. export: a diffusers ``FluxKontextPipeline`` directory + ``fluxserve.json``.
 
 The same command runs on a GPU (``--device cuda``) with larger ``--steps``/``--batch``.
@@ -32,7 +36,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fluxserve.embedded.scenes import COLOURS, caption, random_edit, random_scene, render
+from fluxserve.embedded.scenes import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    caption,
+    random_edit,
+    random_scene,
+    render,
+)
 from fluxserve.spec import fit_area
 
 RATIOS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (2, 1), (1, 2), (7, 3), (3, 7))
@@ -60,18 +72,23 @@ class Config:
     decoder_steps: int = 1500
     pool_t2i: int = 66_000
     pool_edit: int = 33_000
-    steps: int = 5000
-    batch: int = 96
-    lr: float = 6e-4
-    warmup: int = 300
-    edit_fraction: float = 0.35
+    steps: int = 3500
+    batch: int = 256
+    lr: float = 8e-4
+    warmup: int = 100
+    edit_fraction: float = 0.4
+    edit_batch: int = 128  # batch of an edit step (0 = --batch); edit steps carry twice the tokens
+    curriculum: float = 0.3  # share of the steps, at the start, on single-object scenes only
+    uniform_t: float = 0.2  # share of timesteps drawn uniformly instead of logit-normal
+    text_steps: int = 1000  # caption-parsing pre-training steps of the text encoder (stage 2b)
+    text_aux: float = 0.5  # weight of the caption-parsing loss while the transformer trains
     caption_dropout: float = 0.1
     object_weight: float = 5.0
     ema: float = 0.999
     width: int = 128
     heads: int = 4
     double_blocks: int = 2
-    single_blocks: int = 4
+    single_blocks: int = 2
     text_dim: int = 64
     text_layers: int = 2
     max_text: int = 32
@@ -161,7 +178,9 @@ def make_transformer(cfg: Config):  # type: ignore[no-untyped-def]
     from diffusers import FluxTransformer2DModel
 
     head = cfg.width // cfg.heads
-    rope = (head // 4, 3 * head // 8, 3 * head // 8)
+    a = head // 4 // 2 * 2
+    b = (head - a) // 2 // 2 * 2
+    rope = (a, b, head - a - b)  # even sizes that sum to the head dimension
     t = FluxTransformer2DModel(
         patch_size=1,
         in_channels=cfg.latent_channels * 4,
@@ -359,6 +378,128 @@ def build_pool(cfg: Config, vae: Any, work: Path, device: torch.device) -> dict[
     return pool
 
 
+# ---------------------------------------------------------------- stage 2b: text encoder
+
+# A real FLUX gets a T5 that already knows language. Ours starts from nothing, and learning
+# which colour word belongs to which noun only through the image loss is slow (a model trained
+# that way drew "a red circle on a blue background" and "a blue circle on a red background"
+# alike). So the text encoder first learns to parse captions: every word of an object's phrase
+# predicts that object's colour, shape, size and position, and the words of "on a <colour>
+# background" predict the background colour. The heads are dropped at export.
+
+COLOUR_LIST = list(COLOURS)
+POSITION_LIST = [*POSITIONS, "anywhere"]
+SIZE_LIST = ["small", "medium", "large"]
+HEADS = {"role": 4, "colour": len(COLOUR_LIST), "shape": len(SHAPES), "size": 3, "position": 10}
+IGNORE = -100
+
+
+def caption_labels(pieces: list[str]) -> list[list[int]]:
+    """Per token [role, colour, shape, size, position] for a tokenised caption (roles: 0 other
+    word, 1 first object, 2 second object, 3 background; ``IGNORE`` where nothing applies)."""
+    labels = [[IGNORE] * 5 for _ in pieces]
+    words: list[tuple[int, str]] = []
+    for i, p in enumerate(pieces):
+        if p in ("</s>", "<pad>"):
+            continue
+        labels[i][0] = 0
+        if p.startswith("\u2581") and len(p) > 1:
+            words.append((i, "gray" if p[1:] == "grey" else p[1:]))
+    seq = [w for _, w in words]
+    end = len(seq)
+    if "background" in seq:
+        b = len(seq) - 1 - seq[::-1].index("background")
+        if b > 0 and seq[b - 1] in COLOURS:
+            start = b - 1
+            start -= start > 0 and seq[start - 1] in ("a", "an")
+            start -= start > 0 and seq[start - 1] == "on"
+            for k in range(start, b + 1):
+                labels[words[k][0]] = [3, COLOUR_LIST.index(seq[b - 1]), IGNORE, IGNORE, IGNORE]
+            end = start
+    bounds, s0 = [], 0
+    for k in range(end + 1):
+        if k == end or seq[k] == "and":
+            bounds.append((s0, k))
+            s0 = k + 1
+    for n, (a, b) in enumerate(bounds[:2]):
+        ws = seq[a:b]
+        colours = [w for w in ws if w in COLOURS]
+        shapes = [w for w in ws if w in SHAPES]
+        if not colours or not shapes:
+            continue
+        after = ws[ws.index(shapes[0]) + 1 :]
+        phrase = " ".join(after)
+        size = "small" if "small" in ws else "large" if "large" in ws else "medium"
+        lab = [
+            n + 1,
+            COLOUR_LIST.index(colours[0]),
+            SHAPES.index(shapes[0]),
+            SIZE_LIST.index(size),
+            POSITION_LIST.index(phrase) if phrase in POSITIONS else POSITION_LIST.index("anywhere"),
+        ]
+        for k in range(a, b):
+            labels[words[k][0]] = list(lab)
+    return labels
+
+
+class CaptionHeads(torch.nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(dim, sum(HEADS.values()))
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.proj(hidden.float()).split(list(HEADS.values()), -1)
+        return sum(
+            (F.cross_entropy(lg.flatten(0, 1), labels[..., j].flatten(), ignore_index=IGNORE)
+             for j, lg in enumerate(logits)),
+            torch.zeros((), device=hidden.device),
+        )  # fmt: skip
+
+
+def label_batch(
+    tok2: Any, input_ids: torch.Tensor, cache: dict[tuple[int, ...], list[list[int]]]
+) -> torch.Tensor:
+    rows = []
+    for ids in input_ids.tolist():
+        key = tuple(ids)
+        if key not in cache:
+            cache[key] = caption_labels(tok2.convert_ids_to_tokens(ids))
+        rows.append(cache[key])
+    return torch.tensor(rows)
+
+
+def pretrain_text(
+    cfg: Config, t5: Any, heads: CaptionHeads, tok2: Any, work: Path, device: torch.device
+) -> None:
+    """Stage 2b: caption parsing (no images), on freshly drawn captions."""
+    path = work / "text.pt"
+    if path.exists():
+        st = torch.load(path, map_location=device)
+        t5.load_state_dict(st["t5"])
+        heads.load_state_dict(st["heads"])
+        return
+    rng = random.Random(cfg.seed * 1000 + 7)
+    params = list(t5.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    prog = Progress("text encoder", cfg.text_steps)
+    cache: dict[tuple[int, ...], list[list[int]]] = {}
+    for step in range(cfg.text_steps):
+        caps = []
+        for _ in range(256):
+            scene = random_scene(rng, 64, 64, rng.choice((1, 2)))
+            caps.append(noisy_caption(caption(scene, rng), rng))
+        ids = tok2(caps, padding="max_length", max_length=cfg.max_text, truncation=True, return_tensors="pt")
+        labels = label_batch(tok2, ids.input_ids, cache).to(device)
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / cfg.text_steps))
+        loss = heads.loss(t5(ids.input_ids.to(device))[0], labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        prog.update(step + 1, loss=loss.item())
+    torch.save({"t5": t5.state_dict(), "heads": heads.state_dict()}, path)
+
+
 # ---------------------------------------------------------------- stage 3: transformer
 
 
@@ -403,20 +544,26 @@ def train_transformer(cfg: Config, pool: dict[str, Any], work: Path, device: tor
     tok, tok2, clip, t5 = make_text(cfg, work / "tokenizers")
     transformer = make_transformer(cfg).to(device)
     t5 = t5.to(device)
+    heads = CaptionHeads(cfg.text_dim).to(device)
+    state_path = work / "transformer_state.pt"
+    if cfg.text_steps and not state_path.exists():
+        pretrain_text(cfg, t5, heads, tok2, work, device)
     params = [p for p in list(transformer.parameters()) + list(t5.parameters()) if p.requires_grad]
+    params += list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
     ema_t = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
     ema_5 = {k: v.detach().clone() for k, v in t5.state_dict().items()}
     start = 0
-    state_path = work / "transformer_state.pt"
     if state_path.exists():
         st = torch.load(state_path, map_location=device)
         transformer.load_state_dict(st["transformer"])
         t5.load_state_dict(st["t5"])
+        if "heads" in st:
+            heads.load_state_dict(st["heads"])
         opt.load_state_dict(st["opt"])
         ema_t, ema_5, start = st["ema_t"], st["ema_5"], st["step"]
         print(f"resuming transformer training at step {start}", flush=True)
-    n_params = sum(p.numel() for p in params)
+    n_params = sum(p.numel() for p in params) - sum(p.numel() for p in heads.parameters())
     print(f"transformer+text parameters: {n_params / 1e6:.2f} M", flush=True)
     transformer.train()
     t5.train()
@@ -424,7 +571,9 @@ def train_transformer(cfg: Config, pool: dict[str, Any], work: Path, device: tor
     if device.type == "cpu":
         F.scaled_dot_product_attention = _matmul_attention  # training only; restored below
     try:
-        _train_loop(cfg, pool, device, transformer, t5, tok2, opt, params, ema_t, ema_5, start, state_path)
+        _train_loop(
+            cfg, pool, device, transformer, t5, heads, tok2, opt, params, ema_t, ema_5, start, state_path
+        )
     finally:
         F.scaled_dot_product_attention = sdpa
     st = torch.load(state_path, map_location=device)
@@ -439,6 +588,7 @@ def _train_loop(
     device: torch.device,
     transformer: Any,
     t5: Any,
+    heads: CaptionHeads,
     tok2: Any,
     opt: torch.optim.Optimizer,
     params: list[torch.nn.Parameter],
@@ -453,19 +603,31 @@ def _train_loop(
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 3 + start)
     rng = random.Random(cfg.seed * 1000 + 4 + start)
     sizes = list(pool["t2i"])
+    singles = {
+        size: torch.tensor([i for i, c in enumerate(b["captions"]) if " and " not in c])
+        for size, b in pool["t2i"].items()
+    }
     txt_ids = torch.zeros(cfg.max_text, 3, device=device)
+    label_cache: dict[tuple[int, ...], list[list[int]]] = {}
     prog = Progress("transformer", cfg.steps, start)
     for step in range(start, cfg.steps):
         w, h = rng.choice(sizes)
-        is_edit = rng.random() < cfg.edit_fraction
+        first = step < cfg.curriculum * cfg.steps
+        is_edit = not first and rng.random() < cfg.edit_fraction
         data = pool["edit" if is_edit else "t2i"][(w, h)]
-        idx = torch.randint(len(data["captions"]), (cfg.batch,), generator=gen)
+        batch = (cfg.edit_batch or cfg.batch) if is_edit else cfg.batch
+        if first and len(singles[(w, h)]):
+            idx = singles[(w, h)][torch.randint(len(singles[(w, h)]), (batch,), generator=gen)]
+        else:
+            idx = torch.randint(len(data["captions"]), (batch,), generator=gen)
         caps = [data["captions"][i] if rng.random() >= cfg.caption_dropout else "" for i in idx.tolist()]
         x0 = (data["latents"][idx].float().to(device) - shift) * scale
         lh, lw = x0.shape[2], x0.shape[3]
         x0p = pack(x0)
         noise = torch.randn(x0p.shape, generator=gen).to(device)
-        sigma = torch.sigmoid(torch.randn(cfg.batch, generator=gen)).to(device)
+        sigma = torch.sigmoid(torch.randn(batch, generator=gen))
+        uniform = torch.rand(batch, generator=gen)
+        sigma = torch.where(torch.rand(batch, generator=gen) < cfg.uniform_t, uniform, sigma).to(device)
         xt = (1 - sigma[:, None, None]) * x0p + sigma[:, None, None] * noise
         ids = image_ids(lh, lw, 0, device)
         hidden = xt
@@ -486,7 +648,7 @@ def _train_loop(
                 hidden_states=hidden,
                 timestep=sigma,
                 guidance=None,
-                pooled_projections=torch.zeros(cfg.batch, 32, device=device),
+                pooled_projections=torch.zeros(batch, 32, device=device),
                 encoder_hidden_states=emb,
                 txt_ids=txt_ids,
                 img_ids=ids,
@@ -495,6 +657,9 @@ def _train_loop(
         target = noise - x0p
         wts = token_weights(data["masks"][idx].to(device), 4, cfg.object_weight)
         loss = (((pred.float() - target) ** 2).mean(-1) * wts).sum() / wts.sum()
+        if cfg.text_aux and not is_edit:
+            labels = label_batch(tok2, input_ids.cpu(), label_cache).to(device)
+            loss = loss + cfg.text_aux * heads.loss(emb, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -502,15 +667,15 @@ def _train_loop(
         with torch.no_grad():
             d = min(cfg.ema, (1 + step) / (10 + step))
             for ema, model in ((ema_t, transformer), (ema_5, t5)):
-                for k, v in model.state_dict().items():
-                    if v.dtype.is_floating_point:
-                        ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                pairs = [(ema[k], v) for k, v in model.state_dict().items() if v.dtype.is_floating_point]
+                torch._foreach_lerp_([e for e, _ in pairs], [v.detach() for _, v in pairs], 1 - d)
         prog.update(step + 1, loss=loss.item(), lr=lr)
         if (step + 1) % 500 == 0 or step + 1 == cfg.steps:
             torch.save(
                 {
                     "transformer": transformer.state_dict(),
                     "t5": t5.state_dict(),
+                    "heads": heads.state_dict(),
                     "opt": opt.state_dict(),
                     "ema_t": ema_t,
                     "ema_5": ema_5,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ from PIL import Image
 
 from conftest import Server, poll_result
 from fluxserve.embedded import embedded_checkpoint
-from fluxserve.embedded.evaluate import smoke_figures
+from fluxserve.embedded.evaluate import score, smoke_figures
 from fluxserve.embedded.scenes import Obj, Scene, layout, render
 from fluxserve.engines import EngineRequest
 from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
@@ -54,7 +55,7 @@ def test_seeds_reproduce_bit_for_bit(engine: DiffusersFluxEngine) -> None:
     assert a.tobytes() == b.tobytes()
 
 
-def test_edit_runs_through_the_kontext_path(engine: DiffusersFluxEngine) -> None:
+def test_recolour_edit_runs_through_the_kontext_path(engine: DiffusersFluxEngine) -> None:
     scene = layout(Scene((Obj("circle", "red", "large", "in the center"),), "white"), 256, 128, None)  # type: ignore[arg-type]
     assert scene is not None
     meta = json.loads((CKPT / "fluxserve.json").read_text())  # type: ignore[operator]
@@ -76,6 +77,10 @@ def test_edit_runs_through_the_kontext_path(engine: DiffusersFluxEngine) -> None
     )[0]
     assert out.size == (256, 128)
     assert out.tobytes() != plain.tobytes()  # the input image reached the transformer
+    # ... and the edit did what it says: the circle is blue now, the background still white.
+    target = Scene((replace(scene.objects[0], colour="blue"),), "white")
+    got = score(target, out)
+    assert got["background"] and got["colour"], got
 
 
 def test_server_uses_the_embedded_model_by_default(tmp_path: Path, engine: DiffusersFluxEngine) -> None:

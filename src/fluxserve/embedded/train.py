@@ -692,6 +692,8 @@ def export(cfg: Config, vae: Any, pool: dict[str, Any], parts: Any, out: Path) -
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 
     tok, tok2, clip, t5, transformer = parts
+    tok2.backend_tokenizer.no_padding()  # save the tokenizer without the last call's state
+    tok2.backend_tokenizer.no_truncation()
     vae.register_to_config(shift_factor=pool["shift"], scaling_factor=pool["scale"])
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     pipe = FluxKontextPipeline(

@@ -390,7 +390,13 @@ def build_pool(cfg: Config, vae: Any, work: Path, device: torch.device) -> dict[
 COLOUR_LIST = list(COLOURS)
 POSITION_LIST = [*POSITIONS, "anywhere"]
 SIZE_LIST = ["small", "medium", "large"]
-HEADS = {"role": 4, "colour": len(COLOUR_LIST), "shape": len(SHAPES), "size": 3, "position": 10}
+HEADS = {
+    "role": 4,
+    "colour": len(COLOUR_LIST),
+    "shape": len(SHAPES),
+    "size": len(SIZE_LIST),
+    "position": len(POSITION_LIST),
+}
 IGNORE = -100
 
 
@@ -485,7 +491,7 @@ def pretrain_text(
     cache: dict[tuple[int, ...], list[list[int]]] = {}
     for step in range(cfg.text_steps):
         caps = []
-        for _ in range(256):
+        for _ in range(cfg.batch):
             scene = random_scene(rng, 64, 64, rng.choice((1, 2)))
             caps.append(noisy_caption(caption(scene, rng), rng))
         ids = tok2(caps, padding="max_length", max_length=cfg.max_text, truncation=True, return_tensors="pt")

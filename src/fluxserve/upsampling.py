@@ -16,6 +16,8 @@ from typing import Protocol
 
 import httpx
 
+from fluxserve.embedded.vocabulary import COLOURS, POSITIONS, SHAPES
+
 log = logging.getLogger("fluxserve.upsampling")
 
 SUBJECTS: dict[str, tuple[str, ...]] = {
@@ -165,32 +167,16 @@ DETAILS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     ),
 }
 
-SCENE_COLOURS = (
-    "red",
-    "orange",
-    "yellow",
-    "green",
-    "cyan",
-    "blue",
-    "purple",
-    "pink",
-    "white",
-    "black",
-    "gray",
-    "brown",
-)
-SCENE_SHAPES = ("circle", "square", "triangle", "star", "ring", "diamond")
-SCENE_POSITIONS = (
-    "in the center",
-    "on the left",
-    "on the right",
-    "at the top",
-    "at the bottom",
-    "in the top left",
-    "in the top right",
-    "in the bottom left",
-    "in the bottom right",
-)
+
+def _free_order(phrase: str) -> tuple[int, bool, int, int]:
+    """Centre first, then left, right, top and bottom, then the corners row by row."""
+    col, row = POSITIONS[phrase]
+    return abs(col - 1) + abs(row - 1), col == 1, row, col
+
+
+# Free positions are shuffled from this order. It predates the shared vocabulary and is kept so
+# that a prompt and seed upsample as they always have.
+SCENE_POSITIONS = tuple(sorted(POSITIONS, key=_free_order))
 MOOD_BACKGROUNDS = {
     "night": "black",
     "space": "black",
@@ -245,9 +231,9 @@ class BuiltinUpsampler:
 
 OBJECT = re.compile(
     r"\b(?:(small|large)\s+)?("
-    + "|".join(SCENE_COLOURS)
+    + "|".join(COLOURS)
     + r")\s+("
-    + "|".join(SCENE_SHAPES)
+    + "|".join(SHAPES)
     + r")\b(\s+(?:"
     + "|".join(SCENE_POSITIONS)
     + r"))?"
@@ -279,7 +265,7 @@ def _scene_detail(prompt: str, rng: random.Random) -> str:
     if "background" not in text:
         words = set(re.findall(r"[a-z]+", text))
         mood = next((c for w, c in MOOD_BACKGROUNDS.items() if w in words), None)
-        options = [c for c in SCENE_COLOURS if c not in used_colours]
+        options = [c for c in COLOURS if c not in used_colours]
         colour = mood if mood and mood not in used_colours else rng.choice(options)
         article = "an" if colour[0] in "aeiou" else "a"
         text += f" on {article} {colour} background"
@@ -320,8 +306,8 @@ class ChatUpsampler:
         system = SYSTEM_PROMPT
         if scene_vocabulary:
             system += (
-                " The model only knows flat scenes: colours, the shapes circle, square, "
-                "triangle, star, ring and diamond, the sizes small and large, positions "
+                " The model only knows flat scenes: colours, the shapes "
+                f"{', '.join(SHAPES[:-1])} and {SHAPES[-1]}, the sizes small and large, positions "
                 "such as 'on the left' or 'in the top right', and 'on a <colour> "
                 "background'. Use only those words."
             )

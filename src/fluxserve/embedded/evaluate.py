@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fluxserve.embedded.scenes import (
-    COLOURS,
     HELD_OUT,
     Obj,
     Scene,
@@ -32,6 +31,7 @@ from fluxserve.embedded.scenes import (
     random_scene,
     render,
 )
+from fluxserve.embedded.vocabulary import COLOURS
 from fluxserve.spec import fit_area
 
 PALETTE_NAMES = list(COLOURS)

@@ -1,8 +1,8 @@
 """The scene grammar of the embedded model: scenes, rendering, captions and edit instructions.
 
-See ``shared/EMBEDDED_MODEL.md``: twelve colours, six shapes, three sizes, nine positions,
-one or two non-overlapping objects on a background; edits recolour, move, resize, reshape,
-remove or add an object, or change the background.
+See ``shared/EMBEDDED_MODEL.md``: one or two non-overlapping objects (colour, shape, size,
+position: the words in :mod:`fluxserve.embedded.vocabulary`) on a background; edits recolour,
+move, resize, reshape, remove or add an object, or change the background.
 """
 
 from __future__ import annotations
@@ -13,26 +13,8 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (245, 220, 30),
-    "green": (30, 170, 50), "cyan": (30, 200, 220), "blue": (30, 60, 220),
-    "purple": (140, 40, 180), "pink": (245, 120, 190), "white": (250, 250, 250),
-    "black": (15, 15, 15), "gray": (128, 128, 128), "brown": (130, 80, 40),
-}  # fmt: skip
-SHAPES = ("circle", "square", "triangle", "star", "ring", "diamond")
-SIZES = {"small": 0.25, None: 0.35, "large": 0.5}
-# position word -> (column, row) in a 3x3 grid of the image
-POSITIONS: dict[str, tuple[int, int]] = {
-    "in the center": (1, 1), "at the top": (1, 0), "at the bottom": (1, 2),
-    "on the left": (0, 1), "on the right": (2, 1), "in the top left": (0, 0),
-    "in the top right": (2, 0), "in the bottom left": (0, 2), "in the bottom right": (2, 2),
-}  # fmt: skip
-EDIT_PLACES = {  # words after "move the X to the ..."
-    "center": "in the center", "top": "at the top", "bottom": "at the bottom",
-    "left": "on the left", "right": "on the right", "top left": "in the top left",
-    "top right": "in the top right", "bottom left": "in the bottom left",
-    "bottom right": "in the bottom right",
-}  # fmt: skip
+from fluxserve.embedded.vocabulary import COLOURS, EDIT_PLACES, POSITIONS, SHAPES, SIZES
+
 # (shape, colour, background) combinations never shown in training (composition test).
 HELD_OUT: frozenset[tuple[str, str, str]] = frozenset({
     ("circle", "purple", "yellow"), ("square", "orange", "blue"), ("triangle", "cyan", "black"),
@@ -44,6 +26,8 @@ MARGIN = 0.06
 
 @dataclass(frozen=True)
 class Obj:
+    """One object of a scene: what the caption says about it, and where it is drawn."""
+
     shape: str
     colour: str
     size: str | None = None  # "small", None (medium), "large"
@@ -52,11 +36,14 @@ class Obj:
     cy: float = 0.5
 
     def diameter(self, w: int, h: int) -> float:
+        """The object's diameter in pixels in a w x h image."""
         return SIZES[self.size] * min(w, h)
 
 
 @dataclass(frozen=True)
 class Scene:
+    """A background colour and its objects (laid out once their centres are set)."""
+
     objects: tuple[Obj, ...]
     background: str = "white"
     background_said: bool = False  # whether a white background is named in the caption
@@ -72,6 +59,7 @@ def place(position: str, size: str | None, w: int, h: int) -> tuple[float, float
 
 
 def cell_of(cx: float, cy: float) -> tuple[int, int]:
+    """The (column, row) of the 3x3 grid that a centre (fractions) falls in."""
     return min(2, int(cx * 3)), min(2, int(cy * 3))
 
 
@@ -155,12 +143,14 @@ def _article(word: str, rng: random.Random | None) -> str:
 
 
 def describe(o: Obj, rng: random.Random | None = None) -> str:
+    """The caption phrase of one object (``rng`` varies the article, as people do)."""
     words = ([o.size] if o.size else []) + [o.colour, o.shape]
     text = f"{_article(words[0], rng)} {' '.join(words)}"
     return f"{text} {o.position}" if o.position else text
 
 
 def caption(scene: Scene, rng: random.Random | None = None) -> str:
+    """The caption of a scene; a white background is named only if ``background_said``."""
     text = " and ".join(describe(o, rng) for o in scene.objects)
     if scene.background != "white" or scene.background_said:
         text += f" on {_article(scene.background, rng)} {scene.background} background"
@@ -168,11 +158,14 @@ def caption(scene: Scene, rng: random.Random | None = None) -> str:
 
 
 def allowed(shape: str, colour: str, background: str, train: bool) -> bool:
+    """Whether a combination may appear: in training, none of :data:`HELD_OUT`."""
     held = (shape, colour, background) in HELD_OUT
     return not held if train else True
 
 
 def random_object(rng: random.Random, background: str, positioned: float = 0.7) -> Obj:
+    """A random object not coloured like ``background``, with a position word at the odds
+    ``positioned`` (not yet laid out)."""
     colour = rng.choice([c for c in COLOURS if c != background])
     return Obj(
         shape=rng.choice(SHAPES),

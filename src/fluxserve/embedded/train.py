@@ -36,15 +36,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fluxserve.embedded.scenes import (
-    COLOURS,
-    POSITIONS,
-    SHAPES,
-    caption,
-    random_edit,
-    random_scene,
-    render,
-)
+from fluxserve.embedded.scenes import caption, random_edit, random_scene, render
+from fluxserve.embedded.vocabulary import COLOURS, POSITIONS, SHAPES, SYNONYMS
 from fluxserve.spec import fit_area
 
 RATIOS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (2, 1), (1, 2), (7, 3), (3, 7))
@@ -410,7 +403,7 @@ def caption_labels(pieces: list[str]) -> list[list[int]]:
             continue
         labels[i][0] = 0
         if p.startswith("\u2581") and len(p) > 1:
-            words.append((i, "gray" if p[1:] == "grey" else p[1:]))
+            words.append((i, SYNONYMS.get(p[1:], p[1:])))
     seq = [w for _, w in words]
     end = len(seq)
     if "background" in seq:

@@ -11,15 +11,7 @@ import json
 import string
 from pathlib import Path
 
-# fmt: off
-BASE_WORDS = [
-    "a", "an", "the", "and", "of", "in", "on", "at", "to", "into", "with", "red", "orange",
-    "yellow", "green", "cyan", "blue", "purple", "pink", "white", "black", "gray", "grey",
-    "brown", "circle", "square", "triangle", "star", "ring", "diamond", "small", "large",
-    "center", "top", "bottom", "left", "right", "background", "make", "change", "move", "turn",
-    "remove", "add",
-]
-# fmt: on
+from fluxserve.embedded.vocabulary import BASE_WORDS
 
 
 def make_clip_tokenizer(words: list[str], tmp: Path):  # type: ignore[no-untyped-def]

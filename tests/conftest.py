@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fluxserve.engines.tiny import build_tiny_checkpoint
+from fluxserve.embedded.builder import build_tiny_checkpoint
 
 
 def free_port() -> int:

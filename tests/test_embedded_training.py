@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fluxserve.embedded.builder import make_t5_tokenizer
 from fluxserve.embedded.train import COLOUR_LIST, POSITION_LIST, caption_labels
+from fluxserve.embedded.vocabulary import BASE_WORDS
 from fluxserve.engines import EngineRequest
 from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
-from fluxserve.engines.tiny import BASE_WORDS, make_t5_tokenizer
 
 
 def _labels(text: str) -> dict[str, list[list[int]]]:

@@ -158,7 +158,8 @@ def make_vae(cfg: Config):  # type: ignore[no-untyped-def]
 
 
 def make_text(cfg: Config, out: Path):  # type: ignore[no-untyped-def]
-    from fluxserve.engines.tiny import BASE_WORDS, make_clip_tokenizer, make_t5_tokenizer, make_text_encoders
+    from fluxserve.embedded.builder import make_clip_tokenizer, make_t5_tokenizer, make_text_encoders
+    from fluxserve.embedded.vocabulary import BASE_WORDS
 
     out.mkdir(parents=True, exist_ok=True)
     tok, clip_vocab = make_clip_tokenizer(BASE_WORDS, out)

@@ -15,6 +15,8 @@ from fluxserve.embedded.vocabulary import BASE_WORDS
 
 
 def make_clip_tokenizer(words: list[str], tmp: Path):  # type: ignore[no-untyped-def]
+    """A CLIP BPE tokenizer that knows ``words`` whole (any other text falls back to single
+    characters), and its vocabulary size. Its vocab and merges files are written to ``tmp``."""
     from transformers import CLIPTokenizer
 
     chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
@@ -51,6 +53,8 @@ def make_clip_tokenizer(words: list[str], tmp: Path):  # type: ignore[no-untyped
 
 
 def make_t5_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
+    """A T5 Unigram tokenizer that knows ``words`` whole (any other text falls back to single
+    characters; case and punctuation are dropped), and its vocabulary size."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
     from transformers import T5TokenizerFast  # type: ignore[attr-defined]
@@ -82,8 +86,11 @@ def make_t5_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
 
 
 def make_text_encoders(clip_vocab: int, t5_vocab: int, t5_dim: int, t5_layers: int, buckets: int = 8):  # type: ignore[no-untyped-def]
-    """The two text encoders FLUX pipelines take, tiny: a CLIP text model (its pooled output
-    feeds the modulation) and a T5 encoder of width ``t5_dim`` (the joint-attention tokens)."""
+    """The two text encoders FLUX pipelines take, tiny.
+
+    A CLIP text model (its pooled output feeds the modulation) and a T5 encoder of width
+    ``t5_dim`` (the joint-attention tokens).
+    """
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     clip = CLIPTextModel(

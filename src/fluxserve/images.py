@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from fluxserve.client.composition import stitch_horizontally as stitch_horizontally  # moved to the SDK
 from fluxserve.netguard import UrlRefused, fetch_url
 
 ALLOWED_INPUT_FORMATS = {"JPEG", "PNG", "WEBP"}
@@ -123,34 +124,3 @@ def encode_image(img: Image.Image, fmt: str, compression: int | None = None) -> 
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     return out.getvalue()
-
-
-def stitch_horizontally(
-    images: list[Image.Image],
-    height: int | None = None,
-    gap: int = 0,
-    background: tuple[int, int, int] | str = (255, 255, 255),
-) -> Image.Image:
-    """Place images side by side at one height (default: the first one's), each scaled without
-    distortion, ``gap`` pixels of ``background`` between them.
-
-    This is how several reference images reach a single-image Kontext transformer: as one
-    conditioning image ("offset" multi-reference); the SDK's ``compose`` uses it too."""
-    height = height or images[0].height
-    scaled = [
-        im.convert("RGB")
-        if im.height == height
-        else im.convert("RGB").resize(
-            (max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS
-        )
-        for im in images
-    ]
-    if len(scaled) == 1:
-        return scaled[0]
-    width = sum(im.width for im in scaled) + gap * (len(scaled) - 1)
-    canvas = Image.new("RGB", (width, height), background)
-    x = 0
-    for im in scaled:
-        canvas.paste(im, (x, 0))
-        x += im.width + gap
-    return canvas

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import io
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import fluxserve.client
 from fluxserve.client import (
     AsyncFluxClient,
     FluxClient,
@@ -295,3 +297,71 @@ def test_cli_commands(server, tmp_path: Path) -> None:  # type: ignore[no-untype
         "cost", "--model", "flux-kontext-max", "-n", "10", "--base-url", "http://127.0.0.1:9", cwd=tmp_path
     )
     assert "$0.80" in out.stdout and "default" in out.stdout
+
+
+# What the SDK may import: it must install and run without the server's dependencies.
+SDK_DEPENDENCIES = {"httpx", "PIL"}
+SDK_OWN_MODULES = ("fluxserve.client", "fluxserve.prices")
+SERVER_ONLY = ("torch", "fastapi", "starlette", "uvicorn", "diffusers", "transformers", "onnxruntime")
+
+
+def _imports_of(source: str) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_sdk_source_imports_only_stdlib_httpx_pil_and_itself() -> None:
+    package = Path(fluxserve.client.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        for name in _imports_of(path.read_text()):
+            top = name.split(".")[0]
+            own = any(name == m or name.startswith(m + ".") for m in SDK_OWN_MODULES)
+            assert own or top in SDK_DEPENDENCIES or top in sys.stdlib_module_names, (path.name, name)
+    assert _imports_of((package.parent / "prices.py").read_text()) <= {"__future__", "typing"}
+
+
+def _modules_loaded_by(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(*sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def test_importing_the_sdk_loads_no_server_module() -> None:
+    loaded = _modules_loaded_by("import fluxserve.client")
+    assert not {m for m in loaded if m.split(".")[0] in SERVER_ONLY}
+    ours = {m for m in loaded if m.split(".")[0] == "fluxserve"}
+    # fluxserve/__init__.py itself imports fluxserve.settings (and so pydantic).
+    allowed = {"fluxserve", "fluxserve.settings", "fluxserve.prices"}
+    assert not {m for m in ours - allowed if not m.startswith("fluxserve.client")}
+    # Without the package's __init__, the SDK alone does not even need pydantic.
+    stub = (
+        "import sys, types; pkg = types.ModuleType('fluxserve'); "
+        f"pkg.__path__ = [{str(Path(fluxserve.client.__file__).parent.parent)!r}]; "
+        "sys.modules['fluxserve'] = pkg\nimport fluxserve.client"
+    )
+    alone = _modules_loaded_by(stub)
+    assert {m for m in alone if m.startswith("fluxserve")} <= {"fluxserve", "fluxserve.prices"} | {
+        m for m in alone if m.startswith("fluxserve.client")
+    }
+    assert not {m for m in alone if m.split(".")[0] in (*SERVER_ONLY, "pydantic")}
+
+
+def test_server_and_sdk_share_stitching_and_prices() -> None:
+    from fluxserve.client.composition import stitch_horizontally
+    from fluxserve.images import stitch_horizontally as engine_stitch
+    from fluxserve.prices import LIST_PRICES_USD
+
+    assert engine_stitch is stitch_horizontally
+    assert fluxserve.client.DEFAULT_PRICES is LIST_PRICES_USD
+    for model, price in {"flux-kontext-pro": 0.04, "flux-kontext-max": 0.08, "flux-dev": 0.025}.items():
+        assert LIST_PRICES_USD[model] == price

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from fluxserve.embedded.config import Config
+from fluxserve.embedded.data import to_tensor
 from fluxserve.embedded.evaluate import score, size_for
+from fluxserve.embedded.model import make_vae
 from fluxserve.embedded.scenes import random_scene, render
-from fluxserve.embedded.train import Config, make_vae, to_tensor
 
 
 def adherence(vae: torch.nn.Module, n: int) -> dict[str, float]:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from fluxserve.embedded.builder import make_t5_tokenizer
-from fluxserve.embedded.train import COLOUR_LIST, POSITION_LIST, caption_labels
+from fluxserve.embedded.data import COLOUR_LIST, POSITION_LIST, caption_labels
 from fluxserve.embedded.vocabulary import BASE_WORDS
 from fluxserve.engines import EngineRequest
 from fluxserve.engines.diffusers_engine import DiffusersFluxEngine

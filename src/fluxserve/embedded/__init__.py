@@ -1,8 +1,12 @@
 """The embedded model: a tiny FLUX Kontext checkpoint trained here on procedural scenes.
 
-- ``scenes``: the scene grammar (colours, shapes, sizes, positions), rendering, captions, edits.
+- ``vocabulary``: the grammar's words (colours, shapes, sizes, positions); imports nothing.
+- ``scenes``: scenes of those words, rendering, captions, edit instructions.
 - ``evaluate``: scores images against scenes without a neural network; contact sheets.
-- ``train``: trains the checkpoint from nothing (``python -m fluxserve.embedded.train``).
+- ``builder``: a tiny random checkpoint of the same layout (tests; a build without weights).
+- ``train``: trains the checkpoint from nothing (``python -m fluxserve.embedded.train``), with
+  its settings in ``config``, the components in ``model``, the data pool and caption labels in
+  ``data``, and progress lines from ``progress``.
 """
 
 from pathlib import Path

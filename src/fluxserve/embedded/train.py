@@ -17,6 +17,8 @@ Stages (each resumable from ``--work``; rerunning the same command continues whe
 4. export: a diffusers ``FluxKontextPipeline`` directory + ``fluxserve.json``.
 
 The same command runs on a GPU (``--device cuda``) with larger ``--steps``/``--batch``.
+This module holds the stages and the command; the settings are in ``config``, the components
+in ``model`` and the data (stage 2) in ``data``.
 """
 
 from __future__ import annotations
@@ -27,181 +29,32 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from fluxserve.embedded.scenes import caption, random_edit, random_scene, render
-from fluxserve.embedded.vocabulary import COLOURS, POSITIONS, SHAPES, SYNONYMS
-from fluxserve.spec import fit_area
-
-RATIOS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (2, 1), (1, 2), (7, 3), (3, 7))
-FILLERS = (
-    "a photo of",
-    "an image of",
-    "beautiful",
-    "highly detailed",
-    "please draw",
-    "minimalist",
-    "a picture showing",
-    "4k render of",
-    "simple flat art,",
+from fluxserve.embedded.config import Config
+from fluxserve.embedded.data import buckets, build_pool, label_batch, noisy_caption, object_mask, to_tensor
+from fluxserve.embedded.model import (
+    CaptionHeads,
+    image_ids,
+    make_text,
+    make_transformer,
+    make_vae,
+    matmul_attention,
+    pack,
 )
-
-
-@dataclass
-class Config:
-    seed: int = 0
-    native_area: int = 64 * 64
-    multiple: int = 8  # VAE factor 4 x 2x2 packing
-    latent_channels: int = 8
-    vae_steps: int = 2000
-    vae_batch: int = 32
-    decoder_steps: int = 1500
-    pool_t2i: int = 66_000
-    pool_edit: int = 33_000
-    steps: int = 3500
-    batch: int = 256
-    lr: float = 8e-4
-    warmup: int = 100
-    edit_fraction: float = 0.4
-    edit_batch: int = 128  # batch of an edit step (0 = --batch); edit steps carry twice the tokens
-    curriculum: float = 0.3  # share of the steps, at the start, on single-object scenes only
-    uniform_t: float = 0.2  # share of timesteps drawn uniformly instead of logit-normal
-    text_steps: int = 1000  # caption-parsing pre-training steps of the text encoder (stage 2b)
-    text_aux: float = 0.5  # weight of the caption-parsing loss while the transformer trains
-    caption_dropout: float = 0.1
-    object_weight: float = 5.0
-    ema: float = 0.999
-    width: int = 128
-    heads: int = 4
-    double_blocks: int = 2
-    single_blocks: int = 2
-    text_dim: int = 64
-    text_layers: int = 2
-    max_text: int = 32
-    default_steps: int = 16
-    default_guidance: float = 4.0
-
-
-def buckets(cfg: Config) -> list[tuple[int, int]]:
-    """Training sizes: the native sizes the engine will sample at (the same rule)."""
-    return [fit_area(a, b, cfg.native_area, cfg.multiple) for a, b in RATIOS]
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
-    return a / 127.5 - 1.0
-
-
-def object_mask(img: Image.Image, background: str) -> np.ndarray:
-    a = np.asarray(img, dtype=np.int16)
-    bg = np.array(COLOURS[background], dtype=np.int16)
-    return (np.abs(a - bg).sum(-1) > 60).astype(np.float32)
-
-
-def noisy_caption(text: str, rng: random.Random) -> str:
-    r = rng.random()
-    if r < 0.1:
-        text = f"{rng.choice(FILLERS)} {text}"
-    elif r < 0.15:
-        text = text.upper() if rng.random() < 0.5 else text.capitalize() + "."
-    return text
-
-
-class Progress:
-    def __init__(self, name: str, total: int, start: int = 0) -> None:
-        self.name, self.total, self.start, self.t0 = name, total, start, time.time()
-        self.last = 0.0
-
-    def update(self, i: int, **info: float) -> None:
-        now = time.time()
-        if now - self.last < 10 and i < self.total:
-            return
-        self.last = now
-        done = i - self.start
-        rate = done / max(1e-9, now - self.t0)
-        eta = (self.total - i) / max(rate, 1e-9)
-        extra = " ".join(f"{k}={v:.4g}" for k, v in info.items())
-        print(
-            f"[{self.name}] {i}/{self.total} ({100 * i / self.total:.1f}%) "
-            f"{rate:.2f} it/s eta {eta / 60:.1f} min {extra}",
-            flush=True,
-        )
-
-
-# ---------------------------------------------------------------- components
-
-
-def make_vae(cfg: Config):  # type: ignore[no-untyped-def]
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 3,
-        up_block_types=["UpDecoderBlock2D"] * 3,
-        block_out_channels=(16, 32, 64),
-        latent_channels=cfg.latent_channels,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-        mid_block_add_attention=False,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-
-
-def make_text(cfg: Config, out: Path):  # type: ignore[no-untyped-def]
-    from fluxserve.embedded.builder import make_clip_tokenizer, make_t5_tokenizer, make_text_encoders
-    from fluxserve.embedded.vocabulary import BASE_WORDS
-
-    out.mkdir(parents=True, exist_ok=True)
-    tok, clip_vocab = make_clip_tokenizer(BASE_WORDS, out)
-    tok2, t5_vocab = make_t5_tokenizer(BASE_WORDS)
-    clip, t5 = make_text_encoders(clip_vocab, t5_vocab, cfg.text_dim, cfg.text_layers, buckets=16)
-    return tok, tok2, clip, t5
-
-
-def make_transformer(cfg: Config):  # type: ignore[no-untyped-def]
-    from diffusers import FluxTransformer2DModel
-
-    head = cfg.width // cfg.heads
-    a = head // 4 // 2 * 2
-    b = (head - a) // 2 // 2 * 2
-    rope = (a, b, head - a - b)  # even sizes that sum to the head dimension
-    t = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=cfg.latent_channels * 4,
-        num_layers=cfg.double_blocks,
-        num_single_layers=cfg.single_blocks,
-        attention_head_dim=head,
-        num_attention_heads=cfg.heads,
-        joint_attention_dim=cfg.text_dim,
-        pooled_projection_dim=32,
-        guidance_embeds=False,
-        axes_dims_rope=rope,
-    )
-    # The pooled CLIP vector always enters FLUX's modulation; a zero projection makes it a
-    # constant, so the image must read the caption through joint attention (see the spec).
-    embedder = t.time_text_embed.text_embedder  # type: ignore[attr-defined]
-    proj = embedder.linear_2
-    torch.nn.init.zeros_(proj.weight)
-    torch.nn.init.zeros_(proj.bias)
-    for p in embedder.parameters():
-        p.requires_grad_(False)
-    return t
-
+from fluxserve.embedded.progress import Progress
+from fluxserve.embedded.scenes import caption, random_scene, render
 
 # ---------------------------------------------------------------- stage 1: autoencoder
 
 
 def train_vae(cfg: Config, work: Path, device: torch.device) -> Any:
+    """Stage 1: the autoencoder on freshly rendered scenes; saves every 500 steps, resumes."""
     vae = make_vae(cfg).to(device)
     path = work / "vae.pt"
     if (work / "vae.done").exists():
@@ -294,178 +147,8 @@ def refine_decoder(cfg: Config, vae: Any, work: Path, device: torch.device) -> A
     return vae.eval()
 
 
-# ---------------------------------------------------------------- stage 2: data pool
-
-
-@torch.no_grad()
-def encode(vae: Any, imgs: list[Image.Image], device: torch.device) -> torch.Tensor:
-    x = torch.stack([to_tensor(i) for i in imgs]).to(device)
-    return vae.encode(x).latent_dist.mode().float().cpu()
-
-
-def build_pool(cfg: Config, vae: Any, work: Path, device: torch.device) -> dict[str, Any]:
-    path = work / "pool.pt"
-    if path.exists():
-        return torch.load(path)  # type: ignore[no-any-return]
-    rng = random.Random(cfg.seed * 1000 + 2)
-    sizes = buckets(cfg)
-    pool: dict[str, Any] = {"t2i": {}, "edit": {}}
-    total = cfg.pool_t2i + cfg.pool_edit
-    prog = Progress("data", total)
-    done = 0
-    per_bucket_t2i = cfg.pool_t2i // len(sizes)
-    per_bucket_edit = cfg.pool_edit // len(sizes)
-    chunk = 256
-    for w, h in sizes:
-        caps, lats, masks = [], [], []
-        for i0 in range(0, per_bucket_t2i, chunk):
-            imgs = []
-            for _ in range(min(chunk, per_bucket_t2i - i0)):
-                scene = random_scene(rng, w, h, 1 if rng.random() < 0.45 else 2)
-                img = render(scene, w, h)
-                imgs.append(img)
-                caps.append(noisy_caption(caption(scene, rng), rng))
-                masks.append(object_mask(img, scene.background))
-            lats.append(encode(vae, imgs, device).half())
-            done += len(imgs)
-            prog.update(done)
-        pool["t2i"][(w, h)] = {
-            "captions": caps,
-            "latents": torch.cat(lats),
-            "masks": torch.from_numpy(np.stack(masks)).half(),
-        }
-        caps, src_l, tgt_l, masks = [], [], [], []
-        n = 0
-        while n < per_bucket_edit:
-            srcs: list[Image.Image] = []
-            tgts: list[Image.Image] = []
-            while len(srcs) < min(chunk, per_bucket_edit - n):
-                src = random_scene(rng, w, h, rng.choice((1, 2)))
-                edit = random_edit(rng, src, w, h)
-                if edit is None:
-                    continue
-                text, tgt = edit
-                srcs.append(render(src, w, h))
-                timg = render(tgt, w, h)
-                tgts.append(timg)
-                caps.append(noisy_caption(text, rng))
-                # weight both what changed and the objects of the result
-                diff = (
-                    np.abs(np.asarray(srcs[-1], np.int16) - np.asarray(timg, np.int16)).sum(-1) > 60
-                ).astype(np.float32)
-                masks.append(np.maximum(diff, object_mask(timg, tgt.background)))
-            src_l.append(encode(vae, srcs, device).half())
-            tgt_l.append(encode(vae, tgts, device).half())
-            n += len(srcs)
-            done += len(srcs)
-            prog.update(done)
-        pool["edit"][(w, h)] = {
-            "captions": caps,
-            "source": torch.cat(src_l),
-            "latents": torch.cat(tgt_l),
-            "masks": torch.from_numpy(np.stack(masks)).half(),
-        }
-    all_lat = torch.cat([b["latents"][:2000].float().flatten() for b in pool["t2i"].values()])
-    pool["shift"] = float(all_lat.mean())
-    pool["scale"] = float(1.0 / all_lat.std())
-    torch.save(pool, path)
-    return pool
-
-
+# ---------------------------------------------------------------- stage 2: data.build_pool
 # ---------------------------------------------------------------- stage 2b: text encoder
-
-# A real FLUX gets a T5 that already knows language. Ours starts from nothing, and learning
-# which colour word belongs to which noun only through the image loss is slow (a model trained
-# that way drew "a red circle on a blue background" and "a blue circle on a red background"
-# alike). So the text encoder first learns to parse captions: every word of an object's phrase
-# predicts that object's colour, shape, size and position, and the words of "on a <colour>
-# background" predict the background colour. The heads are dropped at export.
-
-COLOUR_LIST = list(COLOURS)
-POSITION_LIST = [*POSITIONS, "anywhere"]
-SIZE_LIST = ["small", "medium", "large"]
-HEADS = {
-    "role": 4,
-    "colour": len(COLOUR_LIST),
-    "shape": len(SHAPES),
-    "size": len(SIZE_LIST),
-    "position": len(POSITION_LIST),
-}
-IGNORE = -100
-
-
-def caption_labels(pieces: list[str]) -> list[list[int]]:
-    """Per token [role, colour, shape, size, position] for a tokenised caption (roles: 0 other
-    word, 1 first object, 2 second object, 3 background; ``IGNORE`` where nothing applies)."""
-    labels = [[IGNORE] * 5 for _ in pieces]
-    words: list[tuple[int, str]] = []
-    for i, p in enumerate(pieces):
-        if p in ("</s>", "<pad>"):
-            continue
-        labels[i][0] = 0
-        if p.startswith("\u2581") and len(p) > 1:
-            words.append((i, SYNONYMS.get(p[1:], p[1:])))
-    seq = [w for _, w in words]
-    end = len(seq)
-    if "background" in seq:
-        b = len(seq) - 1 - seq[::-1].index("background")
-        if b > 0 and seq[b - 1] in COLOURS:
-            start = b - 1
-            start -= start > 0 and seq[start - 1] in ("a", "an")
-            start -= start > 0 and seq[start - 1] == "on"
-            for k in range(start, b + 1):
-                labels[words[k][0]] = [3, COLOUR_LIST.index(seq[b - 1]), IGNORE, IGNORE, IGNORE]
-            end = start
-    bounds, s0 = [], 0
-    for k in range(end + 1):
-        if k == end or seq[k] == "and":
-            bounds.append((s0, k))
-            s0 = k + 1
-    for n, (a, b) in enumerate(bounds[:2]):
-        ws = seq[a:b]
-        colours = [w for w in ws if w in COLOURS]
-        shapes = [w for w in ws if w in SHAPES]
-        if not colours or not shapes:
-            continue
-        after = ws[ws.index(shapes[0]) + 1 :]
-        phrase = " ".join(after)
-        size = "small" if "small" in ws else "large" if "large" in ws else "medium"
-        lab = [
-            n + 1,
-            COLOUR_LIST.index(colours[0]),
-            SHAPES.index(shapes[0]),
-            SIZE_LIST.index(size),
-            POSITION_LIST.index(phrase) if phrase in POSITIONS else POSITION_LIST.index("anywhere"),
-        ]
-        for k in range(a, b):
-            labels[words[k][0]] = list(lab)
-    return labels
-
-
-class CaptionHeads(torch.nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.proj = torch.nn.Linear(dim, sum(HEADS.values()))
-
-    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.proj(hidden.float()).split(list(HEADS.values()), -1)
-        return sum(
-            (F.cross_entropy(lg.flatten(0, 1), labels[..., j].flatten(), ignore_index=IGNORE)
-             for j, lg in enumerate(logits)),
-            torch.zeros((), device=hidden.device),
-        )  # fmt: skip
-
-
-def label_batch(
-    tok2: Any, input_ids: torch.Tensor, cache: dict[tuple[int, ...], list[list[int]]]
-) -> torch.Tensor:
-    rows = []
-    for ids in input_ids.tolist():
-        key = tuple(ids)
-        if key not in cache:
-            cache[key] = caption_labels(tok2.convert_ids_to_tokens(ids))
-        rows.append(cache[key])
-    return torch.tensor(rows)
 
 
 def pretrain_text(
@@ -503,37 +186,6 @@ def pretrain_text(
 # ---------------------------------------------------------------- stage 3: transformer
 
 
-def _matmul_attention(
-    query,
-    key,
-    value,
-    attn_mask=None,
-    dropout_p=0.0,
-    is_causal=False,  # type: ignore[no-untyped-def]
-    scale=None,
-    enable_gqa=False,
-):
-    """Plain attention: on CPU its backward is about twice as fast as SDPA's at these sizes."""
-    s = (query @ key.transpose(-2, -1)) * (scale or query.shape[-1] ** -0.5)
-    if attn_mask is not None:
-        s = s + attn_mask if attn_mask.dtype != torch.bool else s.masked_fill(~attn_mask, -1e9)
-    return s.softmax(-1) @ value
-
-
-def pack(lat: torch.Tensor) -> torch.Tensor:
-    b, c, h, w = lat.shape
-    lat = lat.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return lat.reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def image_ids(h: int, w: int, index: int, device: torch.device) -> torch.Tensor:
-    ids = torch.zeros(h // 2, w // 2, 3)
-    ids[..., 0] = index
-    ids[..., 1] = torch.arange(h // 2)[:, None]
-    ids[..., 2] = torch.arange(w // 2)[None, :]
-    return ids.reshape(-1, 3).to(device)
-
-
 def token_weights(mask: torch.Tensor, factor: int, weight: float) -> torch.Tensor:
     """Per-token loss weights: 1 + (weight - 1) x the token's share of object pixels."""
     share = F.avg_pool2d(mask[:, None].float(), factor * 2).flatten(1)
@@ -541,6 +193,11 @@ def token_weights(mask: torch.Tensor, factor: int, weight: float) -> torch.Tenso
 
 
 def train_transformer(cfg: Config, pool: dict[str, Any], work: Path, device: torch.device):  # type: ignore[no-untyped-def]
+    """Stage 3 (with 2b first): the transformer and the T5 encoder, resumed from
+    ``work/transformer_state.pt`` if there is one.
+
+    Returns ``(tokenizer, tokenizer_2, clip, t5, transformer)`` with the EMA weights loaded.
+    """
     tok, tok2, clip, t5 = make_text(cfg, work / "tokenizers")
     transformer = make_transformer(cfg).to(device)
     t5 = t5.to(device)
@@ -569,7 +226,7 @@ def train_transformer(cfg: Config, pool: dict[str, Any], work: Path, device: tor
     t5.train()
     sdpa = F.scaled_dot_product_attention
     if device.type == "cpu":
-        F.scaled_dot_product_attention = _matmul_attention  # training only; restored below
+        F.scaled_dot_product_attention = matmul_attention  # training only; restored below
     try:
         _train_loop(
             cfg, pool, device, transformer, t5, heads, tok2, opt, params, ema_t, ema_5, start, state_path
@@ -689,6 +346,8 @@ def _train_loop(
 
 
 def export(cfg: Config, vae: Any, pool: dict[str, Any], parts: Any, out: Path) -> None:
+    """Stage 4: write the fp16 ``FluxKontextPipeline`` and its ``fluxserve.json`` to ``out``
+    (through a temporary directory, so ``out`` is never half written)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 
     tok, tok2, clip, t5, transformer = parts
@@ -725,6 +384,7 @@ def export(cfg: Config, vae: Any, pool: dict[str, Any], parts: Any, out: Path) -
 
 
 def main() -> None:
+    """The command line: ``python -m fluxserve.embedded.train`` (every Config field is a flag)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("runs/embedded"))
     ap.add_argument("--out", type=Path, default=Path("src/fluxserve/embedded/checkpoint"))

@@ -41,6 +41,8 @@ EVAL_RATIOS = ("1:1", "16:9", "9:16", "3:7", "7:3")
 
 @dataclass
 class Found:
+    """One object found in an image: palette colour, shape, 3x3 cell and area in pixels."""
+
     colour: str
     shape: str
     cell: tuple[int, int]
@@ -96,6 +98,7 @@ def shape_features(mask: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def classify_shape(mask: np.ndarray) -> str:
+    """Which of the six shapes a boolean mask of one object is (by :func:`shape_features`)."""
     extent, solidity, cy_rel, hole = shape_features(mask)
     if hole > 0.6 and solidity < 0.9:
         return "ring"
@@ -237,6 +240,7 @@ def prompt_set(seed: int = 1234, per_ratio: int = 24) -> list[dict[str, Any]]:
 
 
 def generate_case(pipe_run: Any, case: dict[str, Any]) -> Image.Image:
+    """The image ``pipe_run`` makes for a case: from its caption, or its edit of the source."""
     w, h = size_for(case["ratio"], 256 * 256, 16)
     if case["kind"] == "edit":
         src = render(case["source"], w, h)
@@ -245,6 +249,7 @@ def generate_case(pipe_run: Any, case: dict[str, Any]) -> Image.Image:
 
 
 def summarise(cases: list[dict[str, Any]], scores: list[dict[str, bool]]) -> dict[str, Any]:
+    """The share of cases right, per kind (single, two, edit, held_out) and attribute."""
     out: dict[str, Any] = {}
     for kind in ("single", "two", "edit", "held_out"):
         rows = [s for c, s in zip(cases, scores, strict=True) if c["kind"] == kind]
@@ -262,6 +267,7 @@ def contact_sheet(
     path: Path,
     cols: int = 12,
 ) -> None:
+    """Save the images as a grid of thumbnails, each with a green (all right) or red bar."""
     cell = 96
     rows = (len(images) + cols - 1) // cols
     sheet = Image.new("RGB", (cols * cell, rows * (cell + 4)), (40, 40, 40))
@@ -360,6 +366,7 @@ def smoke_figures(checkpoint: Path) -> dict[str, float]:
 
 
 def main() -> None:
+    """The command line: ``python -m fluxserve.embedded.evaluate``."""
     from fluxserve.embedded import embedded_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -31,6 +31,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Decision:
+    """The outcome of one moderation check, with what it was based on (for the audit trail)."""
+
     allowed: bool
     source: str  # "prompt", "input_image" or "output_image"
     tolerance: int
@@ -49,6 +51,11 @@ class Decision:
 
 
 class Moderator:
+    """Prompt and image moderation with per-category thresholds for each tolerance 0..6.
+
+    Whatever the thresholds, a prompt that pairs a minor (a ``minors`` term or a stated age
+    under 18) with anything sexual is refused at every tolerance."""
+
     def __init__(
         self,
         enabled: bool = True,
@@ -62,6 +69,8 @@ class Moderator:
         self.classifier = classifier
 
     def check_prompt(self, prompt: str, tolerance: int) -> Decision:
+        """Decide on a prompt at ``tolerance`` (0 strictest .. 6). Linear in the prompt's length
+        and never raises for any ``str``, lone surrogates included."""
         if not self.enabled:
             return Decision(True, "prompt", tolerance)
         matches = match_terms(prompt)
@@ -90,6 +99,8 @@ class Moderator:
         )
 
     def check_images(self, images: list[Image.Image], tolerance: int, source: str) -> Decision:
+        """Decide on images (``source``: "input_image" or "output_image") by the classifier's
+        highest NSFW score; allowed when no classifier is configured."""
         if not self.enabled or self.classifier is None or not images:
             return Decision(True, source, tolerance)
         score = max(self.classifier.nsfw_scores(images))

@@ -10,6 +10,8 @@ from PIL import Image
 
 
 class ImageClassifier(Protocol):
+    """Anything that scores images for sexually explicit content."""
+
     def nsfw_scores(self, images: list[Image.Image]) -> list[float]:
         """Probability that each image is sexually explicit, 0..1."""
 
@@ -36,5 +38,6 @@ class OpenNSFWClassifier:
             return self._clf
 
     def nsfw_scores(self, images: list[Image.Image]) -> list[float]:
+        """Probability that each image is sexually explicit, 0..1 (loads the model once)."""
         clf = self._classifier()
         return [float(clf.classify(im.convert("RGB")).nsfw) for im in images]

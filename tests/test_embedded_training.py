@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from transformers import T5TokenizerFast  # type: ignore[attr-defined]
+
+from fluxserve.embedded import embedded_checkpoint
 from fluxserve.embedded.builder import make_t5_tokenizer
 from fluxserve.embedded.data import COLOUR_LIST, POSITION_LIST, caption_labels
 from fluxserve.embedded.vocabulary import BASE_WORDS
@@ -45,6 +48,15 @@ def test_caption_labels_two_objects_positions_and_noise() -> None:
     assert ring[4] == POSITION_LIST.index("anywhere")
     assert lab["grey"][0][:2] == [3, COLOUR_LIST.index("gray")]
     assert lab["and"][0][0] == 0  # a word of no object
+
+
+def test_tokenizer_words_number_tokens_as_the_shipped_checkpoint() -> None:
+    # The word list is derived from the scene vocabulary; reordering it would renumber tokens.
+    ckpt = embedded_checkpoint()
+    assert ckpt is not None
+    shipped = T5TokenizerFast.from_pretrained(str(ckpt / "tokenizer_2"))
+    tok, _ = make_t5_tokenizer(BASE_WORDS)
+    assert tok.get_vocab() == shipped.get_vocab()
 
 
 TOY = [

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import poll_result
-from fluxserve.engines.tiny import build_tiny_checkpoint
+from fluxserve.embedded.builder import build_tiny_checkpoint
 from fluxserve.jobs.webhooks import SIGNATURE_HEADER, verify
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from fluxserve.prices import LIST_PRICES_USD
 from fluxserve.settings import Settings
+from fluxserve.spec import OutputFormat
 
 Family = Literal["kontext", "pro", "ultra"]
 
@@ -25,35 +28,44 @@ class ModelEntry:
     guidance: float
     price: float
     """USD per image."""
-    default_output_format: Literal["jpeg", "png", "webp"]
+    default_output_format: OutputFormat
     bfl_route: bool = True
     """Served as ``POST /v1/{id}`` on the BFL API (OpenAI names are not)."""
 
     @property
     def takes_images(self) -> bool:
+        """Whether the model edits (takes input images)."""
         return self.family == "kontext"
 
     @property
     def area(self) -> int:
+        """Pixels of an image made from an aspect ratio (about 4 MP for ultra, else 1 MP)."""
         return 4 * 1024 * 1024 if self.family == "ultra" else 1024 * 1024
 
 
+# (id, family, steps, guidance, default format, served on the BFL API); prices come from the
+# one price table, fluxserve.prices, which the SDK uses too.
+_BUILTIN: tuple[tuple[str, Family, int, float, OutputFormat, bool], ...] = (
+    ("flux-kontext-pro", "kontext", 28, 2.5, "png", True),
+    ("flux-kontext-max", "kontext", 40, 2.5, "png", True),
+    ("flux-pro-1.1", "pro", 28, 3.0, "jpeg", True),
+    ("flux-pro-1.1-ultra", "ultra", 28, 3.0, "jpeg", True),
+    ("flux-pro", "pro", 40, 2.5, "jpeg", True),
+    ("flux-dev", "pro", 28, 3.0, "jpeg", True),
+    # OpenAI names, so that code written for the OpenAI Images API works unchanged. They
+    # edit as well as generate, so they map to a Kontext-family model.
+    ("gpt-image-1", "kontext", 28, 2.5, "png", False),
+    ("gpt-image-1.5", "kontext", 28, 2.5, "png", False),
+    ("gpt-image-1-mini", "kontext", 20, 2.5, "png", False),
+    ("dall-e-3", "kontext", 28, 2.5, "png", False),
+    ("dall-e-2", "kontext", 20, 2.5, "png", False),
+)
+
+
 def _builtin_entries() -> list[ModelEntry]:
-    b = BUILTIN_CHECKPOINT
     return [
-        ModelEntry("flux-kontext-pro", "kontext", b, 28, 2.5, 0.04, "png"),
-        ModelEntry("flux-kontext-max", "kontext", b, 40, 2.5, 0.08, "png"),
-        ModelEntry("flux-pro-1.1", "pro", b, 28, 3.0, 0.04, "jpeg"),
-        ModelEntry("flux-pro-1.1-ultra", "ultra", b, 28, 3.0, 0.06, "jpeg"),
-        ModelEntry("flux-pro", "pro", b, 40, 2.5, 0.05, "jpeg"),
-        ModelEntry("flux-dev", "pro", b, 28, 3.0, 0.025, "jpeg"),
-        # OpenAI names, so that code written for the OpenAI Images API works unchanged. They
-        # edit as well as generate, so they map to a Kontext-family model.
-        ModelEntry("gpt-image-1", "kontext", b, 28, 2.5, 0.04, "png", bfl_route=False),
-        ModelEntry("gpt-image-1.5", "kontext", b, 28, 2.5, 0.04, "png", bfl_route=False),
-        ModelEntry("gpt-image-1-mini", "kontext", b, 20, 2.5, 0.02, "png", bfl_route=False),
-        ModelEntry("dall-e-3", "kontext", b, 28, 2.5, 0.04, "png", bfl_route=False),
-        ModelEntry("dall-e-2", "kontext", b, 20, 2.5, 0.02, "png", bfl_route=False),
+        ModelEntry(mid, family, BUILTIN_CHECKPOINT, steps, guidance, LIST_PRICES_USD[mid], fmt, bfl)
+        for mid, family, steps, guidance, fmt, bfl in _BUILTIN
     ]
 
 
@@ -118,13 +130,16 @@ class ModelCatalog:
         return cls(list(entries.values()))
 
     def get(self, model_id: str) -> ModelEntry | None:
+        """The entry for ``model_id``, or None."""
         return self._entries.get(model_id)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ModelEntry]:
         return iter(self._entries.values())
 
     def ids(self) -> list[str]:
+        """Every model id."""
         return list(self._entries)
 
     def checkpoints(self) -> set[str]:
+        """Every checkpoint some model uses."""
         return {e.checkpoint for e in self._entries.values()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import sys
 import time
@@ -29,15 +28,6 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where jobs, re
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _settings(config: Path | None, **overrides: Any) -> Settings:
     try:
         return Settings.load(config, **overrides)
@@ -57,18 +47,14 @@ def serve(
     import uvicorn
 
     from fluxserve.api import create_app
-    from fluxserve.db import Database
-    from fluxserve.keys import ApiKeyStore
+    from fluxserve.backends import open_key_store
 
     settings = _settings(config, host=host, port=port, data_dir=data_dir)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not is_loopback(settings.host):
-        db = Database(settings.db_path)
-        has_keys = ApiKeyStore(db).any_active()
-        db.close()
-        if not has_keys:
+    if not settings.loopback_only:
+        if settings.backend != "sqlite" or not open_key_store(settings).any_active():
             err_console.print(
                 f"[red]Refusing to listen on {settings.host}:[/red] no API key exists, so anyone "
                 "who can reach this address could use the server.\nCreate a key first:\n\n"
@@ -108,11 +94,10 @@ def keys_create(
     config: ConfigFile = None,
 ) -> None:
     """Create a key. It is printed once; only its hash is stored."""
-    from fluxserve.db import Database
-    from fluxserve.keys import ApiKeyStore
+    from fluxserve.backends import open_key_store
 
     settings = _settings(config, data_dir=data_dir)
-    key, secret = ApiKeyStore(Database(settings.db_path)).create(name)
+    key, secret = open_key_store(settings).create(name)
     err_console.print(f"Created key [bold]{key.id}[/bold] ({name}). Store it now: it is not shown again.")
     print(secret)
 
@@ -120,12 +105,11 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """List keys (ids and names, never the secrets)."""
-    from fluxserve.db import Database
-    from fluxserve.keys import ApiKeyStore
+    from fluxserve.backends import open_key_store
 
     settings = _settings(config, data_dir=data_dir)
     table = Table("id", "name", "created", "status")
-    for k in ApiKeyStore(Database(settings.db_path)).list():
+    for k in open_key_store(settings).list():
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created_at))
         table.add_row(k.id, k.name, created, "revoked" if k.revoked_at else "active")
     console.print(table)
@@ -134,11 +118,10 @@ def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Revoke a key by id; requests with it are refused from then on."""
-    from fluxserve.db import Database
-    from fluxserve.keys import ApiKeyStore
+    from fluxserve.backends import open_key_store
 
     settings = _settings(config, data_dir=data_dir)
-    if not ApiKeyStore(Database(settings.db_path)).revoke(key_id):
+    if not open_key_store(settings).revoke(key_id):
         err_console.print(f"[red]error:[/red] no active key with id {key_id!r} (see: fluxserve keys list)")
         raise typer.Exit(1)
     err_console.print(f"Revoked {key_id}.")

@@ -6,6 +6,7 @@ passes it down.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -17,7 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field
 ENV_PREFIX = "FLUXSERVE_"
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost`` or a loopback address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/fluxserve``, else ``~/.local/share/fluxserve``."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "fluxserve"
 
@@ -45,6 +57,12 @@ class Settings(BaseModel):
     data_dir: Path = Field(default_factory=default_data_dir)
     public_url: str | None = None
     """Base URL clients reach the server at (behind a proxy). Default: the request's own host."""
+
+    backend: Literal["sqlite", "memory"] = "sqlite"
+    """Where jobs, the queue, webhooks and keys live: a SQLite file in ``data_dir``, or memory
+    (everything is lost when the process ends)."""
+    storage: Literal["local", "memory"] = "local"
+    """Where input and result files live: ``data_dir/files``, or memory."""
 
     url_ttl_s: int = Field(default=600, ge=1)
     """Lifetime of a signed result URL. Polling again issues a fresh one while retained."""
@@ -89,6 +107,14 @@ class Settings(BaseModel):
     """Defaults retry for about 20 minutes (5 s, 10 s, 20 s ... 300 s) before giving up."""
     webhook_timeout_s: float = Field(default=10.0, gt=0)
 
+    max_queued_jobs: int = Field(default=1000, ge=1)
+    """Submissions beyond this many queued jobs are refused with 429 and ``Retry-After``."""
+    batch_delay_s: float = Field(default=60.0, ge=0)
+    """Queue policy: a job nobody waits on (BFL) takes its place in the queue this many seconds
+    after it was made, so synchronous OpenAI calls overtake recent BFL jobs but not old ones."""
+    max_attempts: int = Field(default=3, ge=1)
+    """A job running when the server died this many times ends as Error instead of re-running."""
+
     sync_timeout_s: float = Field(default=600.0, gt=0)
     """How long a synchronous OpenAI call waits for its job before answering 504."""
     log_level: str = "info"
@@ -123,4 +149,10 @@ class Settings(BaseModel):
 
     @property
     def db_path(self) -> Path:
+        """The SQLite database file."""
         return self.data_dir / "fluxserve.sqlite3"
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the server listens on this machine only (where keys are optional)."""
+        return is_loopback_host(self.host)

@@ -1,19 +1,47 @@
-"""The normalized generation request, and the size rules both protocols share."""
+"""The normalized generation request, and the one builder that makes it.
+
+Both protocol adapters map their own field names onto :class:`SpecOptions` and call
+:func:`build_spec`; every size rule, default, bound and the seed draw live here, so a request
+means the same thing whichever protocol it came by.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 OutputFormat = Literal["jpeg", "png", "webp"]
 OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "png", "webp")
+ResponseFormat = Literal["url", "b64_json"]
+WireProtocol = Literal["bfl", "openai"]
 
 ONE_MEGAPIXEL = 1024 * 1024
 MIN_RATIO = Fraction(3, 7)
 MAX_RATIO = Fraction(7, 3)
 RATIO_RANGE_TEXT = "between 3:7 and 7:3 (21:9 and 9:21)"
+
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 2048, 16
+MAX_OUTPUT_PIXELS = 4 * ONE_MEGAPIXEL
+MAX_SEED = 2**63 - 1
+"""Largest seed accepted (a signed 64-bit integer: what every job store can hold)."""
+DRAWN_SEED_BELOW = 2**32
+"""Seeds drawn for requests without one are below this, so they are short to copy."""
+MIN_STEPS, MAX_STEPS = 1, 50
+MIN_GUIDANCE, MAX_GUIDANCE = 1.5, 5.0
+MAX_IMAGES = 10
+MAX_PARTIAL_IMAGES = 3
+MAX_INPUT_IMAGES = 4
+MAX_WEBHOOK_URL = 2083
+PROMPT_LIMITS: dict[WireProtocol, int] = {"bfl": 4096, "openai": 32000}
+"""Longest prompt, in characters, per protocol: BFL documents 4096, OpenAI 32,000."""
+
+_RATIO = re.compile(r"\s*([0-9]{1,5})\s*:\s*([0-9]{1,5})\s*")
+_SIZE = re.compile(r"([0-9]{1,5})[xX]([0-9]{1,5})")
 
 
 class SpecError(ValueError):
@@ -27,19 +55,19 @@ class SpecError(ValueError):
 
 def parse_aspect_ratio(text: str) -> Fraction:
     """Parse ``"W:H"`` (positive integers) into a ratio within 3:7 .. 7:3."""
-    parts = text.strip().split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    match = _RATIO.fullmatch(text)
+    if match is None:
         raise SpecError(
-            f"aspect_ratio must look like '16:9' (two positive integers), got {text!r}",
+            f"aspect_ratio must look like '16:9' (two positive integers), got {text[:40]!r}",
             "aspect_ratio",
         )
-    w, h = (int(p) for p in parts)
+    w, h = int(match[1]), int(match[2])
     if w <= 0 or h <= 0:
         raise SpecError("aspect_ratio sides must be positive integers", "aspect_ratio")
     ratio = Fraction(w, h)
     if not MIN_RATIO <= ratio <= MAX_RATIO:
         raise SpecError(
-            f"aspect_ratio {text} is outside the supported range: it must be {RATIO_RANGE_TEXT}",
+            f"aspect_ratio {text.strip()} is outside the supported range: it must be {RATIO_RANGE_TEXT}",
             "aspect_ratio",
         )
     return ratio
@@ -89,6 +117,64 @@ def fit_area(width: int, height: int, area: int, multiple: int) -> tuple[int, in
     return w, h
 
 
+def check_size(width: int, height: int, param: str = "size") -> None:
+    """Explicit output sizes: sides multiples of 16 from 256 to 2048, at most 4 megapixels."""
+    for side in (width, height):
+        if side % SIDE_MULTIPLE or not MIN_SIDE <= side <= MAX_SIDE:
+            raise SpecError(
+                f"{param}: width and height must be multiples of {SIDE_MULTIPLE} between "
+                f"{MIN_SIDE} and {MAX_SIDE}, got {width}x{height}",
+                param,
+            )
+    if width * height > MAX_OUTPUT_PIXELS:
+        raise SpecError(f"{param}: {width}x{height} is more than 4 megapixels", param)
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """Parse an OpenAI ``size`` such as ``"1024x1536"`` and check it (see :func:`check_size`)."""
+    match = _SIZE.fullmatch(size.strip())
+    if match is None:
+        raise SpecError(
+            f"size must be 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got {size[:40]!r}", "size"
+        )
+    width, height = int(match[1]), int(match[2])
+    check_size(width, height)
+    return width, height
+
+
+def new_seed() -> int:
+    """A random seed, for requests that give none (recorded with the job, so it is reproducible)."""
+    return secrets.randbelow(DRAWN_SEED_BELOW)
+
+
+class ModelDefaults(Protocol):
+    """What the builder needs of a catalog entry (``catalog.ModelEntry`` is one)."""
+
+    @property
+    def id(self) -> str:
+        """The model id."""
+
+    @property
+    def family(self) -> str:
+        """``kontext``, ``pro`` or ``ultra``: decides the default size."""
+
+    @property
+    def steps(self) -> int:
+        """Default denoising steps."""
+
+    @property
+    def guidance(self) -> float:
+        """Default guidance."""
+
+    @property
+    def area(self) -> int:
+        """Pixels of an image made from an aspect ratio."""
+
+    @property
+    def default_output_format(self) -> OutputFormat:
+        """Format when the request names none."""
+
+
 @dataclass(frozen=True)
 class GenerationSpec:
     """One normalized, immutable request: what both protocol adapters produce."""
@@ -107,19 +193,170 @@ class GenerationSpec:
     output_compression: int | None = None
     input_images: tuple[str, ...] = ()
     """Storage keys of the normalized input images (saved before the job is queued)."""
+    input_megapixels: float = 0.0
+    """Size of the input images together (BFL's ``input_mp``)."""
     webhook_url: str | None = None
     webhook_secret: str | None = None
-    protocol: Literal["bfl", "openai"] = "bfl"
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Protocol details kept for rendering (response_format, user, raw ...)."""
+    protocol: WireProtocol = "bfl"
+    response_format: ResponseFormat = "url"
+    """OpenAI: answer with signed URLs or base64."""
+    user: str | None = None
+    """OpenAI's end-user identifier, kept for the record."""
+    partial_images: int = 0
+    """OpenAI streaming: how many partial images to send before the final one."""
+    original_prompt: str | None = None
+    """The caller's prompt when prompt upsampling rewrote ``prompt``."""
+
+    @property
+    def interactive(self) -> bool:
+        """True when a client waits on an open connection (an OpenAI call): see the queue policy."""
+        return self.protocol == "openai"
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (what the job store keeps)."""
         data = asdict(self)
         data["input_images"] = list(self.input_images)
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GenerationSpec:
+        """The inverse of :meth:`to_json`; also reads rows written before the typed fields,
+        whose protocol details sat in an ``extras`` dict."""
         data = dict(data)
+        extras = data.pop("extras", None) or {}
+        known = {f.name for f in fields(cls)}
+        for name, value in extras.items():
+            if name == "input_mp":
+                data.setdefault("input_megapixels", value or 0.0)
+            elif name in known:
+                data.setdefault(name, value)
         data["input_images"] = tuple(data.get("input_images", ()))
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class SpecOptions:
+    """What a caller asked for, in protocol-neutral names; ``None`` means "not given"."""
+
+    prompt: str
+    protocol: WireProtocol = "bfl"
+    width: int | None = None
+    height: int | None = None
+    aspect_ratio: str | None = None
+    size: str | None = None
+    """OpenAI's ``"WxH"`` or ``"auto"``."""
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    output_format: OutputFormat | None = None
+    output_compression: int | None = None
+    safety_tolerance: int = 2
+    prompt_upsampling: bool = False
+    num_images: int = 1
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    response_format: ResponseFormat = "url"
+    user: str | None = None
+    partial_images: int = 0
+
+
+def check_text(value: str, param: str, max_chars: int | None = None) -> None:
+    """Refuse text that is too long or is not valid Unicode (a lone surrogate from JSON)."""
+    if max_chars is not None and len(value) > max_chars:
+        raise SpecError(f"{param} is longer than {max_chars} characters ({len(value)})", param)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SpecError(
+            f"{param} is not valid Unicode text (a lone surrogate at position {exc.start})", param
+        ) from exc
+
+
+def _check_range(value: float | None, lo: float, hi: float, param: str) -> None:
+    if value is not None and not lo <= value <= hi:
+        raise SpecError(f"{param} must be between {lo} and {hi}, got {value}", param)
+
+
+def default_size(entry: ModelDefaults) -> tuple[int, int]:
+    """A model's size when the request gives none: pro 1024x768, ultra 16:9 at ~4 MP, else 1024²."""
+    if entry.family == "pro":
+        return 1024, 768
+    if entry.family == "ultra":
+        return aspect_to_size(Fraction(16, 9), entry.area)
+    return 1024, 1024
+
+
+def size_from_image(entry: ModelDefaults, image_size: tuple[int, int]) -> tuple[int, int]:
+    """Kontext without an aspect ratio follows the (first) input image's shape."""
+    ratio = Fraction(image_size[0], image_size[1]).limit_denominator(1000)
+    ratio = min(max(ratio, MIN_RATIO), MAX_RATIO)
+    return aspect_to_size(ratio, entry.area)
+
+
+def resolve_size(
+    entry: ModelDefaults, options: SpecOptions, first_image: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The size cascade: width/height > aspect_ratio > size > first input image > model default."""
+    if options.width is not None or options.height is not None:
+        if options.width is None or options.height is None:
+            raise SpecError("give both width and height, or neither", "width")
+        check_size(options.width, options.height, "width")
+        return options.width, options.height
+    if options.aspect_ratio:
+        return aspect_to_size(parse_aspect_ratio(options.aspect_ratio), entry.area)
+    if options.size and options.size != "auto":
+        return parse_size(options.size)
+    if first_image is not None:
+        return size_from_image(entry, first_image)
+    return default_size(entry)
+
+
+def build_spec(
+    entry: ModelDefaults, options: SpecOptions, input_sizes: Sequence[tuple[int, int]] = ()
+) -> GenerationSpec:
+    """Check ``options`` against every rule and fill in the model's defaults.
+
+    ``input_sizes`` are the (width, height) of the request's input images, already decoded;
+    the spec's ``input_images`` are filled in by the job service once they are stored.
+    Raises :class:`SpecError` naming the offending field.
+    """
+    check_text(options.prompt, "prompt", PROMPT_LIMITS[options.protocol])
+    for param in ("webhook_secret", "user"):
+        value = getattr(options, param)
+        if value is not None:
+            check_text(value, param, 1024)
+    if options.webhook_url is not None:
+        check_text(options.webhook_url, "webhook_url", MAX_WEBHOOK_URL)
+    _check_range(options.seed, 0, MAX_SEED, "seed")
+    _check_range(options.steps, MIN_STEPS, MAX_STEPS, "steps")
+    _check_range(options.guidance, MIN_GUIDANCE, MAX_GUIDANCE, "guidance")
+    _check_range(options.safety_tolerance, 0, 6, "safety_tolerance")
+    _check_range(options.num_images, 1, MAX_IMAGES, "n")
+    _check_range(options.output_compression, 0, 100, "output_compression")
+    _check_range(options.partial_images, 0, MAX_PARTIAL_IMAGES, "partial_images")
+    if options.guidance is not None and not math.isfinite(options.guidance):
+        raise SpecError("guidance must be a finite number", "guidance")
+    if len(input_sizes) > MAX_INPUT_IMAGES:
+        raise SpecError(f"at most {MAX_INPUT_IMAGES} input images are supported, got {len(input_sizes)}")
+    width, height = resolve_size(entry, options, input_sizes[0] if input_sizes else None)
+    return GenerationSpec(
+        model=entry.id,
+        prompt=options.prompt,
+        width=width,
+        height=height,
+        seed=options.seed if options.seed is not None else new_seed(),
+        steps=options.steps or entry.steps,
+        guidance=options.guidance if options.guidance is not None else entry.guidance,
+        output_format=options.output_format or entry.default_output_format,
+        safety_tolerance=options.safety_tolerance,
+        prompt_upsampling=options.prompt_upsampling,
+        num_images=options.num_images,
+        output_compression=options.output_compression,
+        input_megapixels=round(sum(w * h for w, h in input_sizes) / 1e6, 3),
+        webhook_url=options.webhook_url,
+        webhook_secret=options.webhook_secret,
+        protocol=options.protocol,
+        response_format=options.response_format,
+        user=options.user,
+        partial_images=options.partial_images,
+    )

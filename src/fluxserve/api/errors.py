@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,14 +11,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-OPENAI_PREFIXES = ("/v1/images/", "/v1/models")
+OPENAI_PREFIXES = ("/v1/images/", "/v1/models", "/v1/prices")
+STORE_ERRORS = (sqlite3.Error, OSError)
+"""Failures of the job store or file storage (a full disk, a lost database): 503, not 500."""
+log = logging.getLogger("fluxserve.api")
 
 
 def is_openai_path(path: str) -> bool:
+    """Whether errors on ``path`` take OpenAI's shape (else BFL's)."""
     return path.startswith(OPENAI_PREFIXES)
 
 
 class OpenAIError(Exception):
+    """An error answered in OpenAI's ``{"error": {...}}`` shape."""
+
     def __init__(
         self,
         status: int,
@@ -34,6 +42,7 @@ class OpenAIError(Exception):
 
 
 def bfl_validation_error(loc: list[str | int], msg: str, type_: str = "value_error") -> JSONResponse:
+    """A 422 in FastAPI's (and BFL's) ``{"detail": [{"loc", "msg", "type"}]}`` shape."""
     return JSONResponse(status_code=422, content={"detail": [{"loc": loc, "msg": msg, "type": type_}]})
 
 
@@ -50,7 +59,33 @@ def _first_error(exc: RequestValidationError) -> tuple[str | None, str]:
     return param, f"Invalid value for '{param}': {msg}" if param else msg
 
 
+def _shaped(request: Request, status: int, message: str, type_: str, code: str | None) -> JSONResponse:
+    headers = {"Retry-After": "5"} if status == 503 else None
+    if is_openai_path(request.url.path):
+        content: dict[str, Any] = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    else:
+        content = {"detail": message}
+    return JSONResponse(status_code=status, content=content, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Render every error in the shape of the protocol the request came by."""
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, STORE_ERRORS):
+            log.error("storage failed on %s: %s", request.url.path, exc)
+            return _shaped(
+                request,
+                503,
+                "The server's storage is failing (for example a full disk); nothing was changed. "
+                "Try again shortly.",
+                "server_error",
+                "storage_unavailable",
+            )
+        log.exception("unexpected error on %s", request.url.path)
+        return _shaped(request, 500, "Internal server error", "server_error", "internal_error")
+
     @app.exception_handler(OpenAIError)
     async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
         return JSONResponse(status_code=exc.status, content=exc.body, headers=exc.headers)
@@ -83,7 +118,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if is_openai_path(request.url.path):
-            code = {401: "invalid_api_key", 404: "not_found", 413: "request_too_large"}.get(exc.status_code)
+            code = {
+                401: "invalid_api_key",
+                404: "not_found",
+                413: "request_too_large",
+                429: "rate_limit_exceeded",
+            }.get(exc.status_code)
             return JSONResponse(
                 status_code=exc.status_code,
                 content={

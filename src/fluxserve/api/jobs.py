@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from fluxserve.api.bfl import ResultResponse, bfl_auth, render_result
+from fluxserve.api.auth import bfl_auth
+from fluxserve.api.bfl import render_result
+from fluxserve.api.bfl_schemas import ResultResponse
 from fluxserve.api.common import sse_frame
 from fluxserve.api.state import AppState, get_state
 from fluxserve.jobs import JobStatus
@@ -24,26 +27,27 @@ KEEPALIVE_S = 15.0
 async def job_events(
     job_id: str,
     request: Request,
-    key_id: str | None = Depends(bfl_auth),
+    owner: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),
 ) -> Any:
     """Server-sent events: ``queued`` (position), ``progress`` (step, steps, fraction),
     ``preview`` (a small base64 JPEG of the current estimate, every few steps), then exactly
     one terminal event, ``result``, carrying what ``get_result`` would answer (event id
     ``end``). Reconnect with ``Last-Event-ID`` to resume; after ``end`` the answer is 204."""
-    last = request.headers.get("last-event-id", "")
+    last = request.headers.get("last-event-id", "").strip()
     if last == END_ID:
         return Response(status_code=204)
-    if state.service.get(job_id) is None:
-        raise HTTPException(404, f"no job {job_id}")
-    after = int(last) if last.isdigit() else 0
+    if state.service.get(job_id, owner) is None:
+        raise HTTPException(404, "Task not found")
+    # Event ids are small counters; anything else (garbage, huge numbers) replays from the start.
+    after = int(last) if last.isascii() and last.isdigit() and len(last) <= 9 else 0
     base_url = state.base_url(request)
 
     async def stream() -> AsyncIterator[bytes]:
         events = state.service.events.subscribe(job_id, after)
-        job = state.service.get(job_id)
+        job = state.service.store.get(job_id)
         if job is not None and job.status == JobStatus.QUEUED:
-            pos = state.service.store.queue_position(job_id)
+            pos = state.service.queue.position(job_id)
             yield sse_frame("queued", {"position": pos})
         if job is not None and not job.terminal:
             it = events.__aiter__()
@@ -51,7 +55,7 @@ async def job_events(
                 try:
                     event = await asyncio.wait_for(it.__anext__(), timeout=KEEPALIVE_S)
                 except TimeoutError:
-                    job = state.service.get(job_id)
+                    job = state.service.store.get(job_id)
                     if job is None or job.terminal:
                         break
                     yield b": keep-alive\n\n"
@@ -65,7 +69,7 @@ async def job_events(
             await it.aclose()  # type: ignore[attr-defined]
         else:
             await events.aclose()  # type: ignore[attr-defined]
-        job = state.service.get(job_id)
+        job = state.service.store.get(job_id)
         if job is not None:
             yield sse_frame("result", render_result(state, job, base_url).model_dump(), END_ID)
 
@@ -77,6 +81,8 @@ async def job_events(
 
 
 class WebhookAttempt(BaseModel):
+    """One delivery attempt."""
+
     attempt: int
     at: float
     status_code: int | None
@@ -85,9 +91,14 @@ class WebhookAttempt(BaseModel):
 
 
 class WebhookDeliveries(BaseModel):
+    """A job's webhook delivery and its attempts."""
+
     job_id: str
+    delivery_id: str | None
+    """Sent as ``X-Fluxserve-Delivery`` with every attempt: de-duplicate by it."""
     url: str | None
-    state: str | None  # pending, sending, delivered, failed; None when the job has no webhook
+    state: str | None
+    """waiting (job not ended), pending, sending, delivered, failed; None without a webhook."""
     attempts: list[WebhookAttempt]
     next_attempt_at: float | None
 
@@ -95,31 +106,30 @@ class WebhookDeliveries(BaseModel):
 @router.get("/v1/jobs/{job_id}/webhooks", response_model=WebhookDeliveries)
 async def job_webhooks(
     job_id: str,
-    key_id: str | None = Depends(bfl_auth),
+    owner: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),
 ) -> WebhookDeliveries:
     """The webhook delivery of a job and every attempt (status code, time, error)."""
-    if state.service.get(job_id) is None:
-        raise HTTPException(404, f"no job {job_id}")
-    assert state.service.webhooks is not None
+    if state.service.get(job_id, owner) is None:
+        raise HTTPException(404, "Task not found")
     delivery, attempts = state.service.webhooks.attempts(job_id)
     return WebhookDeliveries(
         job_id=job_id,
-        url=delivery["url"] if delivery else None,
-        state=delivery["state"] if delivery else None,
-        attempts=[WebhookAttempt(**a) for a in attempts],
-        next_attempt_at=delivery["next_at"] if delivery and delivery["state"] == "pending" else None,
+        delivery_id=delivery.id if delivery else None,
+        url=delivery.url if delivery else None,
+        state=delivery.state if delivery else None,
+        attempts=[WebhookAttempt(**asdict(a)) for a in attempts],
+        next_attempt_at=delivery.next_at if delivery and delivery.state == "pending" else None,
     )
 
 
-async def _cancel(job_id: str, request: Request, state: AppState) -> ResultResponse:
-    job = state.service.get(job_id)
+async def _cancel(job_id: str, owner: str | None, request: Request, state: AppState) -> ResultResponse:
+    job = state.service.get(job_id, owner)
     if job is None:
-        raise HTTPException(404, f"no job {job_id}")
+        raise HTTPException(404, "Task not found")
     if job.terminal:
         raise HTTPException(409, f"job {job_id} has already ended ({job.status.value})")
-    job = state.service.cancel(job_id)
-    assert job is not None
+    job = state.service.cancel(job_id, owner) or job
     return render_result(state, job, state.base_url(request))
 
 
@@ -127,20 +137,20 @@ async def _cancel(job_id: str, request: Request, state: AppState) -> ResultRespo
 async def delete_job(
     job_id: str,
     request: Request,
-    key_id: str | None = Depends(bfl_auth),
+    owner: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),
 ) -> ResultResponse:
     """Cancel a job: a queued job never runs; a running one stops at its next denoising step.
     ``get_result`` then answers ``Error`` with ``details.error == "cancelled"``."""
-    return await _cancel(job_id, request, state)
+    return await _cancel(job_id, owner, request, state)
 
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=ResultResponse)
 async def cancel_job(
     job_id: str,
     request: Request,
-    key_id: str | None = Depends(bfl_auth),
+    owner: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),
 ) -> ResultResponse:
     """The same as ``DELETE /v1/jobs/{id}``."""
-    return await _cancel(job_id, request, state)
+    return await _cancel(job_id, owner, request, state)

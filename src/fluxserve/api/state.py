@@ -2,67 +2,47 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import Request
 
+from fluxserve.backends.interfaces import KeyStore
 from fluxserve.catalog import ModelCatalog
 from fluxserve.images import ImageLimits
-from fluxserve.jobs import JobService
-from fluxserve.jobs.idempotency import IdempotencyStore
-from fluxserve.keys import ApiKeyStore
+from fluxserve.jobs import JobService, Worker
 from fluxserve.settings import Settings
-from fluxserve.storage import LocalStorage, SignedUrls
+from fluxserve.storage import SignedUrls, Storage
 
 
 @dataclass
 class AppState:
+    """The server's parts, as the routers see them."""
+
     settings: Settings
     catalog: ModelCatalog
     service: JobService
-    storage: LocalStorage
+    worker: Worker
+    storage: Storage
     signer: SignedUrls
-    keys: ApiKeyStore
+    keys: KeyStore
     limits: ImageLimits
-    idempotency: IdempotencyStore
     ready: bool = False
+    """True once the models are loaded."""
     load_error: str | None = None
-    background: list[object] = field(default_factory=list)
 
     def base_url(self, request: Request) -> str:
+        """Where clients reach this server: ``public_url``, else the request's own host."""
         if self.settings.public_url:
             return self.settings.public_url.rstrip("/")
         return str(request.base_url).rstrip("/")
 
     def file_url(self, base_url: str, key: str) -> str:
-        return f"{base_url}/v1/files/{key}?{self.signer.query(key)}"
+        """A freshly signed download URL for a stored file."""
+        url = self.storage.url(key, self.settings.url_ttl_s)
+        return url if url.startswith(("http://", "https://")) else base_url + url
 
 
 def get_state(request: Request) -> AppState:
+    """FastAPI dependency: the app's :class:`AppState`."""
     state: AppState = request.app.state.fluxserve
     return state
-
-
-def presented_key(request: Request) -> str | None:
-    """The API key a request carries: ``x-key`` (BFL) or ``Authorization: Bearer`` (OpenAI)."""
-    key = request.headers.get("x-key")
-    if key:
-        return key.strip()
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
-
-
-def check_key(request: Request) -> tuple[bool, str | None]:
-    """(allowed, key id). With no active key configured every request is allowed: the server
-    then refuses to listen anywhere but loopback."""
-    state = get_state(request)
-    if not state.keys.any_active():
-        return True, None
-    key = presented_key(request)
-    if key is None:
-        return False, None
-    key_id = state.keys.verify(key)
-    return key_id is not None, key_id

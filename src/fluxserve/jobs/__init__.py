@@ -1,8 +1,7 @@
-"""Durable jobs: the store (and queue), the service that submits and waits, the worker."""
+"""Durable jobs: the service that owns a job's life, the worker, webhooks and live events."""
 
 from fluxserve.jobs.models import TERMINAL, Job, JobStatus
-from fluxserve.jobs.service import JobService
-from fluxserve.jobs.store import JobStore, SQLiteJobStore
+from fluxserve.jobs.service import JobPolicy, JobService, QueueFull
 from fluxserve.jobs.worker import Worker
 
-__all__ = ["TERMINAL", "Job", "JobService", "JobStatus", "JobStore", "SQLiteJobStore", "Worker"]
+__all__ = ["TERMINAL", "Job", "JobPolicy", "JobService", "JobStatus", "QueueFull", "Worker"]

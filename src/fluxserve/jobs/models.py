@@ -1,3 +1,5 @@
+"""The job: the core object both protocols see, and the records that travel with it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +10,8 @@ from fluxserve.spec import GenerationSpec
 
 
 class JobStatus(StrEnum):
+    """Where a job is in its life; the last four are terminal."""
+
     QUEUED = "queued"
     RUNNING = "running"
     READY = "ready"
@@ -23,6 +27,8 @@ TERMINAL = frozenset(
 
 @dataclass(frozen=True)
 class Job:
+    """One generation request and everything recorded about it."""
+
     id: str
     status: JobStatus
     spec: GenerationSpec
@@ -37,8 +43,63 @@ class Job:
     """What the API shows about a failure or a moderation decision."""
     moderation: list[dict[str, Any]] | None = None
     """Audit trail: every moderation decision (source, category, score, tolerance, threshold)."""
-    api_key_id: str | None = None
+    owner: str | None = None
+    """The API key id that made the job; None for jobs made while no key was configured."""
 
     @property
     def terminal(self) -> bool:
+        """True once the job has ended (ready, error or moderated)."""
         return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """An ``Idempotency-Key`` and the digest of the request body it was sent with."""
+
+    key: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where to announce a job's end, registered with the job when it is created."""
+
+    url: str
+    secret: str | None
+    base_url: str
+    """The base URL the job was submitted to, for the result URLs in the body."""
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """The delivery of one job's webhook: waiting (job running), pending, sending, delivered
+    or failed."""
+
+    id: str
+    """Stable across retries: receivers de-duplicate by it (delivery is at least once)."""
+    job_id: str
+    url: str
+    secret: str | None
+    base_url: str
+    state: str
+    attempts: int
+    next_at: float
+
+
+@dataclass(frozen=True)
+class WebhookAttempt:
+    """One try at delivering a webhook."""
+
+    attempt: int
+    at: float
+    status_code: int | None
+    error: str | None
+    duration_s: float | None
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What restart recovery did: jobs put back in the queue, and jobs ended for good."""
+
+    requeued: list[str]
+    failed: list[str]

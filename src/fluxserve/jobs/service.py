@@ -1,33 +1,57 @@
-"""JobService: submit a spec, look jobs up, wait for them to end."""
+"""JobService: the one owner of a job's life, from submission to the retention sweep.
+
+Submit (moderate, upsample, store inputs, create the job with its idempotency key and webhook
+in one transaction), look up (scoped to the key that made the job), wait, cancel, end (wake
+waiters, publish the terminal event, release the webhook), recover after a restart, and sweep
+expired jobs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import io
-import secrets
+import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from fluxserve.jobs.events import JobEvents
-from fluxserve.jobs.models import Job, JobStatus
-from fluxserve.jobs.store import JobStore
-from fluxserve.jobs.webhooks import WebhookStore
+from fluxserve.jobs.models import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
 from fluxserve.safety import Moderator
 from fluxserve.spec import GenerationSpec
 from fluxserve.storage import Storage
 from fluxserve.upsampling import BuiltinUpsampler, PromptUpsampler
 
-MAX_SEED = 2**32 - 1
+if TYPE_CHECKING:  # the backends import the job models; only types are needed here
+    from fluxserve.backends.interfaces import JobQueue, JobStore, WebhookStore
+
+log = logging.getLogger("fluxserve.jobs")
 
 
-def new_seed() -> int:
-    return secrets.randbelow(MAX_SEED + 1)
+class QueueFull(Exception):
+    """The queue holds ``max_queued`` jobs already: try again later."""
+
+    def __init__(self, depth: int, retry_after_s: int = 30) -> None:
+        super().__init__(f"the queue is full ({depth} jobs waiting); try again later")
+        self.depth = depth
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """Limits on the service's work."""
+
+    max_queued: int = 1000
+    """Submissions beyond this many queued jobs are refused (429)."""
+    max_attempts: int = 3
+    """Times a job is started before a crash during it ends it as Error instead of re-running."""
+    retention_s: float = 86_400
+    """How long ended jobs (rows and files) are kept."""
 
 
 class JobService:
@@ -36,48 +60,50 @@ class JobService:
     def __init__(
         self,
         store: JobStore,
+        queue: JobQueue,
+        webhooks: WebhookStore,
         storage: Storage,
         moderator: Moderator | None = None,
         upsampler: PromptUpsampler | None = None,
         scene_models: frozenset[str] = frozenset(),
+        policy: JobPolicy | None = None,
     ) -> None:
         self.store = store
+        self.queue = queue
+        self.webhooks = webhooks
         self.storage = storage
         self.moderator = moderator or Moderator(enabled=False)
         self.upsampler = upsampler or BuiltinUpsampler()
         self.scene_models = scene_models
         """Model ids served by the embedded model, whose prompts upsample within its grammar."""
-        self._waiters: dict[str, list[asyncio.Event]] = {}
+        self.policy = policy or JobPolicy()
         self.work_available = asyncio.Event()
         self.events = JobEvents()
-        self.webhooks: WebhookStore | None = None
         self.on_webhook: Callable[[], None] | None = None
+        """Called when a webhook becomes due (the dispatcher's wake-up)."""
+        self._waiters: dict[str, list[asyncio.Event]] = {}
 
     async def submit(
         self,
         spec: GenerationSpec,
         input_images: list[bytes] | None = None,
-        api_key_id: str | None = None,
+        owner: str | None = None,
+        idempotency: IdempotencyClaim | None = None,
+        base_url: str = "",
     ) -> Job:
         """Moderate, upsample, then persist a job (inputs first, then the row) and wake the
-        worker. A moderated request is still a job, ended at once as Request Moderated."""
+        worker. A moderated request is still a job, ended at once as Request Moderated.
+
+        With ``idempotency``, a key already used by ``owner`` with the same body returns that
+        job instead (and nothing new is kept); raises ``IdempotencyConflict`` for another body
+        and :class:`QueueFull` when the queue is at its bound."""
+        depth = self.queue.depth()
+        if depth >= self.policy.max_queued:
+            raise QueueFull(depth)
         job_id = str(uuid.uuid4())
-        tolerance = spec.safety_tolerance
-        audit: list[dict[str, Any]] = []
-        decision = self.moderator.check_prompt(spec.prompt, tolerance)
-        audit.append(decision.audit())
-        if decision.allowed and input_images:
-            decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in input_images]
-            decision = await asyncio.to_thread(self.moderator.check_images, decoded, tolerance, "input_image")
-            audit.append(decision.audit())
-        if decision.allowed and spec.prompt_upsampling:
-            rewritten = await self.upsampler.upsample(
-                spec.prompt, spec.seed, scene_vocabulary=spec.model in self.scene_models
-            )
-            spec = replace(spec, prompt=rewritten, extras={**spec.extras, "original_prompt": spec.prompt})
-            decision = self.moderator.check_prompt(rewritten, tolerance)
-            audit.append({**decision.audit(), "source": "upsampled_prompt"})
-        if not decision.allowed:
+        spec, audit, blocked = await self._moderate(spec, input_images or [])
+        webhook = WebhookTarget(spec.webhook_url, spec.webhook_secret, base_url) if spec.webhook_url else None
+        if blocked is not None:
             now = time.time()
             job = Job(
                 id=job_id,
@@ -85,54 +111,75 @@ class JobService:
                 spec=spec,
                 created_at=now,
                 finished_at=now,
-                details={"moderation": decision.public()},
+                details={"moderation": blocked},
                 moderation=audit,
-                api_key_id=api_key_id,
+                owner=owner,
             )
-            self.store.create(job)
-            self.job_ended(job.id)
-            return job
-        keys = []
-        for i, data in enumerate(input_images or []):
-            key = f"inputs/{job_id}/{i}.png"
-            await asyncio.to_thread(self.storage.put, key, data)
-            keys.append(key)
-        spec = replace(spec, input_images=tuple(keys))
-        job = Job(
-            id=job_id,
-            status=JobStatus.QUEUED,
-            spec=spec,
-            created_at=time.time(),
-            moderation=audit,
-            api_key_id=api_key_id,
-        )
-        self.store.create(job)
-        self.work_available.set()
-        return job
+        else:
+            keys = []
+            for i, data in enumerate(input_images or []):
+                key = f"inputs/{job_id}/{i}.png"
+                await asyncio.to_thread(self.storage.put, key, data)
+                keys.append(key)
+            job = Job(
+                id=job_id,
+                status=JobStatus.QUEUED,
+                spec=replace(spec, input_images=tuple(keys)),
+                created_at=time.time(),
+                moderation=audit,
+                owner=owner,
+            )
+        try:
+            stored = self.store.create(job, idempotency, webhook)
+        except BaseException:
+            await asyncio.to_thread(self.storage.delete_prefix, f"inputs/{job_id}")
+            raise
+        if stored.id != job_id:  # an earlier request with this Idempotency-Key made it
+            await asyncio.to_thread(self.storage.delete_prefix, f"inputs/{job_id}")
+            return stored
+        if stored.terminal:
+            self.job_ended(stored.id)
+        else:
+            self.work_available.set()
+        return stored
 
-    def get(self, job_id: str) -> Job | None:
-        return self.store.get(job_id)
+    async def _moderate(
+        self, spec: GenerationSpec, input_images: list[bytes]
+    ) -> tuple[GenerationSpec, list[dict[str, Any]], dict[str, Any] | None]:
+        """Prompt, input images, upsampled prompt: (the spec to run, the audit trail, the
+        public reason if blocked). Runs off the event loop: it is CPU work."""
+        tolerance = spec.safety_tolerance
+        audit: list[dict[str, Any]] = []
+        decision = await asyncio.to_thread(self.moderator.check_prompt, spec.prompt, tolerance)
+        audit.append(decision.audit())
+        if decision.allowed and input_images:
 
-    def job_ended(self, job_id: str) -> None:
-        """Everything that follows the end of a job: wake waiters, publish the terminal event,
-        queue its webhook. Called on the event loop."""
-        for ev in self._waiters.pop(job_id, []):
-            ev.set()
-        self.events.publish(job_id, "end")
+            def check_inputs() -> Any:
+                decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in input_images]
+                return self.moderator.check_images(decoded, tolerance, "input_image")
+
+            decision = await asyncio.to_thread(check_inputs)
+            audit.append(decision.audit())
+        if decision.allowed and spec.prompt_upsampling:
+            rewritten = await self.upsampler.upsample(
+                spec.prompt, spec.seed, scene_vocabulary=spec.model in self.scene_models
+            )
+            spec = replace(spec, prompt=rewritten, original_prompt=spec.prompt)
+            decision = await asyncio.to_thread(self.moderator.check_prompt, rewritten, tolerance)
+            audit.append({**decision.audit(), "source": "upsampled_prompt"})
+        return spec, audit, None if decision.allowed else decision.public()
+
+    def get(self, job_id: str, owner: str | None) -> Job | None:
+        """The job if ``owner`` made it (None is the owner of jobs made with no key configured);
+        None otherwise, exactly as for a job that does not exist."""
         job = self.store.get(job_id)
-        if job is not None and job.spec.webhook_url and self.webhooks is not None:
-            self.webhooks.enqueue(
-                job_id,
-                job.spec.webhook_url,
-                job.spec.webhook_secret,
-                str(job.spec.extras.get("base_url", "")),
-            )
-            if self.on_webhook is not None:
-                self.on_webhook()
+        return job if job is not None and job.owner == owner else None
 
-    def cancel(self, job_id: str) -> Job | None:
-        """Cancel a job: a queued one ends now and never runs; a running one stops at its next
-        denoising step. Returns the job as it stands (None if unknown)."""
+    def cancel(self, job_id: str, owner: str | None) -> Job | None:
+        """Cancel a job of ``owner``: a queued one ends now and never runs; a running one stops
+        at its next denoising step. Returns the job as it stands (None if not ``owner``'s)."""
+        if self.get(job_id, owner) is None:
+            return None
         if self.store.cancel_queued(job_id):
             self.job_ended(job_id)
         else:
@@ -154,3 +201,49 @@ class JobService:
             # Re-check now and then as well: another process may finish the job.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), timeout=min(remaining, 1.0))
+
+    def job_ended(self, job_id: str) -> None:
+        """Everything that follows the end of a job: wake waiters, publish the terminal event,
+        release its webhook. Called on the event loop."""
+        for ev in self._waiters.pop(job_id, []):
+            ev.set()
+        self.events.publish(job_id, "end")
+        if self.webhooks.activate(job_id) and self.on_webhook is not None:
+            self.on_webhook()
+
+    def recover(self) -> Recovery:
+        """At start: put jobs a dead process left running back in the queue (or end those that
+        crashed it too often), and make in-flight webhook deliveries due again."""
+        recovery = self.queue.recover(self.policy.max_attempts)
+        for job_id in recovery.failed:
+            self.job_ended(job_id)
+        self.webhooks.recover()
+        if recovery.requeued:
+            log.warning("re-queued %d job(s) left running by a previous process", len(recovery.requeued))
+            self.work_available.set()
+        if recovery.failed:
+            log.error(
+                "ended %d job(s) that were running at %d crashes",
+                len(recovery.failed),
+                self.policy.max_attempts,
+            )
+        return recovery
+
+    async def sweep(self, now: float | None = None) -> int:
+        """Delete jobs (rows, inputs, results) that ended more than the retention time ago."""
+        cutoff = (now if now is not None else time.time()) - self.policy.retention_s
+        expired = self.store.finished_before(cutoff)
+        for job_id in expired:
+            await asyncio.to_thread(self.storage.delete_prefix, f"results/{job_id}")
+            await asyncio.to_thread(self.storage.delete_prefix, f"inputs/{job_id}")
+            self.store.delete(job_id)
+        return len(expired)
+
+    async def sweep_forever(self, interval_s: float) -> None:
+        """Sweep every ``interval_s`` seconds; a failed sweep is logged and tried again."""
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("retention sweep failed; trying again in %.0f s", interval_s)
+            await asyncio.sleep(interval_s)

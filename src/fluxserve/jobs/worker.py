@@ -9,7 +9,8 @@ import io
 import logging
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -22,6 +23,7 @@ from fluxserve.safety import Decision
 
 log = logging.getLogger("fluxserve.worker")
 PREVIEW_SIDE = 256
+T = TypeVar("T")
 
 
 def partial_steps(steps: int, partial_images: int) -> set[int]:
@@ -30,20 +32,28 @@ def partial_steps(steps: int, partial_images: int) -> set[int]:
 
 
 class Worker:
+    """Runs queued jobs one at a time. Store errors (a full disk, a lost database) never kill
+    it: it logs, reports itself unhealthy (``/readyz`` answers 503), backs off and retries,
+    and carries on when the store works again."""
+
     def __init__(self, service: JobService, engine: Engine, catalog: ModelCatalog) -> None:
         self.service = service
         self.engine = engine
         self.catalog = catalog
+        self.healthy = True
+        """False while the job store fails; True again after the next successful call."""
+        self.last_error: str | None = None
         self._stopping = False
 
     def stop(self) -> None:
+        """Finish the current job, then return from :meth:`run`."""
         self._stopping = True
         self.service.work_available.set()
 
     async def run(self) -> None:
-        """Loop until stopped: claim the oldest queued job and run it."""
+        """Loop until stopped: claim the next queued job and run it."""
         while not self._stopping:
-            job = self.service.store.claim_next()
+            job = await self._store_call(self.service.queue.claim_next)
             if job is None:
                 self.service.work_available.clear()
                 with contextlib.suppress(TimeoutError):
@@ -51,35 +61,54 @@ class Worker:
                 continue
             await self.run_job(job)
 
+    async def _store_call(self, call: Callable[[], T]) -> T:
+        """``call()`` until it succeeds (or the worker stops), backing off 0.1 s .. 5 s."""
+        delay = 0.1
+        while True:
+            try:
+                value = call()
+            except Exception as exc:
+                self.healthy = False
+                self.last_error = f"{exc.__class__.__name__}: {exc}"
+                log.error("job store failed (%s); retrying in %.1f s", self.last_error, delay)
+                if self._stopping:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            self.healthy = True
+            self.last_error = None
+            return value
+
     async def run_job(self, job: Job) -> None:
+        """Run one claimed job to its end, and record that end whatever happens."""
         store = self.service.store
         progress: dict[str, int] = {"done": 0}
         try:
             result, decision = await asyncio.to_thread(self._execute, job, progress)
         except JobCancelled:
             details = {"error": "cancelled", "steps_done": progress["done"], "steps": job.spec.steps}
-            store.finish(job.id, job.attempts, JobStatus.ERROR, details=details)
+            await self._store_call(
+                lambda: store.finish(job.id, job.attempts, JobStatus.ERROR, details=details)
+            )
         except Exception as exc:
             log.error("job %s failed: %s", job.id, "".join(traceback.format_exception(exc)))
-            store.finish(
-                job.id,
-                job.attempts,
-                JobStatus.ERROR,
-                details={"error": f"{exc.__class__.__name__}: {exc}"},
-            )
+            error = {"error": f"{exc.__class__.__name__}: {exc}"}
+            await self._store_call(lambda: store.finish(job.id, job.attempts, JobStatus.ERROR, details=error))
         else:
             audit = [*(job.moderation or []), decision.audit()]
             if not decision.allowed:
-                store.finish(
-                    job.id,
-                    job.attempts,
-                    JobStatus.CONTENT_MODERATED,
-                    details={"moderation": decision.public()},
-                    moderation=audit,
+                public = {"moderation": decision.public()}
+                await self._store_call(
+                    lambda: store.finish(
+                        job.id, job.attempts, JobStatus.CONTENT_MODERATED, details=public, moderation=audit
+                    )
                 )
-            elif not store.finish(job.id, job.attempts, JobStatus.READY, result=result, moderation=audit):
+            elif not await self._store_call(
+                lambda: store.finish(job.id, job.attempts, JobStatus.READY, result=result, moderation=audit)
+            ):
                 log.warning("job %s was no longer ours to finish (attempt %s)", job.id, job.attempts)
-        self.service.job_ended(job.id)
+        await self._store_call(lambda: self.service.job_ended(job.id))
 
     def _execute(self, job: Job, progress: dict[str, int]) -> tuple[dict[str, Any], Decision]:
         """Blocking part of a run (in a worker thread): generate, moderate, encode, store."""
@@ -93,7 +122,7 @@ class Worker:
             Image.open(io.BytesIO(self.service.storage.get(key))).convert("RGB") for key in spec.input_images
         ]
         last = [0.0]
-        partials = partial_steps(spec.steps, int(spec.extras.get("partial_images") or 0))
+        partials = partial_steps(spec.steps, spec.partial_images)
         preview_every = max(1, spec.steps // 5)
 
         def on_step(done: int, total: int) -> None:
@@ -102,7 +131,10 @@ class Worker:
             if done == total or now - last[0] > 0.2:  # keep DB writes to a few per second
                 last[0] = now
                 # Generation is most of a job; the rest (encode, store) is the last 5 %.
-                store.set_progress(job.id, round(0.95 * done / total, 4))
+                try:
+                    store.set_progress(job.id, round(0.95 * done / total, 4))
+                except Exception as exc:  # progress is best effort; the run goes on
+                    log.warning("could not record progress of job %s: %s", job.id, exc)
             events.publish(
                 job.id, "progress", {"step": done, "steps": total, "fraction": round(done / total, 4)}
             )

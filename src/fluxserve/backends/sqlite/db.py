@@ -1,7 +1,8 @@
-"""The SQLite database file that holds jobs and API keys (default backend)."""
+"""The SQLite database file that holds jobs, webhooks, idempotency keys and API keys."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -27,14 +28,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     api_key_id  TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     job_id     TEXT PRIMARY KEY,
     url        TEXT NOT NULL,
     secret     TEXT,
     base_url   TEXT NOT NULL,
-    state      TEXT NOT NULL,          -- pending, sending, delivered, failed
+    state      TEXT NOT NULL,          -- waiting, pending, sending, delivered, failed
     attempts   INTEGER NOT NULL DEFAULT 0,
     next_at    REAL NOT NULL,
     created_at REAL NOT NULL
@@ -68,6 +68,13 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 """
 
+# Columns added after the first release; a database made by an older version gains them on open.
+MIGRATIONS = (
+    ("jobs", "sort_at", "REAL"),
+    ("webhook_deliveries", "delivery_id", "TEXT"),
+)
+INDEXES = "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, sort_at);"
+
 
 class Database:
     """One connection shared by threads under a lock; WAL so readers never wait on a writer.
@@ -87,22 +94,34 @@ class Database:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.executescript(SCHEMA)
+            for table, column, kind in MIGRATIONS:
+                have = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            self._conn.executescript(INDEXES)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``), committed on success, rolled back on error."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # Also when COMMIT itself failed (a full disk): never leave the shared
+                # connection inside a transaction, or every later BEGIN would fail too.
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
-    def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:  # type: ignore[type-arg]
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        """Run a read query and return every row."""
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
+        """Close the connection."""
         with self._lock:
             self._conn.close()

@@ -1,0 +1,81 @@
+"""Who is calling: the API key a request carries, checked against the current key set.
+
+Decided per request: with no active key, requests are accepted only while the server listens
+on loopback (anyone who can reach it is on this machine); a server reachable from elsewhere
+refuses every request until a key exists, also when the last key is revoked while it runs.
+"""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, Request
+
+from fluxserve.api.errors import OpenAIError
+from fluxserve.api.state import get_state
+
+CREATE_HINT = "create one with: fluxserve keys create"
+
+
+class AuthFailed(Exception):
+    """The request may not proceed. ``no_keys``: the server has no active key at all (the
+    message says so); otherwise the key is missing or wrong."""
+
+    def __init__(self, message: str = "", no_keys: bool = False) -> None:
+        super().__init__(message)
+        self.no_keys = no_keys
+
+
+def presented_key(request: Request) -> str | None:
+    """The API key a request carries: ``x-key`` (BFL) or ``Authorization: Bearer`` (OpenAI)."""
+    key = request.headers.get("x-key")
+    if key:
+        return key.strip()
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def authenticate(request: Request) -> str | None:
+    """The caller's key id (None when the server runs open on loopback); raises
+    :class:`AuthFailed` otherwise."""
+    state = get_state(request)
+    if not state.keys.any_active():
+        if state.settings.loopback_only:
+            return None
+        raise AuthFailed(
+            "This server has no active API key and is reachable beyond this machine, so it "
+            f"refuses every request: {CREATE_HINT}.",
+            no_keys=True,
+        )
+    key = presented_key(request)
+    key_id = state.keys.verify(key) if key else None
+    if key_id is None:
+        raise AuthFailed()
+    return key_id
+
+
+def bfl_auth(request: Request) -> str | None:
+    """FastAPI dependency for BFL routes: the caller's key id, or 401 ``{"detail": ...}``."""
+    try:
+        return authenticate(request)
+    except AuthFailed as exc:
+        message = (
+            str(exc)
+            if exc.no_keys
+            else (f"Invalid or missing API key: send it in the 'x-key' header ({CREATE_HINT}).")
+        )
+        raise HTTPException(401, message) from exc
+
+
+def openai_auth(request: Request) -> str | None:
+    """FastAPI dependency for OpenAI routes: the caller's key id, or 401 ``{"error": ...}``."""
+    try:
+        return authenticate(request)
+    except AuthFailed as exc:
+        message = (
+            str(exc)
+            if exc.no_keys
+            else (f"Incorrect or missing API key. Pass it as 'Authorization: Bearer <key>' ({CREATE_HINT}).")
+        )
+        raise OpenAIError(401, message, code="invalid_api_key") from exc

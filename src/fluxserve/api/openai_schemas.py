@@ -1,0 +1,163 @@
+"""The OpenAI Images API's request and response bodies, with the FLUX extensions.
+
+FLUX options arrive at the top level (where the official client's ``extra_body`` puts them)
+or nested under a literal ``"extra_body"`` object (raw-HTTP callers); both are accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fluxserve.spec import (
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_INPUT_IMAGES,
+    MAX_PARTIAL_IMAGES,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_GUIDANCE,
+    MIN_STEPS,
+    PROMPT_LIMITS,
+)
+
+DEFAULT_MODEL = "flux-kontext-pro"
+
+
+class ImageOptions(BaseModel):
+    """``images.generate``: OpenAI's fields and the FLUX extensions (``extra_body``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1, max_length=PROMPT_LIMITS["openai"])
+    model: str | None = Field(default=None, max_length=200)
+    n: int | None = Field(default=1, ge=1, le=MAX_IMAGES)
+    size: str | None = Field(default="auto", max_length=32)
+    response_format: Literal["url", "b64_json"] | None = "url"
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    user: str | None = Field(default=None, max_length=1024)
+    quality: str | None = None
+    style: str | None = None
+    background: str | None = None
+    moderation: str | None = None
+    # FLUX options (extra_body)
+    aspect_ratio: str | None = Field(default=None, max_length=16)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    safety_tolerance: int = Field(default=2, ge=0, le=6)
+    prompt_upsampling: bool = False
+    steps: int | None = Field(default=None, ge=MIN_STEPS, le=MAX_STEPS)
+    guidance: float | None = Field(default=None, ge=MIN_GUIDANCE, le=MAX_GUIDANCE)
+    width: int | None = None
+    height: int | None = None
+    # streaming (server-sent events)
+    stream: bool | None = False
+    partial_images: int | None = Field(default=None, ge=0, le=MAX_PARTIAL_IMAGES)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_extra_body(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("extra_body"), dict):
+            nested = data["extra_body"]
+            data = {k: v for k, v in data.items() if k != "extra_body"}
+            for k, v in nested.items():
+                data.setdefault(k, v)
+        return data
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _jpg(cls, v: Any) -> Any:
+        return "jpeg" if v == "jpg" else v
+
+
+class ImageReference(BaseModel):
+    """One input image of a JSON edit: a URL or a data URL."""
+
+    image_url: str = Field(max_length=30_000_000)
+
+
+class EditJSON(ImageOptions):
+    """``images.edit`` as JSON: ``images`` instead of uploads."""
+
+    images: list[ImageReference] = Field(min_length=1, max_length=MAX_INPUT_IMAGES)
+    mask: None = Field(default=None, description="Not supported: edits follow the prompt.")
+
+
+class EditMultipart(ImageOptions):
+    """``images.edit`` as multipart/form-data: one to four ``image`` (or ``image[]``) files."""
+
+    image: list[bytes] = Field(min_length=1, max_length=MAX_INPUT_IMAGES)
+
+
+class ImageData(BaseModel):
+    """One image of an answer."""
+
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    """The answer to a generation or an edit."""
+
+    created: int
+    data: list[ImageData]
+    output_format: str | None = None
+    size: str | None = None
+
+
+class ModelObject(BaseModel):
+    """One entry of ``GET /v1/models``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class PriceList(BaseModel):
+    """``GET /v1/prices``: what one image of each model costs here."""
+
+    currency: Literal["USD"] = "USD"
+    prices: dict[str, float]
+    """Price of one image, per model id."""
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` inlined (OpenAPI resolves ``$ref`` from the
+    document root, where a model's own ``$defs`` are not)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return dict(resolve(schema))
+
+
+def request_body(contents: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """An OpenAPI ``requestBody`` generated from a model per content type (for a route that
+    parses its body itself because it takes more than one content type)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                ctype: {"schema": _inline_refs(model.model_json_schema())}
+                for ctype, model in contents.items()
+            },
+        }
+    }

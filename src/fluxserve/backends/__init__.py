@@ -1,0 +1,61 @@
+"""Backends: where jobs, the queue, webhooks, keys and files live, chosen from settings.
+
+:func:`open_backends` is the one place that picks them. Each seam is a protocol in
+:mod:`fluxserve.backends.interfaces`; ``sqlite`` (default) and ``memory`` implement them all,
+and ``storage`` is ``local`` (default) or ``memory``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fluxserve.backends.interfaces import JobQueue, JobStore, KeyStore, WebhookStore
+from fluxserve.settings import Settings
+from fluxserve.storage import LocalStorage, MemoryStorage, SignedUrls, Storage, load_or_create_secret
+
+
+@dataclass
+class Backends:
+    """Every seam's backend for one server."""
+
+    jobs: JobStore
+    queue: JobQueue
+    webhooks: WebhookStore
+    keys: KeyStore
+    storage: Storage
+    signer: SignedUrls
+    close: Callable[[], None]
+
+
+def open_backends(settings: Settings) -> Backends:
+    """Open the backends that ``settings.backend`` and ``settings.storage`` name."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    signer = SignedUrls(load_or_create_secret(settings.data_dir, settings.secret_key), settings.url_ttl_s)
+    storage: Storage
+    if settings.storage == "memory":
+        storage = MemoryStorage(signer)
+    else:
+        storage = LocalStorage(settings.data_dir / "files", signer)
+    if settings.backend == "memory":
+        from fluxserve.backends.memory import MemoryJobStore, MemoryKeyStore
+
+        mem = MemoryJobStore(batch_delay_s=settings.batch_delay_s)
+        return Backends(mem, mem, mem.webhooks, MemoryKeyStore(), storage, signer, lambda: None)
+    from fluxserve.backends.sqlite import Database, SQLiteJobStore, SQLiteKeyStore, SQLiteWebhookStore
+
+    db = Database(settings.db_path)
+    jobs = SQLiteJobStore(db, batch_delay_s=settings.batch_delay_s)
+    return Backends(jobs, jobs, SQLiteWebhookStore(db), SQLiteKeyStore(db), storage, signer, db.close)
+
+
+def open_key_store(settings: Settings) -> KeyStore:
+    """The key store alone (for ``fluxserve keys``), without opening anything else."""
+    if settings.backend == "memory":
+        raise ValueError("the memory backend keeps no keys between processes: use backend = 'sqlite'")
+    from fluxserve.backends.sqlite import Database, SQLiteKeyStore
+
+    return SQLiteKeyStore(Database(settings.db_path))
+
+
+__all__ = ["Backends", "JobQueue", "JobStore", "KeyStore", "WebhookStore", "open_backends", "open_key_store"]

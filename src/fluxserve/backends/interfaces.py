@@ -1,0 +1,168 @@
+"""The seams between the service and where its state lives, one small protocol each.
+
+Every backend (SQLite, in-memory; PostgreSQL later) implements all of them and passes the same
+contract tests (``tests/backends``). Methods are synchronous: the service calls them from the
+event loop for short writes and from worker threads during a run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from fluxserve.jobs.models import (
+    IdempotencyClaim,
+    Job,
+    JobStatus,
+    Recovery,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookTarget,
+)
+from fluxserve.keys import ApiKey
+
+IDEMPOTENCY_WINDOW_S = 24 * 3600
+"""How long an Idempotency-Key keeps naming its job."""
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+class JobStore(Protocol):
+    """Job rows: create, read, progress, finish, cancel, forget."""
+
+    def create(
+        self,
+        job: Job,
+        idempotency: IdempotencyClaim | None = None,
+        webhook: WebhookTarget | None = None,
+    ) -> Job:
+        """Persist a new job, its idempotency key and its webhook registration in one
+        transaction. When the key (for the job's owner) already names a job made within
+        :data:`IDEMPOTENCY_WINDOW_S`, nothing is written and that job is returned; raises
+        :class:`IdempotencyConflict` when the body digest differs."""
+        ...
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, whoever owns it (scoping is the service's business)."""
+        ...
+
+    def set_progress(self, job_id: str, progress: float) -> None:
+        """Record a running job's progress (0..1)."""
+        ...
+
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+        moderation: list[dict[str, Any]] | None = None,
+    ) -> bool:
+        """End a job, only if it is still running under ``attempt``; False otherwise.
+        ``moderation``, when given, replaces the job's moderation audit trail."""
+        ...
+
+    def cancel_queued(self, job_id: str) -> bool:
+        """End a queued job as cancelled; False if it is not queued."""
+        ...
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask the worker running a job to stop it."""
+        ...
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether a cancel was asked for the job."""
+        ...
+
+    def finished_before(self, cutoff: float) -> list[str]:
+        """Ids of jobs that ended before ``cutoff`` (unix time)."""
+        ...
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job and everything recorded about it (its webhook delivery too)."""
+        ...
+
+
+class JobQueue(Protocol):
+    """The order in which queued jobs run.
+
+    Policy: a job's place is its creation time, plus ``batch_delay_s`` for jobs nobody waits
+    on (BFL); so a synchronous OpenAI call overtakes BFL jobs submitted less than
+    ``batch_delay_s`` before it, and no BFL job waits behind calls made after it by more.
+    """
+
+    def claim_next(self) -> Job | None:
+        """Mark the first queued job running (one more attempt) and return it."""
+        ...
+
+    def position(self, job_id: str) -> int | None:
+        """How many queued jobs run before this one; None if it is not queued."""
+        ...
+
+    def depth(self) -> int:
+        """How many jobs are queued."""
+        ...
+
+    def recover(self, max_attempts: int) -> Recovery:
+        """After a restart: jobs left running by a dead process go back in the queue, unless
+        they have been tried ``max_attempts`` times already, in which case they end as Error."""
+        ...
+
+
+class WebhookStore(Protocol):
+    """Durable webhook deliveries and their attempts."""
+
+    def activate(self, job_id: str) -> bool:
+        """The job has ended: its delivery (if it has one) is due now. True if there is one."""
+        ...
+
+    def due(self, limit: int = 16) -> list[WebhookDelivery]:
+        """Claim deliveries that are due (pending -> sending)."""
+        ...
+
+    def recover(self) -> None:
+        """After a restart: deliveries that were in flight are due again."""
+        ...
+
+    def record(
+        self,
+        job_id: str,
+        attempt: int,
+        status_code: int | None,
+        error: str | None,
+        duration_s: float,
+        state: str,
+        next_at: float,
+    ) -> None:
+        """Log an attempt and move the delivery to ``state`` (pending, delivered or failed)."""
+        ...
+
+    def attempts(self, job_id: str) -> tuple[WebhookDelivery | None, list[WebhookAttempt]]:
+        """The job's delivery and every attempt so far."""
+        ...
+
+
+class KeyStore(Protocol):
+    """API keys, kept only as hashes."""
+
+    def create(self, name: str) -> tuple[ApiKey, str]:
+        """Create a key; returns its record and the secret, which is never stored."""
+        ...
+
+    def list(self) -> list[ApiKey]:
+        """Every key, revoked ones included."""
+        ...
+
+    def revoke(self, key_id: str) -> bool:
+        """Revoke a key; False if there is no active key with that id."""
+        ...
+
+    def any_active(self) -> bool:
+        """Whether at least one key is active (may be cached for about a second)."""
+        ...
+
+    def verify(self, secret: str) -> str | None:
+        """The key id when ``secret`` is an active key, else None."""
+        ...

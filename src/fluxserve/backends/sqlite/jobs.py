@@ -1,0 +1,236 @@
+"""Jobs in SQLite: the jobs table is both the store and the queue. A worker claims the first
+queued row in one transaction, and completion is conditional on the claim it holds."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from typing import Any
+
+from fluxserve.backends.interfaces import IDEMPOTENCY_WINDOW_S, IdempotencyConflict
+from fluxserve.backends.sqlite.db import Database
+from fluxserve.jobs.models import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
+from fluxserve.spec import GenerationSpec
+
+CANCELLED = json.dumps({"error": "cancelled", "steps_done": 0})
+
+
+def _dumps(value: Any) -> str | None:
+    return json.dumps(value) if value is not None else None
+
+
+def _row_to_job(r: sqlite3.Row) -> Job:
+    return Job(
+        id=r["id"],
+        status=JobStatus(r["status"]),
+        spec=GenerationSpec.from_json(json.loads(r["spec"])),
+        created_at=r["created_at"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+        progress=r["progress"],
+        attempts=r["attempts"],
+        result=json.loads(r["result"]) if r["result"] else None,
+        details=json.loads(r["details"]) if r["details"] else None,
+        moderation=json.loads(r["moderation"]) if r["moderation"] else None,
+        owner=r["api_key_id"],
+    )
+
+
+class SQLiteJobStore:
+    """:class:`~fluxserve.backends.interfaces.JobStore` and ``JobQueue`` over one table."""
+
+    def __init__(self, db: Database, batch_delay_s: float = 60.0) -> None:
+        self._db = db
+        self.batch_delay_s = batch_delay_s
+
+    def create(
+        self,
+        job: Job,
+        idempotency: IdempotencyClaim | None = None,
+        webhook: WebhookTarget | None = None,
+    ) -> Job:
+        """See ``JobStore.create``: job, idempotency key and webhook in one transaction."""
+        now = time.time()
+        owner = job.owner or ""
+        with self._db.transaction() as c:
+            if idempotency is not None:
+                c.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_WINDOW_S,))
+                row = c.execute(
+                    "SELECT body_hash, job_id FROM idempotency WHERE key = ? AND owner = ?",
+                    (idempotency.key, owner),
+                ).fetchone()
+                if row is not None:
+                    if row["body_hash"] != idempotency.digest:
+                        raise IdempotencyConflict(idempotency.key)
+                    existing = c.execute("SELECT * FROM jobs WHERE id = ?", (row["job_id"],)).fetchone()
+                    if existing is not None:
+                        return _row_to_job(existing)
+                    # Its job was swept (or a reservation of an older version was left): stale.
+                    c.execute("DELETE FROM idempotency WHERE key = ? AND owner = ?", (idempotency.key, owner))
+                c.execute(
+                    "INSERT INTO idempotency (key, owner, body_hash, job_id, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (idempotency.key, owner, idempotency.digest, job.id, now),
+                )
+            sort_at = job.created_at + (0.0 if job.spec.interactive else self.batch_delay_s)
+            c.execute(
+                "INSERT INTO jobs (id, status, model, protocol, spec, created_at, sort_at, progress,"
+                " result, details, moderation, api_key_id, finished_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job.id,
+                    job.status.value,
+                    job.spec.model,
+                    job.spec.protocol,
+                    json.dumps(job.spec.to_json()),
+                    job.created_at,
+                    sort_at,
+                    job.progress,
+                    _dumps(job.result),
+                    _dumps(job.details),
+                    _dumps(job.moderation),
+                    job.owner,
+                    job.finished_at,
+                ),
+            )
+            if webhook is not None:
+                c.execute(
+                    "INSERT INTO webhook_deliveries (job_id, delivery_id, url, secret, base_url, state,"
+                    " attempts, next_at, created_at) VALUES (?, ?, ?, ?, ?, 'waiting', 0, 0, ?)",
+                    (job.id, str(uuid.uuid4()), webhook.url, webhook.secret, webhook.base_url, now),
+                )
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None."""
+        rows = self._db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _row_to_job(rows[0]) if rows else None
+
+    def claim_next(self) -> Job | None:
+        """Mark the first queued job (by place in the queue) running and return it."""
+        with self._db.transaction() as c:
+            row = c.execute(
+                "SELECT id FROM jobs WHERE status = 'queued'"
+                " ORDER BY COALESCE(sort_at, created_at), rowid LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
+                " progress = 0 WHERE id = ?",
+                (time.time(), row["id"]),
+            )
+            r = c.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        return _row_to_job(r)
+
+    def position(self, job_id: str) -> int | None:
+        """Queued jobs ahead of this one."""
+        rows = self._db.query(
+            "SELECT (SELECT COUNT(*) FROM jobs q WHERE q.status = 'queued' AND"
+            " (COALESCE(q.sort_at, q.created_at) < COALESCE(j.sort_at, j.created_at) OR"
+            " (COALESCE(q.sort_at, q.created_at) = COALESCE(j.sort_at, j.created_at)"
+            " AND q.rowid < j.rowid))) AS pos FROM jobs j WHERE j.id = ? AND j.status = 'queued'",
+            (job_id,),
+        )
+        return int(rows[0]["pos"]) if rows else None
+
+    def depth(self) -> int:
+        """Jobs waiting in the queue."""
+        return int(self._db.query("SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued'")[0]["n"])
+
+    def recover(self, max_attempts: int) -> Recovery:
+        """Requeue jobs left running, or end those already tried ``max_attempts`` times."""
+        now = time.time()
+        with self._db.transaction() as c:
+            rows = c.execute("SELECT id, attempts FROM jobs WHERE status = 'running'").fetchall()
+            requeued = [r["id"] for r in rows if r["attempts"] < max_attempts]
+            failed = [r["id"] for r in rows if r["attempts"] >= max_attempts]
+            for job_id in requeued:
+                c.execute("UPDATE jobs SET status = 'queued', progress = 0 WHERE id = ?", (job_id,))
+            for r in rows:
+                if r["id"] in failed:
+                    details = {
+                        "error": f"the server stopped while running this job {r['attempts']} times; "
+                        "it is not tried again (submit it anew if you want another try)"
+                    }
+                    c.execute(
+                        "UPDATE jobs SET status = 'error', finished_at = ?, details = ? WHERE id = ?",
+                        (now, json.dumps(details), r["id"]),
+                    )
+        return Recovery(requeued, failed)
+
+    def set_progress(self, job_id: str, progress: float) -> None:
+        """Record progress of a running job."""
+        with self._db.transaction() as c:
+            c.execute(
+                "UPDATE jobs SET progress = ? WHERE id = ? AND status = 'running'",
+                (progress, job_id),
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+        moderation: list[dict[str, Any]] | None = None,
+    ) -> bool:
+        """End a running job if ``attempt`` still holds it."""
+        with self._db.transaction() as c:
+            cur = c.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, result = ?, details = ?,"
+                " moderation = COALESCE(?, moderation),"
+                " progress = CASE WHEN ? = 'ready' THEN 1.0 ELSE progress END,"
+                " completions = completions + CASE WHEN ? = 'ready' THEN 1 ELSE 0 END"
+                " WHERE id = ? AND status = 'running' AND attempts = ?",
+                (
+                    status.value,
+                    time.time(),
+                    _dumps(result),
+                    _dumps(details),
+                    _dumps(moderation),
+                    status.value,
+                    status.value,
+                    job_id,
+                    attempt,
+                ),
+            )
+        return cur.rowcount == 1
+
+    def cancel_queued(self, job_id: str) -> bool:
+        """End a queued job as cancelled."""
+        with self._db.transaction() as c:
+            cur = c.execute(
+                "UPDATE jobs SET status = 'error', finished_at = ?, details = ?"
+                " WHERE id = ? AND status = 'queued'",
+                (time.time(), CANCELLED, job_id),
+            )
+        return cur.rowcount == 1
+
+    def request_cancel(self, job_id: str) -> None:
+        """Flag a running job for cancellation."""
+        with self._db.transaction() as c:
+            c.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether the job is flagged for cancellation."""
+        rows = self._db.query("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
+        return bool(rows and rows[0]["cancel_requested"])
+
+    def finished_before(self, cutoff: float) -> list[str]:
+        """Ids of jobs that ended before ``cutoff``."""
+        rows = self._db.query(
+            "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,)
+        )
+        return [r["id"] for r in rows]
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job, its webhook delivery and attempts, and its idempotency keys."""
+        with self._db.transaction() as c:
+            c.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            c.execute("DELETE FROM webhook_deliveries WHERE job_id = ?", (job_id,))
+            c.execute("DELETE FROM webhook_attempts WHERE job_id = ?", (job_id,))
+            c.execute("DELETE FROM idempotency WHERE job_id = ?", (job_id,))

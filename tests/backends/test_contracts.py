@@ -1,0 +1,212 @@
+"""The contract every backend keeps: job store, queue, webhooks, keys and storage."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from fluxserve.backends.interfaces import IdempotencyConflict
+from fluxserve.jobs.models import IdempotencyClaim, Job, JobStatus, WebhookTarget
+from fluxserve.spec import GenerationSpec
+
+
+def spec(protocol: str = "bfl", **kw: Any) -> GenerationSpec:
+    """A small valid spec."""
+    fields: dict[str, Any] = dict(
+        model="flux-dev",
+        prompt="a red circle",
+        width=256,
+        height=256,
+        seed=1,
+        steps=2,
+        guidance=3.0,
+        output_format="png",
+        protocol=protocol,
+    )
+    fields.update(kw)
+    return GenerationSpec(**fields)
+
+
+def job(job_id: str, owner: str | None = "k1", created_at: float | None = None, **kw: Any) -> Job:
+    """A queued job."""
+    return Job(job_id, JobStatus.QUEUED, spec(**kw), created_at or time.time(), owner=owner)
+
+
+def test_create_get_roundtrip_keeps_every_field(backend: dict[str, Any]) -> None:
+    s = spec(
+        input_images=("inputs/a/0.png",),
+        input_megapixels=0.07,
+        response_format="b64_json",
+        user="u1",
+        partial_images=2,
+        webhook_url="https://example.invalid/h",
+        webhook_secret="s",
+    )
+    made = Job("j1", JobStatus.QUEUED, s, 123.5, moderation=[{"source": "prompt"}], owner="k1")
+    backend["jobs"].create(made)
+    got = backend["jobs"].get("j1")
+    assert got == made
+    assert backend["jobs"].get("nope") is None
+
+
+def test_claim_order_interactive_first_within_the_batch_delay(backend: dict[str, Any]) -> None:
+    jobs, queue = backend["jobs"], backend["queue"]
+    now = time.time()
+    jobs.create(job("old-bfl", created_at=now - 120))  # waited longer than the batch delay
+    jobs.create(job("new-bfl", created_at=now - 1))
+    jobs.create(job("openai", created_at=now, protocol="openai"))
+    assert queue.depth() == 3
+    assert [queue.position(i) for i in ("old-bfl", "openai", "new-bfl")] == [0, 1, 2]
+    claimed = [queue.claim_next(), queue.claim_next(), queue.claim_next()]
+    assert [c.id for c in claimed if c] == ["old-bfl", "openai", "new-bfl"]
+    assert all(c is not None and c.status == JobStatus.RUNNING and c.attempts == 1 for c in claimed)
+    assert queue.claim_next() is None and queue.depth() == 0
+    assert queue.position("new-bfl") is None
+
+
+def test_finish_only_under_the_current_attempt(backend: dict[str, Any]) -> None:
+    jobs, queue = backend["jobs"], backend["queue"]
+    jobs.create(job("j"))
+    claimed = queue.claim_next()
+    assert claimed is not None
+    jobs.set_progress("j", 0.5)
+    assert jobs.get("j").progress == 0.5
+    assert not jobs.finish("j", claimed.attempts + 1, JobStatus.READY, result={"files": []})
+    assert jobs.finish("j", claimed.attempts, JobStatus.READY, result={"files": ["x"]}, moderation=[{"a": 1}])
+    done = jobs.get("j")
+    assert done.status == JobStatus.READY and done.progress == 1.0 and done.result == {"files": ["x"]}
+    assert done.moderation == [{"a": 1}] and done.finished_at is not None
+    assert not jobs.finish("j", claimed.attempts, JobStatus.ERROR)  # already ended
+
+
+def test_cancel_queued_and_running(backend: dict[str, Any]) -> None:
+    jobs, queue = backend["jobs"], backend["queue"]
+    jobs.create(job("q"))
+    assert jobs.cancel_queued("q")
+    assert jobs.get("q").status == JobStatus.ERROR and jobs.get("q").details["error"] == "cancelled"
+    assert not jobs.cancel_queued("q")
+    jobs.create(job("r"))
+    queue.claim_next()
+    assert not jobs.cancel_queued("r")
+    assert not jobs.cancel_requested("r")
+    jobs.request_cancel("r")
+    assert jobs.cancel_requested("r")
+
+
+def test_recover_requeues_then_caps_attempts(backend: dict[str, Any]) -> None:
+    jobs, queue = backend["jobs"], backend["queue"]
+    jobs.create(job("j"))
+    for attempt in (1, 2):
+        assert queue.claim_next().attempts == attempt
+        rec = queue.recover(max_attempts=3)
+        assert rec.requeued == ["j"] and rec.failed == []
+        assert jobs.get("j").status == JobStatus.QUEUED
+    assert queue.claim_next().attempts == 3
+    rec = queue.recover(max_attempts=3)
+    assert rec.requeued == [] and rec.failed == ["j"]
+    ended = jobs.get("j")
+    assert ended.status == JobStatus.ERROR and "3 times" in ended.details["error"]
+
+
+def test_idempotency_in_the_job_transaction(backend: dict[str, Any]) -> None:
+    jobs = backend["jobs"]
+    claim = IdempotencyClaim("key-1", "digest-a")
+    first = jobs.create(job("a"), claim)
+    assert first.id == "a"
+    again = jobs.create(job("b"), claim)
+    assert again.id == "a" and jobs.get("b") is None  # nothing new was written
+    with pytest.raises(IdempotencyConflict):
+        jobs.create(job("c"), IdempotencyClaim("key-1", "digest-b"))
+    assert jobs.get("c") is None
+    # Keys are per owner: another key's request with the same Idempotency-Key is its own job.
+    other = jobs.create(job("d", owner="k2"), claim)
+    assert other.id == "d"
+    # Once the job is gone, its key names nothing and is free again.
+    jobs.delete("a")
+    assert jobs.create(job("e"), claim).id == "e"
+
+
+def test_sweep_queries_and_delete(backend: dict[str, Any]) -> None:
+    jobs, queue = backend["jobs"], backend["queue"]
+    jobs.create(job("j"), webhook=WebhookTarget("https://example.invalid/h", None, "http://base"))
+    c = queue.claim_next()
+    jobs.finish("j", c.attempts, JobStatus.READY, result={"files": []})
+    assert jobs.finished_before(time.time() - 60) == []
+    assert jobs.finished_before(time.time() + 1) == ["j"]
+    jobs.delete("j")
+    assert jobs.get("j") is None
+    assert backend["webhooks"].attempts("j") == (None, [])
+
+
+def test_webhook_delivery_life(backend: dict[str, Any]) -> None:
+    jobs, hooks = backend["jobs"], backend["webhooks"]
+    jobs.create(job("j"), webhook=WebhookTarget("https://example.invalid/h", "sec", "http://base"))
+    delivery, attempts = hooks.attempts("j")
+    assert delivery is not None and delivery.state == "waiting" and attempts == []
+    assert hooks.due() == []  # not before the job ends
+    assert hooks.activate("j") and not hooks.activate("j")
+    (due,) = hooks.due()
+    assert (due.job_id, due.url, due.secret, due.base_url, due.state) == (
+        "j",
+        "https://example.invalid/h",
+        "sec",
+        "http://base",
+        "pending",
+    )
+    assert hooks.attempts("j")[0].state == "sending" and hooks.due() == []
+    hooks.recover()  # a restart: in flight -> due again, same delivery id
+    (again,) = hooks.due()
+    assert again.id == due.id
+    hooks.record("j", 1, 500, "HTTP 500", 0.01, "pending", time.time() + 3600)
+    assert hooks.due() == []
+    hooks.record("j", 2, 200, None, 0.02, "delivered", 0)
+    delivery, attempts = hooks.attempts("j")
+    assert delivery.state == "delivered" and delivery.attempts == 2 and delivery.id == due.id
+    assert [(a.attempt, a.status_code, a.error) for a in attempts] == [(1, 500, "HTTP 500"), (2, 200, None)]
+    assert not hooks.activate("no-such-job")
+
+
+def test_keys_hashed_verified_revoked(backend: dict[str, Any]) -> None:
+    keys = backend["keys"]
+    assert not keys.any_active() and keys.list() == []
+    record, secret = keys.create("ci")
+    assert secret.startswith("fsk_") and record.id in secret and record.name == "ci"
+    assert keys.any_active() and keys.verify(secret) == record.id
+    assert keys.verify(secret + "x") is None and keys.verify("") is None
+    assert keys.revoke(record.id) and not keys.revoke(record.id)
+    time.sleep(1.05)  # any_active may be cached for a second
+    assert not keys.any_active() and keys.verify(secret) is None
+    assert [k.revoked_at is not None for k in keys.list()] == [True]
+
+
+def test_storage_put_get_stream_delete(storage: Any) -> None:
+    storage.put("results/j/0.png", b"abc" * 50_000)
+    storage.put("results/j/1.png", b"x")
+    storage.put("results/jj/0.png", b"other job")
+    assert storage.get("results/j/0.png") == b"abc" * 50_000
+    assert b"".join(storage.stream("results/j/0.png", chunk_size=4096)) == b"abc" * 50_000
+    assert storage.exists("results/j/1.png") and not storage.exists("results/j/2.png")
+    with pytest.raises(FileNotFoundError):
+        storage.get("results/j/2.png")
+    with pytest.raises(FileNotFoundError):
+        storage.stream("results/j/2.png")
+    storage.delete_prefix("results/j")
+    assert not storage.exists("results/j/0.png") and not storage.exists("results/j/1.png")
+    assert storage.get("results/jj/0.png") == b"other job"
+
+
+def test_storage_urls_are_signed_and_expire(storage: Any) -> None:
+    storage.put("results/j/0.png", b"img")
+    url = storage.url("results/j/0.png", 600)
+    parts = urlsplit(url)
+    assert parts.path == "/v1/files/results/j/0.png"
+    q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert storage.signer.verify("results/j/0.png", q["exp"], q["sig"]) == "ok"
+    assert storage.signer.verify("results/j/1.png", q["exp"], q["sig"]) == "invalid"
+    short = {k: v[0] for k, v in parse_qs(urlsplit(storage.url("results/j/0.png", 1)).query).items()}
+    assert (
+        storage.signer.verify("results/j/0.png", short["exp"], short["sig"], now=time.time() + 5) == "expired"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from fluxserve.client.composition import stitch_horizontally as stitch_horizonta
 from fluxserve.netguard import UrlRefused, fetch_url
 
 ALLOWED_INPUT_FORMATS = {"JPEG", "PNG", "WEBP"}
+# Pillow reads multi-picture JPEGs (as phone cameras write them) as "MPO": still a JPEG.
+_READ_FORMATS = ALLOWED_INPUT_FORMATS | {"MPO"}
 
 
 class InputImageError(ValueError):
@@ -27,10 +30,19 @@ class InputImageError(ValueError):
 
 @dataclass(frozen=True)
 class ImageLimits:
+    """What an input image may be, and how it is fetched.
+
+    ``max_pixels`` refuses an image outright; ``max_working_pixels`` is the size an accepted
+    image is scaled down to (Lanczos, aspect kept), so that the engine's work per input is
+    bounded; ``max_aspect_ratio`` (long side / short side) refuses slivers such as 25,000,000x1,
+    which pass any pixel count."""
+
     max_bytes: int
     max_pixels: int
     fetch_timeout_s: float
     allow_private_urls: bool
+    max_aspect_ratio: float = 16.0
+    max_working_pixels: int = 4 * 1024 * 1024
 
 
 def _b64decode(text: str, param: str) -> bytes:
@@ -44,9 +56,10 @@ def _b64decode(text: str, param: str) -> bytes:
 
 
 async def load_image_reference(value: str, param: str, limits: ImageLimits) -> bytes:
-    """Raw bytes of an image given as an http(s) URL, a data URL or bare base64."""
+    """Raw bytes of an image given as an http(s) URL (fetched through the SSRF guard), a data
+    URL or bare base64. Raises only :class:`InputImageError`, whatever ``value`` holds."""
     value = value.strip()
-    if value.startswith(("http://", "https://")):
+    if value[:8].lower().startswith(("http://", "https://")):
         try:
             return await fetch_url(
                 value,
@@ -56,9 +69,9 @@ async def load_image_reference(value: str, param: str, limits: ImageLimits) -> b
             )
         except UrlRefused as exc:
             raise InputImageError(f"{param}: {exc}", param) from exc
-    if value.startswith("data:"):
+    if value[:5].lower() == "data:":
         header, _, payload = value.partition(",")
-        if ";base64" not in header:
+        if ";base64" not in header.lower():
             raise InputImageError(f"{param}: data URLs must be base64-encoded", param)
         value = payload
     if len(value) * 3 // 4 > limits.max_bytes:
@@ -67,8 +80,10 @@ async def load_image_reference(value: str, param: str, limits: ImageLimits) -> b
 
 
 def normalize_image(data: bytes, param: str, limits: ImageLimits) -> bytes:
-    """Check an uploaded image (size, format, pixel count, decompression bombs) and return it
-    re-encoded as an RGB PNG, so that stored inputs are uniform and free of metadata."""
+    """Check an uploaded image (size, format, pixel count, aspect ratio, decompression bombs)
+    and return it re-encoded as an RGB PNG of at most ``limits.max_working_pixels`` pixels, so
+    that stored inputs are uniform, free of metadata and cheap for the engine. Raises only
+    :class:`InputImageError`."""
     if len(data) > limits.max_bytes:
         raise InputImageError(f"{param} is larger than {limits.max_bytes} bytes", param)
     if not data:
@@ -76,8 +91,12 @@ def normalize_image(data: bytes, param: str, limits: ImageLimits) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
-            if img.format not in ALLOWED_INPUT_FORMATS:
+            # Only the allowed formats' parsers ever see the bytes.
+            try:
+                img: Image.Image = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_INPUT_FORMATS))
+            except Image.UnidentifiedImageError as exc:
+                raise InputImageError(f"{param} must be a JPEG, PNG or WebP image", param) from exc
+            if img.format not in _READ_FORMATS:
                 raise InputImageError(
                     f"{param} must be a JPEG, PNG or WebP image, got {img.format or 'unknown'}",
                     param,
@@ -87,24 +106,41 @@ def normalize_image(data: bytes, param: str, limits: ImageLimits) -> bytes:
                 raise InputImageError(
                     f"{param} is {w}x{h}: more than the {limits.max_pixels} pixels allowed", param
                 )
+            ratio = max(w, h) / max(1, min(w, h))
+            if ratio > limits.max_aspect_ratio:
+                raise InputImageError(
+                    f"{param} is {w}x{h}, an aspect ratio of {ratio:.4g}:1: at most "
+                    f"{limits.max_aspect_ratio:g}:1 (or 1:{limits.max_aspect_ratio:g}) is allowed",
+                    param,
+                )
             img.load()
+            img = _to_rgb(img)
+            if w * h > limits.max_working_pixels:
+                # Downscale to the pixel budget, aspect kept: bounded work for the engine.
+                scale = math.sqrt(limits.max_working_pixels / (w * h))
+                size = (max(1, math.floor(w * scale)), max(1, math.floor(h * scale)))
+                img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     except InputImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputImageError(f"{param} has too many pixels", param) from exc
     except Exception as exc:  # PIL raises many types for corrupt input
         raise InputImageError(f"{param} is not a readable image ({exc.__class__.__name__})", param) from exc
-    if img.mode != "RGB":
-        if img.mode in ("RGBA", "LA", "P"):
-            img = img.convert("RGBA")
-            bg = Image.new("RGB", img.size, (255, 255, 255))
-            bg.paste(img, mask=img.getchannel("A"))
-            img = bg
-        else:
-            img = img.convert("RGB")
     out = io.BytesIO()
     img.save(out, format="PNG")
     return out.getvalue()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited over white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "P", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGB", img.size, (255, 255, 255))
+        bg.paste(img, mask=img.getchannel("A"))
+        return bg
+    return img.convert("RGB")
 
 
 def encode_image(img: Image.Image, fmt: str, compression: int | None = None) -> bytes:

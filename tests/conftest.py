@@ -155,3 +155,17 @@ def poll_result(
             return body  # type: ignore[no-any-return]
         time.sleep(0.05)
     raise TimeoutError(f"job {job_id} still pending")
+
+
+@pytest.fixture(scope="session")
+def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint sampled at a large native area: steps take long enough to watch."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "slow", seed=2, native_area=448 * 448)
+
+
+@pytest.fixture
+def slow_server(make_server, slow_checkpoint):  # type: ignore[no-untyped-def]
+    def make(**settings: str):  # type: ignore[no-untyped-def]
+        return make_server(default_checkpoint=str(slow_checkpoint), **settings)
+
+    return make

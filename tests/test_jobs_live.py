@@ -9,7 +9,6 @@ import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import openai
@@ -17,22 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import poll_result
-from fluxserve.embedded.builder import build_tiny_checkpoint
 from fluxserve.jobs.webhooks import SIGNATURE_HEADER, verify
-
-
-@pytest.fixture(scope="session")
-def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny checkpoint sampled at a large native area: steps take long enough to watch."""
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "slow", seed=2, native_area=448 * 448)
-
-
-@pytest.fixture
-def slow_server(make_server, slow_checkpoint):  # type: ignore[no-untyped-def]
-    def make(**settings: str):  # type: ignore[no-untyped-def]
-        return make_server(default_checkpoint=str(slow_checkpoint), **settings)
-
-    return make
 
 
 class Receiver:

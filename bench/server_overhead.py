@@ -47,7 +47,9 @@ def main() -> None:
     env = dict(os.environ, FLUXSERVE_LOG_LEVEL="warning")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fluxserve", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -64,15 +66,19 @@ def main() -> None:
         def one(i: int) -> float:
             t = time.perf_counter()
             client.images.generate(
-                model="flux-kontext-pro", prompt=f"a red circle {i}", size="1024x1024",
+                model="flux-kontext-pro",
+                prompt=f"a red circle {i}",
+                size="1024x1024",
                 response_format="b64_json",
                 extra_body={"output_format": "jpeg", "seed": i, "steps": args.steps},
             )
             return time.perf_counter() - t
 
         one(10_000)  # warm-up
-        print(f"{'clients':>7} {'n':>4} {'e2e p50':>9} {'e2e p99':>9} {'engine p50':>10} "
-              f"{'encode p50':>10} {'overhead p50':>12} {'overhead p99':>12} {'img/s':>6}")
+        print(
+            f"{'clients':>7} {'n':>4} {'e2e p50':>9} {'e2e p99':>9} {'engine p50':>10} "
+            f"{'encode p50':>10} {'overhead p50':>12} {'overhead p99':>12} {'img/s':>6}"
+        )
         db = sqlite3.connect(data_dir / "fluxserve.sqlite3")
         for clients in (1, 16):
             db.execute("DELETE FROM jobs")
@@ -87,11 +93,15 @@ def main() -> None:
             # Per-request overhead: latency minus the median engine time (jobs are alike).
             e50 = statistics.median(engine)
             over = [x - e50 for x in lat]
-            print(f"{clients:>7} {len(lat):>4} {pct(lat, 50)*1e3:>7.1f}ms {pct(lat, 99)*1e3:>7.1f}ms "
-                  f"{e50*1e3:>8.1f}ms {statistics.median(encode)*1e3:>8.1f}ms "
-                  f"{pct(over, 50)*1e3:>10.1f}ms {pct(over, 99)*1e3:>10.1f}ms {len(lat)/wall:>6.2f}")
-        print("overhead = end-to-end latency - engine time (it includes JPEG encoding, storage, "
-              "HTTP, JSON/base64, and with 16 clients the wait in the queue behind other jobs).")
+            print(
+                f"{clients:>7} {len(lat):>4} {pct(lat, 50) * 1e3:>7.1f}ms {pct(lat, 99) * 1e3:>7.1f}ms "
+                f"{e50 * 1e3:>8.1f}ms {statistics.median(encode) * 1e3:>8.1f}ms "
+                f"{pct(over, 50) * 1e3:>10.1f}ms {pct(over, 99) * 1e3:>10.1f}ms {len(lat) / wall:>6.2f}"
+            )
+        print(
+            "overhead = end-to-end latency - engine time (it includes JPEG encoding, storage, "
+            "HTTP, JSON/base64, and with 16 clients the wait in the queue behind other jobs)."
+        )
     finally:
         proc.terminate()
         proc.wait()

@@ -1,3 +1,5 @@
+"""``python -m fluxserve``: the command line."""
+
 from fluxserve.cli import main
 
 main()

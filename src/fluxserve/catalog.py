@@ -90,6 +90,8 @@ class ModelCatalog:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelCatalog:
+        """The built-in ids (with the embedded model's defaults when it serves them), then the
+        settings' ``default_checkpoint`` and per-model overrides."""
         entries = {e.id: e for e in _builtin_entries()}
         # The embedded model declares its own good defaults (it needs far fewer steps than a
         # real FLUX checkpoint); "max" models get half as many again, for quality.

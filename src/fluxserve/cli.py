@@ -53,15 +53,16 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not settings.loopback_only:
-        if settings.backend != "sqlite" or not open_key_store(settings).any_active():
-            err_console.print(
-                f"[red]Refusing to listen on {settings.host}:[/red] no API key exists, so anyone "
-                "who can reach this address could use the server.\nCreate a key first:\n\n"
-                f"    fluxserve keys create --name me --data-dir {settings.data_dir}\n\n"
-                "or bind to 127.0.0.1 (the default)."
-            )
-            raise typer.Exit(2)
+    if not settings.loopback_only and (
+        settings.backend != "sqlite" or not open_key_store(settings).any_active()
+    ):
+        err_console.print(
+            f"[red]Refusing to listen on {settings.host}:[/red] no API key exists, so anyone "
+            "who can reach this address could use the server.\nCreate a key first:\n\n"
+            f"    fluxserve keys create --name me --data-dir {settings.data_dir}\n\n"
+            "or bind to 127.0.0.1 (the default)."
+        )
+        raise typer.Exit(2)
 
     class AnnouncingServer(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
@@ -342,4 +343,5 @@ def cost(
 
 
 def main() -> None:
+    """The ``fluxserve`` console script."""
     app()

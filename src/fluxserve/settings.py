@@ -77,6 +77,12 @@ class Settings(BaseModel):
     fetch_timeout_s: float = Field(default=10.0, gt=0)
     max_input_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_input_pixels: int = Field(default=25_000_000, ge=1024)
+    """Largest input image accepted, in pixels."""
+    max_input_aspect_ratio: float = Field(default=16.0, ge=1.0)
+    """Input images longer than this on one side (16 = 16:1) are refused before decoding."""
+    max_input_working_pixels: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Input images over this many pixels are scaled down (aspect kept) before generation:
+    with the aspect bound, this caps the engine's work for any input."""
     max_request_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
 
     device: str = "auto"

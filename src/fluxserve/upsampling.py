@@ -198,6 +198,8 @@ MOOD_BACKGROUNDS = {
 
 
 class PromptUpsampler(Protocol):
+    """Rewrites a prompt with more detail."""
+
     async def upsample(self, prompt: str, seed: int, scene_vocabulary: bool = False) -> str:
         """The rewritten prompt (deterministic for a given prompt and seed)."""
 
@@ -211,9 +213,11 @@ class BuiltinUpsampler:
     """Offline: adds composition, lighting and style suited to the prompt's subject."""
 
     async def upsample(self, prompt: str, seed: int, scene_vocabulary: bool = False) -> str:
+        """The rewritten prompt (deterministic for a given prompt and seed)."""
         return self.rewrite(prompt, seed, scene_vocabulary)
 
     def rewrite(self, prompt: str, seed: int, scene_vocabulary: bool = False) -> str:
+        """The rewritten prompt, synchronously."""
         rng = _rng(prompt, seed)
         if scene_vocabulary:
             return _scene_detail(prompt, rng)
@@ -300,6 +304,7 @@ class ChatUpsampler:
         self._cache: dict[tuple[str, int, bool], str] = {}
 
     async def upsample(self, prompt: str, seed: int, scene_vocabulary: bool = False) -> str:
+        """The model's rewrite; on any failure or timeout, the built-in one (never an error)."""
         key = (prompt, seed, scene_vocabulary)
         if key in self._cache:
             return self._cache[key]

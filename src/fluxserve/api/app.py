@@ -83,6 +83,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             max_pixels=settings.max_input_pixels,
             fetch_timeout_s=settings.fetch_timeout_s,
             allow_private_urls=settings.allow_private_urls,
+            max_aspect_ratio=settings.max_input_aspect_ratio,
+            max_working_pixels=settings.max_input_working_pixels,
         ),
     )
 

@@ -15,6 +15,8 @@ class JobCancelled(Exception):
 
 @dataclass
 class EngineRequest:
+    """What an engine runs: checkpoint, prompt, size, seed, steps, guidance, input images."""
+
     checkpoint: str
     prompt: str
     width: int
@@ -33,6 +35,8 @@ PreviewCallback = Callable[[int, list[Image.Image]], None]
 
 
 class Engine(Protocol):
+    """Turns requests into images; loads each checkpoint once."""
+
     def load(self, checkpoint: str) -> None:
         """Load (and keep) the pipeline for ``checkpoint``; idempotent."""
 

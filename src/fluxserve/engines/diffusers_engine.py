@@ -36,12 +36,14 @@ class _Loaded:
 
 
 def pick_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as given."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bfloat16 on CUDA, float32 on CPU; anything else as named."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -63,6 +65,7 @@ class DiffusersFluxEngine:
         self._lock = threading.Lock()
 
     def load(self, checkpoint: str) -> None:
+        """Load the pipeline for ``checkpoint`` once (later calls return at once)."""
         with self._lock:
             self._load_locked(checkpoint)
 
@@ -107,6 +110,7 @@ class DiffusersFluxEngine:
         want_preview: Callable[[int], bool] | None = None,
         on_preview: PreviewCallback | None = None,
     ) -> list[Image.Image]:
+        """Run one request (see :class:`~fluxserve.engines.Engine`); one at a time."""
         with self._lock:
             m = self._load_locked(request.checkpoint)
             return self._generate_locked(m, request, on_step, cancelled, want_preview, on_preview)

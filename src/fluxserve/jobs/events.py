@@ -15,12 +15,16 @@ MAX_HISTORY = 256
 
 @dataclass
 class Event:
+    """One event of a job's stream; ``id`` counts up per job."""
+
     id: int
     type: str  # "progress", "preview", "partial" or "end"
     data: dict[str, Any] = field(default_factory=dict)
 
 
 class JobEvents:
+    """Per-job event history and subscribers, on one event loop."""
+
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._history: dict[str, list[Event]] = {}
@@ -28,9 +32,11 @@ class JobEvents:
         self._seq: dict[str, int] = {}
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Deliver events on ``loop`` (the server's); before this, publishing does nothing."""
         self._loop = loop
 
     def has_subscribers(self, job_id: str) -> bool:
+        """Whether anyone is listening to ``job_id`` (previews are only made for listeners)."""
         return bool(self._subscribers.get(job_id))
 
     def publish(self, job_id: str, type: str, data: dict[str, Any] | None = None) -> None:
@@ -61,6 +67,7 @@ class JobEvents:
             self._loop.call_later(300, self.forget, job_id)  # type: ignore[union-attr]
 
     def forget(self, job_id: str) -> None:
+        """Drop a job's history."""
         self._history.pop(job_id, None)
         self._seq.pop(job_id, None)
 

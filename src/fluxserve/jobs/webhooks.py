@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from fluxserve.jobs.models import WebhookDelivery
-from fluxserve.netguard import UrlRefused, check_url
+from fluxserve.netguard import UrlRefused, check_url, guarded_client
 
 if TYPE_CHECKING:
     from fluxserve.backends.interfaces import WebhookStore
@@ -80,7 +80,8 @@ class WebhookDispatcher:
 
     async def run(self) -> None:
         """Deliver due webhooks until cancelled; store errors are logged and retried."""
-        async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
+        # The guarded client connects to the very address it checked (no DNS rebinding).
+        async with guarded_client(self.allow_private, self.timeout_s) as client:
             while True:
                 try:
                     if self._unrecorded:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import httpx
 import openai
@@ -43,7 +44,11 @@ def test_readyz_reports_a_missing_checkpoint(make_server, tmp_path) -> None:  # 
 
     with pytest.raises(TimeoutError):
         srv.start(timeout=6)
-    r = httpx.get(srv.base_url + "/readyz")
+    # The server answers while it loads; the failure shows once loading has been tried.
+    deadline = time.monotonic() + 60
+    while (r := httpx.get(srv.base_url + "/readyz")).json()["status"] == "loading":
+        assert time.monotonic() < deadline, "still loading after a minute"
+        time.sleep(0.2)
     assert r.status_code == 503
     assert "model_index.json" in r.json()["error"]
     assert httpx.get(srv.base_url + "/healthz").status_code == 200

@@ -24,6 +24,14 @@ IDEMPOTENCY_WINDOW_S = 24 * 3600
 """How long an Idempotency-Key keeps naming its job."""
 
 
+def gave_up_error(attempts: int) -> str:
+    """``details.error`` of a job ended by restart recovery after ``attempts`` crashes."""
+    return (
+        f"the server stopped while running this job {attempts} times; "
+        "it is not tried again (submit it anew if you want another try)"
+    )
+
+
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different request body."""
 

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fluxserve.backends.interfaces import IDEMPOTENCY_WINDOW_S, IdempotencyConflict
+from fluxserve.backends.interfaces import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
 from fluxserve.jobs.models import (
     IdempotencyClaim,
     Job,
@@ -130,12 +130,11 @@ class MemoryJobStore:
                     row.job = replace(job, status=JobStatus.QUEUED, progress=0.0)
                     requeued.append(job.id)
                 else:
-                    error = (
-                        f"the server stopped while running this job {job.attempts} times; "
-                        "it is not tried again (submit it anew if you want another try)"
-                    )
                     row.job = replace(
-                        job, status=JobStatus.ERROR, finished_at=time.time(), details={"error": error}
+                        job,
+                        status=JobStatus.ERROR,
+                        finished_at=time.time(),
+                        details={"error": gave_up_error(job.attempts)},
                     )
                     failed.append(job.id)
         return Recovery(requeued, failed)

@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any
 
-from fluxserve.backends.interfaces import IDEMPOTENCY_WINDOW_S, IdempotencyConflict
+from fluxserve.backends.interfaces import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
 from fluxserve.backends.sqlite.db import Database
 from fluxserve.jobs.models import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
 from fluxserve.spec import GenerationSpec
@@ -151,10 +151,7 @@ class SQLiteJobStore:
                 c.execute("UPDATE jobs SET status = 'queued', progress = 0 WHERE id = ?", (job_id,))
             for r in rows:
                 if r["id"] in failed:
-                    details = {
-                        "error": f"the server stopped while running this job {r['attempts']} times; "
-                        "it is not tried again (submit it anew if you want another try)"
-                    }
+                    details = {"error": gave_up_error(r["attempts"])}
                     c.execute(
                         "UPDATE jobs SET status = 'error', finished_at = ?, details = ? WHERE id = ?",
                         (now, json.dumps(details), r["id"]),

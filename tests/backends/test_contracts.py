@@ -1,16 +1,47 @@
-"""The contract every backend keeps: job store, queue, webhooks, keys and storage."""
+"""The contract every backend keeps: job store, queue, webhooks, keys and storage.
+
+Each test runs once per backend (the ``backend`` and ``storage`` fixtures); the PostgreSQL and
+S3 backends of the scale-out work join their parameter lists.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from fluxserve.backends.interfaces import IdempotencyConflict
+from fluxserve.backends.memory import MemoryJobStore, MemoryKeyStore
+from fluxserve.backends.sqlite import Database, SQLiteJobStore, SQLiteKeyStore, SQLiteWebhookStore
 from fluxserve.jobs.models import IdempotencyClaim, Job, JobStatus, WebhookTarget
 from fluxserve.spec import GenerationSpec
+from fluxserve.storage import LocalStorage, MemoryStorage, SignedUrls
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """``{"jobs", "queue", "webhooks", "keys"}`` of one backend, with a 60 s batch delay."""
+    if request.param == "memory":
+        mem = MemoryJobStore(batch_delay_s=60.0)
+        yield {"jobs": mem, "queue": mem, "webhooks": mem.webhooks, "keys": MemoryKeyStore()}
+        return
+    db = Database(tmp_path / "contract.sqlite3")
+    jobs = SQLiteJobStore(db, batch_delay_s=60.0)
+    yield {"jobs": jobs, "queue": jobs, "webhooks": SQLiteWebhookStore(db), "keys": SQLiteKeyStore(db)}
+    db.close()
+
+
+@pytest.fixture(params=["local", "memory"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> LocalStorage | MemoryStorage:
+    """One storage backend, signing with a fixed secret."""
+    signer = SignedUrls(b"contract-secret", 600)
+    if request.param == "memory":
+        return MemoryStorage(signer)
+    return LocalStorage(tmp_path / "files", signer)
 
 
 def spec(protocol: str = "bfl", **kw: Any) -> GenerationSpec:

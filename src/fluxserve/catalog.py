@@ -31,6 +31,12 @@ class ModelEntry:
     default_output_format: OutputFormat
     bfl_route: bool = True
     """Served as ``POST /v1/{id}`` on the BFL API (OpenAI names are not)."""
+    base: str | None = None
+    """Directory or hub repo id with the other components of a single-file checkpoint."""
+    memory: str = "auto"
+    """Memory mode: auto, gpu, model_offload, group_offload or sequential_offload."""
+    quantize: str = "none"
+    """Transformer quantization: none, fp8, int8 or nf4."""
 
     @property
     def takes_images(self) -> bool:
@@ -87,6 +93,7 @@ class ModelCatalog:
 
     def __init__(self, entries: list[ModelEntry]) -> None:
         self._entries = {e.id: e for e in entries}
+        self._unavailable: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelCatalog:
@@ -104,6 +111,9 @@ class ModelCatalog:
             }
         if settings.default_checkpoint:
             entries = {k: replace(e, checkpoint=settings.default_checkpoint) for k, e in entries.items()}
+        entries = {
+            k: replace(e, memory=settings.memory, quantize=settings.quantize) for k, e in entries.items()
+        }
         for model_id, o in settings.models.items():
             base = entries.get(model_id)
             if base is None:
@@ -120,6 +130,8 @@ class ModelCatalog:
                     3.0,
                     0.0,
                     "png" if o.family == "kontext" else "jpeg",
+                    memory=settings.memory,
+                    quantize=settings.quantize,
                 )
             entries[model_id] = replace(
                 base,
@@ -128,6 +140,9 @@ class ModelCatalog:
                 steps=o.steps or base.steps,
                 guidance=o.guidance if o.guidance is not None else base.guidance,
                 price=o.price if o.price is not None else base.price,
+                base=o.base or base.base,
+                memory=o.memory or base.memory,
+                quantize=o.quantize or base.quantize,
             )
         return cls(list(entries.values()))
 
@@ -145,3 +160,18 @@ class ModelCatalog:
     def checkpoints(self) -> set[str]:
         """Every checkpoint some model uses."""
         return {e.checkpoint for e in self._entries.values()}
+
+    def mark_unavailable(self, checkpoint: str, reason: str) -> list[str]:
+        """Record that ``checkpoint`` could not load; returns the model ids it takes down."""
+        ids = [e.id for e in self._entries.values() if e.checkpoint == checkpoint]
+        for model_id in ids:
+            self._unavailable[model_id] = f"model {model_id!r} is unavailable: {reason}"
+        return ids
+
+    def unavailable(self, model_id: str) -> str | None:
+        """Why ``model_id`` cannot serve (its checkpoint failed to load), or None."""
+        return self._unavailable.get(model_id)
+
+    def unavailable_models(self) -> dict[str, str]:
+        """Every model id that cannot serve, with the reason."""
+        return dict(self._unavailable)

@@ -45,6 +45,13 @@ class ModelOverride(BaseModel):
     price: float | None = Field(default=None, ge=0.0)
     # Needed only for model ids that are not in the built-in catalog.
     family: Literal["kontext", "pro", "ultra"] | None = None
+    base: str | None = None
+    """For a single-file transformer checkpoint (``.safetensors``/``.gguf``): a directory or
+    hub repo id holding the other components (VAE, text encoders, scheduler, transformer config)."""
+    memory: Literal["auto", "gpu", "model_offload", "group_offload", "sequential_offload"] | None = None
+    """This model's memory mode (default: the top-level ``memory``)."""
+    quantize: Literal["none", "fp8", "int8", "nf4"] | None = None
+    """This model's transformer quantization (default: the top-level ``quantize``)."""
 
 
 class Settings(BaseModel):
@@ -91,6 +98,12 @@ class Settings(BaseModel):
     default_checkpoint: str | None = None
     """Checkpoint for every model id without its own. Default: the built-in tiny model."""
     models: dict[str, ModelOverride] = Field(default_factory=dict)
+    memory: Literal["auto", "gpu", "model_offload", "group_offload", "sequential_offload"] = "auto"
+    """How pipelines fit the device: ``auto`` picks the fastest mode that fits its free memory
+    (everything on the GPU, then whole-model, group, then layer-by-layer CPU offload)."""
+    quantize: Literal["none", "fp8", "int8", "nf4"] = "none"
+    """Transformer quantization: fp8/int8 through torchao, nf4 through bitsandbytes (CUDA only
+    for fp8 and nf4). GGUF files are quantized already."""
 
     moderation_enabled: bool = True
     """Prompt, input-image and output moderation. Off only per deployment, never per request."""

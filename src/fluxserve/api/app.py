@@ -68,7 +68,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         from fluxserve.engines.checkpoints import checkpoint_resolver
         from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
 
-        engine = DiffusersFluxEngine(checkpoint_resolver(settings), settings.device, settings.dtype)
+        engine = DiffusersFluxEngine(checkpoint_resolver(settings, catalog), settings.device, settings.dtype)
     worker = Worker(service, engine, catalog)
     state = AppState(
         settings=settings,
@@ -105,12 +105,18 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
 
     async def load_then_work() -> None:
-        try:
-            for checkpoint in sorted(catalog.checkpoints()):
+        # One broken checkpoint takes down only the models that use it.
+        errors: list[str] = []
+        for checkpoint in sorted(catalog.checkpoints()):
+            try:
                 await asyncio.to_thread(engine.load, checkpoint)
-        except Exception as exc:
-            state.load_error = f"{exc.__class__.__name__}: {exc}"
-            log.error("model loading failed: %s", state.load_error)
+            except Exception as exc:
+                reason = str(exc) if exc.__class__.__name__ == "CheckpointError" else repr(exc)
+                ids = catalog.mark_unavailable(checkpoint, reason)
+                log.error("models %s are unavailable: %s", ", ".join(ids), reason)
+                errors.append(reason)
+        if len(catalog.unavailable_models()) == len(catalog.ids()):
+            state.load_error = "; ".join(errors)
             return
         state.ready = True
         await worker.run()

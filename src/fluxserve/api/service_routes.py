@@ -21,11 +21,13 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Any:
-    """200 while the server can generate: models loaded and the worker able to use the job
-    store; 503 while models load, if loading failed, or while the store fails (a full disk)."""
+    """200 while the server can generate: models loaded (``unavailable`` lists those that failed,
+    with the cause) and the worker able to use the job store; 503 while models load, if every
+    model failed, or while the store fails (a full disk)."""
     state = get_state(request)
     if state.ready and state.worker.healthy:
-        return {"status": "ready"}
+        unavailable = state.catalog.unavailable_models()
+        return {"status": "ready", "unavailable": unavailable} if unavailable else {"status": "ready"}
     if state.load_error:
         body = {"status": "error", "error": state.load_error}
     elif state.ready:

@@ -1,4 +1,6 @@
-"""FLUX and FLUX Kontext checkpoints in diffusers layout, on CPU or CUDA.
+"""FLUX.1, FLUX.1 Kontext, FLUX.2 and FLUX.2 klein on CPU or CUDA: one request in, images out.
+
+Loading (sources, families, memory modes) lives in :mod:`fluxserve.engines.loader`.
 
 The built-in tiny checkpoint is just another checkpoint: it declares a small native area in
 ``fluxserve.json``, so the engine samples at that area and resizes to the requested size.
@@ -7,11 +9,9 @@ Real checkpoints declare nothing and are sampled at the requested size.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +19,12 @@ import torch
 from PIL import Image
 
 from fluxserve.engines import EngineRequest, JobCancelled, PreviewCallback, StepCallback
+from fluxserve.engines.loader import LoadedPipeline, load_pipeline
+from fluxserve.engines.sources import CheckpointError, CheckpointSource
 from fluxserve.images import stitch_horizontally
 from fluxserve.spec import fit_area
 
 log = logging.getLogger("fluxserve.engine")
-
-
-@dataclass
-class _Loaded:
-    pipe: Any
-    kontext: bool
-    native_area: int | None
-    multiple: int
-    max_sequence_length: int
-    true_cfg: bool
 
 
 def pick_device(device: str) -> torch.device:
@@ -54,14 +46,15 @@ class DiffusersFluxEngine:
 
     def __init__(
         self,
-        resolve: Callable[[str], Path],
+        resolve: Callable[[str], Path | CheckpointSource],
         device: str = "auto",
         dtype: str = "auto",
     ) -> None:
         self._resolve = resolve
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self._pipes: dict[str, _Loaded] = {}
+        self._pipes: dict[str, LoadedPipeline] = {}
+        self._failed: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def load(self, checkpoint: str) -> None:
@@ -69,36 +62,28 @@ class DiffusersFluxEngine:
         with self._lock:
             self._load_locked(checkpoint)
 
-    def _load_locked(self, checkpoint: str) -> _Loaded:
+    def unavailable(self, checkpoint: str) -> str | None:
+        """Why ``checkpoint`` failed to load, or None (loaded, or not tried yet)."""
+        return self._failed.get(checkpoint)
+
+    def _load_locked(self, checkpoint: str) -> LoadedPipeline:
         if checkpoint in self._pipes:
             return self._pipes[checkpoint]
-        from diffusers import FluxKontextPipeline, FluxPipeline
+        if checkpoint in self._failed:  # a failed load is not retried for every request
+            raise CheckpointError(self._failed[checkpoint])
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
-
-        path = self._resolve(checkpoint)
-        index = json.loads((path / "model_index.json").read_text())
-        kontext = index.get("_class_name") == "FluxKontextPipeline"
-        cls = FluxKontextPipeline if kontext else FluxPipeline
-        log.info("loading %s checkpoint %s on %s", cls.__name__, path, self.device)
-        pipe = cls.from_pretrained(str(path), dtype=self.dtype, local_files_only=True)
-        pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
-        extra_path = path / "fluxserve.json"
-        extra = json.loads(extra_path.read_text()) if extra_path.exists() else {}
-        loaded = _Loaded(
-            pipe=pipe,
-            kontext=kontext,
-            native_area=extra.get("native_area"),
-            multiple=pipe.vae_scale_factor * 2,
-            max_sequence_length=int(extra.get("max_sequence_length", 512)),
-            # Checkpoints trained with caption dropout and no guidance embedding (the embedded
-            # model) are guided the classic way: against the empty prompt.
-            true_cfg=bool(extra.get("true_cfg", False)),
-        )
+        try:
+            where = self._resolve(checkpoint)
+            source = where if isinstance(where, CheckpointSource) else CheckpointSource(str(where))
+            loaded = load_pipeline(source, self.device, self.dtype)
+        except Exception as exc:
+            cause = str(exc) if isinstance(exc, CheckpointError) else f"{exc.__class__.__name__}: {exc}"
+            self._failed[checkpoint] = f"checkpoint {checkpoint!r}: {cause}"
+            raise CheckpointError(self._failed[checkpoint]) from exc
         self._pipes[checkpoint] = loaded
         return loaded
 
@@ -117,7 +102,7 @@ class DiffusersFluxEngine:
 
     def _generate_locked(
         self,
-        m: _Loaded,
+        m: LoadedPipeline,
         req: EngineRequest,
         on_step: StepCallback | None,
         cancelled: Callable[[], bool] | None,
@@ -130,10 +115,12 @@ class DiffusersFluxEngine:
             width = req.width // m.multiple * m.multiple
             height = req.height // m.multiple * m.multiple
 
+        flux2 = m.family.native_references  # FLUX.2 latents need their ids to decode: no previews
+
         def step_end(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if on_step is not None:
                 on_step(i + 1, req.steps)
-            if on_preview is not None and want_preview is not None and want_preview(i + 1):
+            if on_preview is not None and want_preview is not None and want_preview(i + 1) and not flux2:
                 on_preview(i + 1, self._decode_preview(pipe, kwargs["latents"], height, width))
             if cancelled is not None and cancelled():
                 raise JobCancelled()
@@ -155,18 +142,24 @@ class DiffusersFluxEngine:
         if m.true_cfg:
             kwargs["negative_prompt"] = ""
             kwargs["true_cfg_scale"] = req.guidance
-        if m.kontext:
-            kwargs["max_area"] = width * height
-            if req.images:
-                cond = stitch_horizontally(req.images)
-                if m.native_area:
-                    cw, ch = fit_area(cond.width, cond.height, m.native_area, m.multiple)
-                    kwargs["image"] = cond.resize((cw, ch), Image.Resampling.LANCZOS)
-                    kwargs["_auto_resize"] = False
-                else:
-                    kwargs["image"] = cond
-        elif req.images:
+        family = m.family
+        if req.images and not family.max_reference_images:
             raise ValueError("this model's checkpoint is not a Kontext checkpoint: it takes no input images")
+        if len(req.images) > family.max_reference_images:
+            raise ValueError(
+                f"this model's checkpoint ({family.pipeline}) takes at most "
+                f"{family.max_reference_images} input images, not {len(req.images)}"
+            )
+        if family.name == "flux1-kontext":
+            kwargs["max_area"] = width * height
+        if family.native_references and req.images:
+            # FLUX.2 attends to each reference image on its own: passed as a list.
+            kwargs["image"] = [self._fit_reference(im, m) for im in req.images]
+        elif req.images:
+            cond = stitch_horizontally(req.images)
+            kwargs["image"] = self._fit_reference(cond, m)
+            if m.native_area:
+                kwargs["_auto_resize"] = False
 
         if cancelled is not None and cancelled():
             raise JobCancelled()
@@ -176,6 +169,14 @@ class DiffusersFluxEngine:
         if (width, height) != (req.width, req.height):  # native area: resize to the request
             images = [im.resize((req.width, req.height), Image.Resampling.LANCZOS) for im in images]
         return images
+
+    @staticmethod
+    def _fit_reference(image: Image.Image, m: LoadedPipeline) -> Image.Image:
+        """A reference image at the checkpoint's native area (the embedded model), else as is."""
+        if not m.native_area:
+            return image
+        w, h = fit_area(image.width, image.height, m.native_area, m.multiple)
+        return image.resize((w, h), Image.Resampling.LANCZOS)
 
     @staticmethod
     def _decode_preview(pipe: Any, latents: Any, height: int, width: int) -> list[Image.Image]:

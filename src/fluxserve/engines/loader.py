@@ -1,0 +1,171 @@
+"""Load one checkpoint into a ready pipeline: find its files, recognise its family, fit it to
+the device (memory mode, quantization) and read fluxserve's own hints (``fluxserve.json``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fluxserve.engines.families import (
+    FluxFamily,
+    check_single_file_family,
+    family_from_index,
+    transformer_family,
+)
+from fluxserve.engines.memory import (
+    MemoryChoice,
+    apply_memory,
+    free_device_bytes,
+    plan_memory,
+    quantization_config,
+    quantized_bytes,
+)
+from fluxserve.engines.sources import CheckpointError, CheckpointSource, ResolvedCheckpoint, resolve
+
+log = logging.getLogger("fluxserve.engine")
+
+
+@dataclass
+class LoadedPipeline:
+    """A pipeline ready to run, and how to drive it."""
+
+    pipe: Any
+    family: FluxFamily
+    memory: MemoryChoice
+    native_area: int | None
+    """Pixels the checkpoint samples at (the embedded model); None: the requested size."""
+    multiple: int
+    max_sequence_length: int
+    true_cfg: bool
+    """Guided against the empty prompt (checkpoints without a guidance embedding)."""
+
+
+def _file_tensor_names(path: Path) -> list[str]:
+    if path.suffix == ".gguf":
+        from gguf import GGUFReader  # type: ignore[import-untyped]
+
+        return [t.name for t in GGUFReader(str(path)).tensors]
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return list(fh.keys())
+
+
+def _stored_itemsize(path: Path) -> int:
+    """Bytes per weight as stored in a safetensors file (from its first tensor)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        keys = list(fh.keys())
+        stored = fh.get_slice(keys[0]).get_dtype() if keys else "BF16"
+    return 4 if stored == "F32" else 1 if stored in ("F8_E4M3", "F8_E5M2", "I8", "U8") else 2
+
+
+def component_bytes(files: ResolvedCheckpoint, dtype: torch.dtype, quantize: str) -> dict[str, int]:
+    """Device bytes of each component in ``dtype`` (the transformer quantized), from file sizes."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    index = json.loads((files.pipeline_dir / "model_index.json").read_text())
+    needed: dict[str, int] = {}
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list) or not (files.pipeline_dir / name).is_dir():
+            continue
+        weights = list((files.pipeline_dir / name).glob("*.safetensors"))
+        if not weights or (name == "transformer" and files.transformer_file is not None):
+            continue
+        stored = _stored_itemsize(weights[0])
+        size = sum(w.stat().st_size for w in weights) * itemsize // stored
+        needed[name] = quantized_bytes(size, itemsize, quantize) if name == "transformer" else size  # type: ignore[arg-type]
+    if files.transformer_file is not None:
+        file = files.transformer_file
+        if file.suffix == ".gguf":
+            needed["transformer"] = file.stat().st_size
+        else:
+            size = file.stat().st_size * itemsize // _stored_itemsize(file)
+            needed["transformer"] = quantized_bytes(size, itemsize, quantize)  # type: ignore[arg-type]
+    return needed
+
+
+def _load_transformer_file(
+    file: Path, base: Path, family: FluxFamily, dtype: torch.dtype, quant: Any | None
+) -> Any:
+    import diffusers
+
+    check_single_file_family(transformer_family(_file_tensor_names(file)), family)
+    if not (base / "transformer" / "config.json").is_file():
+        raise CheckpointError(
+            f"missing component 'transformer/config.json' in base {base}: the single file's "
+            "architecture is read from it"
+        )
+    cls = getattr(diffusers, family.transformer)
+    if file.suffix == ".gguf":
+        if quant is not None:
+            raise CheckpointError("a GGUF file is already quantized: leave quantize = 'none'")
+        from diffusers import GGUFQuantizationConfig
+
+        quant = GGUFQuantizationConfig(compute_dtype=dtype)
+    return cls.from_single_file(
+        str(file),
+        config=str(base),
+        subfolder="transformer",
+        torch_dtype=dtype,
+        local_files_only=True,
+        quantization_config=quant,
+    )
+
+
+def load_pipeline(source: CheckpointSource, device: torch.device, dtype: torch.dtype) -> LoadedPipeline:
+    """Load ``source`` onto ``device``; raises with the path and the cause when it cannot."""
+    import diffusers
+
+    files = resolve(source)
+    index = json.loads((files.pipeline_dir / "model_index.json").read_text())
+    family = family_from_index(index.get("_class_name"))
+    needed = component_bytes(files, dtype, source.quantize)
+    memory = plan_memory(source.memory, free_device_bytes(device), needed, device.type)
+    log.info(
+        "loading %s %s on %s: memory = '%s' (%s)",
+        family.pipeline,
+        files.transformer_file or files.pipeline_dir,
+        device,
+        memory.mode,
+        memory.reason,
+    )
+    quant = quantization_config(source.quantize, device, dtype)
+    components: dict[str, Any] = {}
+    if files.transformer_file is not None:
+        components["transformer"] = _load_transformer_file(
+            files.transformer_file, files.pipeline_dir, family, dtype, quant
+        )
+    elif quant is not None:
+        cls = getattr(diffusers, family.transformer)
+        components["transformer"] = cls.from_pretrained(
+            str(files.pipeline_dir),
+            subfolder="transformer",
+            torch_dtype=dtype,
+            quantization_config=quant,
+            local_files_only=True,
+        )
+    pipeline_cls = getattr(diffusers, family.pipeline)
+    pipe = pipeline_cls.from_pretrained(
+        str(files.pipeline_dir), dtype=dtype, local_files_only=True, **components
+    )
+    apply_memory(pipe, memory.mode, device)
+    pipe.set_progress_bar_config(disable=True)
+    extra_path = files.pipeline_dir / "fluxserve.json"
+    extra = json.loads(extra_path.read_text()) if extra_path.exists() else {}
+    return LoadedPipeline(
+        pipe=pipe,
+        family=family,
+        memory=memory,
+        native_area=extra.get("native_area"),
+        multiple=pipe.vae_scale_factor * 2,
+        max_sequence_length=int(extra.get("max_sequence_length", family.max_sequence_length)),
+        # Checkpoints trained with caption dropout and no guidance embedding (the embedded
+        # model) are guided the classic way: against the empty prompt.
+        true_cfg=bool(extra.get("true_cfg", False)),
+    )

@@ -169,3 +169,58 @@ def slow_server(make_server, slow_checkpoint):  # type: ignore[no-untyped-def]
         return make_server(default_checkpoint=str(slow_checkpoint), **settings)
 
     return make
+
+
+@dataclass
+class S3Server:
+    """A real S3-compatible server (nanio, which checks SigV4 signatures) on a loopback port."""
+
+    endpoint: str
+    bucket: str
+    env: dict[str, str]
+    """The standard AWS settings that point boto3 at it."""
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """nanio serving a temporary directory, with one bucket made for the tests."""
+    port = free_port()
+    creds = {"NANIO_ACCESS_KEY": "fluxserve-test", "NANIO_SECRET_KEY": "fluxserve-test-secret-key"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **creds}
+    data = tmp_path_factory.mktemp("s3")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanio", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(data), "--no-access-log", "--log-level", "warning"],
+        env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "nanio did not start"
+            time.sleep(0.1)
+    endpoint = f"http://127.0.0.1:{port}"
+    aws = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": creds["NANIO_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": creds["NANIO_SECRET_KEY"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    server = S3Server(endpoint, "fluxserve-test", aws)
+    server.client().create_bucket(Bucket=server.bucket)
+    yield server
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -70,6 +70,12 @@ class Settings(BaseModel):
     (everything is lost when the process ends)."""
     storage: Literal["local", "memory"] = "local"
     """Where input and result files live: ``data_dir/files``, or memory."""
+    storage_url: str | None = None
+    """``s3://bucket/prefix``: keep files in an S3-compatible store instead (endpoint, region and
+    credentials from the standard AWS settings, e.g. ``AWS_ENDPOINT_URL``)."""
+    storage_presign: bool = False
+    """With S3 storage: hand out the store's own presigned URLs (same expiry as ours) instead of
+    this server's signed URLs that stream the object through the API node."""
 
     url_ttl_s: int = Field(default=600, ge=1)
     """Lifetime of a signed result URL. Polling again issues a fresh one while retained."""

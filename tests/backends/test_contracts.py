@@ -1,12 +1,13 @@
 """The contract every backend keeps: job store, queue, webhooks, keys and storage.
 
-Each test runs once per backend (the ``backend`` and ``storage`` fixtures); the PostgreSQL and
-S3 backends of the scale-out work join their parameter lists.
+Each test runs once per backend (the ``backend`` and ``storage`` fixtures); the PostgreSQL
+backend of the scale-out work joins the ``backend`` list.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from fluxserve.backends.memory import MemoryJobStore, MemoryKeyStore
 from fluxserve.backends.sqlite import Database, SQLiteJobStore, SQLiteKeyStore, SQLiteWebhookStore
 from fluxserve.jobs.models import IdempotencyClaim, Job, JobStatus, WebhookTarget
 from fluxserve.spec import GenerationSpec
-from fluxserve.storage import LocalStorage, MemoryStorage, SignedUrls
+from fluxserve.storage import LocalStorage, MemoryStorage, S3Storage, SignedUrls, Storage
 
 
 @pytest.fixture(params=["sqlite", "memory"])
@@ -35,12 +36,16 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
     db.close()
 
 
-@pytest.fixture(params=["local", "memory"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> LocalStorage | MemoryStorage:
-    """One storage backend, signing with a fixed secret."""
+@pytest.fixture(params=["local", "memory", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """One storage backend, signing with a fixed secret (S3: a real nanio server on loopback)."""
     signer = SignedUrls(b"contract-secret", 600)
     if request.param == "memory":
         return MemoryStorage(signer)
+    if request.param == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        prefix = f"contract-{uuid.uuid4().hex[:8]}"
+        return S3Storage(f"s3://{s3.bucket}/{prefix}", signer, client=s3.client())
     return LocalStorage(tmp_path / "files", signer)
 
 

@@ -2,7 +2,7 @@
 
 :func:`open_backends` is the one place that picks them. Each seam is a protocol in
 :mod:`fluxserve.backends.interfaces`; ``sqlite`` (default) and ``memory`` implement them all,
-and ``storage`` is ``local`` (default) or ``memory``.
+and files live in ``local`` storage (default), ``memory``, or S3 when ``storage_url`` is set.
 """
 
 from __future__ import annotations
@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from fluxserve.backends.interfaces import JobQueue, JobStore, KeyStore, WebhookStore
 from fluxserve.settings import Settings
-from fluxserve.storage import LocalStorage, MemoryStorage, SignedUrls, Storage, load_or_create_secret
+from fluxserve.storage import (
+    LocalStorage,
+    MemoryStorage,
+    S3Storage,
+    SignedUrls,
+    Storage,
+    load_or_create_secret,
+)
 
 
 @dataclass
@@ -33,7 +40,9 @@ def open_backends(settings: Settings) -> Backends:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     signer = SignedUrls(load_or_create_secret(settings.data_dir, settings.secret_key), settings.url_ttl_s)
     storage: Storage
-    if settings.storage == "memory":
+    if settings.storage_url:
+        storage = S3Storage(settings.storage_url, signer, presign=settings.storage_presign)
+    elif settings.storage == "memory":
         storage = MemoryStorage(signer)
     else:
         storage = LocalStorage(settings.data_dir / "files", signer)

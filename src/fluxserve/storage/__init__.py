@@ -1,9 +1,11 @@
 """Result and input files: the ``Storage`` interface and its backends.
 
-A key is a relative path such as ``results/<job>/0.png``. ``url(key, ttl_s)`` is where a client
-downloads it: an absolute URL for a backend that serves files itself (S3 presigned URLs), or a
-root-relative ``/v1/files/...`` URL signed by this server, which the protocol adapter prefixes
-with its base URL.
+Backends: ``local`` (a directory), ``memory``, and ``s3`` (any S3-compatible store, selected by
+``storage_url = "s3://bucket/prefix"``). A key is a relative path such as
+``results/<job>/0.png``. ``url(key, ttl_s)`` is where a client downloads it: an absolute URL
+from a backend that serves files itself (S3 presigned URLs), or a root-relative
+``/v1/files/...`` URL signed by this server, which the protocol adapter prefixes with its base
+URL.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Protocol
 
 from fluxserve.storage.local import LocalStorage
 from fluxserve.storage.memory import MemoryStorage
+from fluxserve.storage.s3 import S3Storage
 from fluxserve.storage.signing import SignedUrls, load_or_create_secret
 
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
@@ -50,6 +53,7 @@ __all__ = [
     "CONTENT_TYPES",
     "LocalStorage",
     "MemoryStorage",
+    "S3Storage",
     "SignedUrls",
     "Storage",
     "load_or_create_secret",

@@ -342,6 +342,29 @@ def cost(
     console.print(table)
 
 
+models_app = typer.Typer(help="Fetch model checkpoints ahead of time.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("pull")
+def models_pull(
+    target: Annotated[str, typer.Argument(help="A model id from the settings, or a hub repo id.")],
+    config: ConfigFile = None,
+) -> None:
+    """Download a model's checkpoint (and its base) into the hub cache, with progress; resumable."""
+    from fluxserve.catalog import ModelCatalog
+    from fluxserve.engines.sources import pull_checkpoint
+
+    entry = ModelCatalog.from_settings(_settings(config)).get(target)
+    try:
+        paths = pull_checkpoint(entry.checkpoint, entry.base) if entry else pull_checkpoint(target, None)
+    except Exception as exc:
+        err_console.print(f"[red]error:[/red] could not pull {target!r}: {exc}")
+        raise typer.Exit(1) from exc
+    for path in paths:
+        console.print(f"ready: {path}")
+
+
 def main() -> None:
     """The ``fluxserve`` console script."""
     app()

@@ -176,6 +176,9 @@ class DiffusersFluxEngine:
         if not m.native_area:
             return image
         w, h = fit_area(image.width, image.height, m.native_area, m.multiple)
+        if m.family.native_references and min(w, h) < 64:  # FLUX.2 refuses sides under 64 px
+            scale = 64 / min(w, h)
+            w, h = (-(-round(side * scale) // m.multiple) * m.multiple for side in (w, h))
         return image.resize((w, h), Image.Resampling.LANCZOS)
 
     @staticmethod

@@ -138,3 +138,18 @@ def resolve(source: CheckpointSource) -> ResolvedCheckpoint:
     file = transformer_file(source.checkpoint)
     base = pipeline_dir(source.base, transformer_weights=False)
     return ResolvedCheckpoint(base, file)
+
+
+def pull_checkpoint(checkpoint: str, base: str | None) -> list[Path]:
+    """Fetch what a checkpoint setting names from the hub, showing progress (``models pull``).
+
+    Local paths are only checked; the local files are returned."""
+    from huggingface_hub.utils import enable_progress_bars
+
+    enable_progress_bars()
+    if not is_single_file(checkpoint):
+        return [pull(checkpoint) if is_repo_id(checkpoint) else pipeline_dir(checkpoint)]
+    paths = [transformer_file(checkpoint)]
+    if base:
+        paths.append(pull(base, transformer_weights=False) if is_repo_id(base) else pipeline_dir(base))
+    return paths

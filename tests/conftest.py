@@ -224,3 +224,70 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     yield server
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def _pg_bin(name: str) -> str:
+    """A PostgreSQL server program: Debian keeps them off PATH, under /usr/lib/postgresql/N/bin."""
+    import glob
+    import shutil
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
+    if not found[-1]:
+        raise RuntimeError(f"{name} not found: install PostgreSQL (apt-get install postgresql)")
+    return found[-1]
+
+
+@dataclass
+class PostgresServer:
+    """A real PostgreSQL server on a loopback port, in a temporary directory."""
+
+    port: int
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://fluxserve@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its URL."""
+        import uuid
+
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """``initdb`` + ``pg_ctl start`` (as the ``postgres`` user when running as root, since the
+    server refuses to run as root), trust auth on 127.0.0.1 only."""
+    import shutil
+    import tempfile
+
+    # Not under pytest's temporary root: that is private to us, and the server's user must reach it.
+    root = Path(tempfile.mkdtemp(prefix="fluxserve-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run(
+        [*as_user, _pg_bin("initdb"), "-D", str(data), "-U", "fluxserve", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off"
+    subprocess.run(
+        [*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield PostgresServer(port)
+    finally:
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False)
+        shutil.rmtree(root, ignore_errors=True)

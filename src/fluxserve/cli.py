@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+db_app = typer.Typer(help="The PostgreSQL database (database_url).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -86,6 +88,28 @@ def serve(
     server.run()
     if not server.started:
         sys.exit(1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigFile = None) -> None:
+    """Apply the schema migrations the database lacks (safe to run again, and from several
+    machines at once)."""
+    from fluxserve.backends.postgres import SCHEMA_VERSION, PostgresDatabase
+
+    settings = _settings(config)
+    if not settings.database_url:
+        err_console.print(
+            "[red]error:[/red] no database_url is set (FLUXSERVE_DATABASE_URL or the config file); "
+            "SQLite needs no upgrade command"
+        )
+        raise typer.Exit(2)
+    db = PostgresDatabase(settings.database_url)
+    try:
+        applied = db.upgrade()
+    finally:
+        db.close()
+    done = f"applied migration(s) {', '.join(map(str, applied))}" if applied else "nothing to do"
+    err_console.print(f"Database schema at version {SCHEMA_VERSION}: {done}.")
 
 
 @keys_app.command("create")

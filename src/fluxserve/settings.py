@@ -65,6 +65,10 @@ class Settings(BaseModel):
     public_url: str | None = None
     """Base URL clients reach the server at (behind a proxy). Default: the request's own host."""
 
+    database_url: str | None = None
+    """``postgresql://user:pass@host/db``: keep jobs, queue, webhooks and keys in PostgreSQL
+    (shared by every API node and worker) instead of ``backend``. Apply its schema first with
+    ``fluxserve db upgrade``."""
     backend: Literal["sqlite", "memory"] = "sqlite"
     """Where jobs, the queue, webhooks and keys live: a SQLite file in ``data_dir``, or memory
     (everything is lost when the process ends)."""

@@ -1,7 +1,7 @@
 """The contract every backend keeps: job store, queue, webhooks, keys and storage.
 
-Each test runs once per backend (the ``backend`` and ``storage`` fixtures); the PostgreSQL
-backend of the scale-out work joins the ``backend`` list.
+Each test runs once per backend (the ``backend`` and ``storage`` fixtures): SQLite, memory and a
+real PostgreSQL server; local, memory and a real S3-compatible server.
 """
 
 from __future__ import annotations
@@ -17,15 +17,36 @@ import pytest
 
 from fluxserve.backends.interfaces import IdempotencyConflict
 from fluxserve.backends.memory import MemoryJobStore, MemoryKeyStore
+from fluxserve.backends.postgres import (
+    SCHEMA_VERSION,
+    PostgresDatabase,
+    PostgresJobStore,
+    PostgresKeyStore,
+    PostgresWebhookStore,
+)
 from fluxserve.backends.sqlite import Database, SQLiteJobStore, SQLiteKeyStore, SQLiteWebhookStore
 from fluxserve.jobs.models import IdempotencyClaim, Job, JobStatus, WebhookTarget
 from fluxserve.spec import GenerationSpec
 from fluxserve.storage import LocalStorage, MemoryStorage, S3Storage, SignedUrls, Storage
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """``{"jobs", "queue", "webhooks", "keys"}`` of one backend, with a 60 s batch delay."""
+    """``{"jobs", "queue", "webhooks", "keys"}`` of one backend, with a 60 s batch delay
+    (PostgreSQL: a fresh database on a real server, upgraded to the current schema)."""
+    if request.param == "postgres":
+        pg = PostgresDatabase(request.getfixturevalue("postgres_server").new_database())
+        assert pg.upgrade() == list(range(1, SCHEMA_VERSION + 1))
+        pg.check()
+        pg_jobs = PostgresJobStore(pg, batch_delay_s=60.0)
+        yield {
+            "jobs": pg_jobs,
+            "queue": pg_jobs,
+            "webhooks": PostgresWebhookStore(pg),
+            "keys": PostgresKeyStore(pg),
+        }
+        pg.close()
+        return
     if request.param == "memory":
         mem = MemoryJobStore(batch_delay_s=60.0)
         yield {"jobs": mem, "queue": mem, "webhooks": mem.webhooks, "keys": MemoryKeyStore()}

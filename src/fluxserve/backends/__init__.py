@@ -1,7 +1,7 @@
 """Backends: where jobs, the queue, webhooks, keys and files live, chosen from settings.
 
 :func:`open_backends` is the one place that picks them. Each seam is a protocol in
-:mod:`fluxserve.backends.interfaces`; ``sqlite`` (default) and ``memory`` implement them all,
+:mod:`fluxserve.backends.interfaces`; ``sqlite`` (default), ``memory`` and ``postgres`` implement them all,
 and files live in ``local`` storage (default), ``memory``, or S3 when ``storage_url`` is set.
 """
 
@@ -36,7 +36,9 @@ class Backends:
 
 
 def open_backends(settings: Settings) -> Backends:
-    """Open the backends that ``settings.backend`` and ``settings.storage`` name."""
+    """Open the backends that the settings name: PostgreSQL when ``database_url`` is set
+    (its schema must be current), else ``backend``; S3 when ``storage_url`` is set, else
+    ``storage``."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     signer = SignedUrls(load_or_create_secret(settings.data_dir, settings.secret_key), settings.url_ttl_s)
     storage: Storage
@@ -46,6 +48,24 @@ def open_backends(settings: Settings) -> Backends:
         storage = MemoryStorage(signer)
     else:
         storage = LocalStorage(settings.data_dir / "files", signer)
+    if settings.database_url:
+        from fluxserve.backends.postgres import (
+            PostgresDatabase,
+            PostgresJobStore,
+            PostgresKeyStore,
+            PostgresWebhookStore,
+        )
+
+        pg = PostgresDatabase(settings.database_url)
+        try:
+            pg.check()
+        except Exception:
+            pg.close()
+            raise
+        jobs_pg = PostgresJobStore(pg, batch_delay_s=settings.batch_delay_s)
+        return Backends(
+            jobs_pg, jobs_pg, PostgresWebhookStore(pg), PostgresKeyStore(pg), storage, signer, pg.close
+        )
     if settings.backend == "memory":
         from fluxserve.backends.memory import MemoryJobStore, MemoryKeyStore
 
@@ -60,6 +80,12 @@ def open_backends(settings: Settings) -> Backends:
 
 def open_key_store(settings: Settings) -> KeyStore:
     """The key store alone (for ``fluxserve keys``), without opening anything else."""
+    if settings.database_url:
+        from fluxserve.backends.postgres import PostgresDatabase, PostgresKeyStore
+
+        pg = PostgresDatabase(settings.database_url)
+        pg.check()
+        return PostgresKeyStore(pg)
     if settings.backend == "memory":
         raise ValueError("the memory backend keeps no keys between processes: use backend = 'sqlite'")
     from fluxserve.backends.sqlite import Database, SQLiteKeyStore

@@ -1,0 +1,144 @@
+"""The PostgreSQL database: a connection pool and versioned schema migrations.
+
+``fluxserve db upgrade`` applies the migrations; the server checks at start that the schema is
+current and refuses to run against an older one (it never migrates on its own: several API
+nodes and workers share one database, and one command should decide when it changes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from psycopg import Connection
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs (store and queue), webhooks, idempotency keys, API keys
+    """
+    CREATE TABLE fluxserve_jobs (
+        id          TEXT PRIMARY KEY,
+        status      TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        protocol    TEXT NOT NULL,
+        spec        JSONB NOT NULL,
+        created_at  DOUBLE PRECISION NOT NULL,
+        sort_at     DOUBLE PRECISION NOT NULL,
+        seq         BIGSERIAL,
+        started_at  DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        progress    DOUBLE PRECISION NOT NULL DEFAULT 0,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        completions INTEGER NOT NULL DEFAULT 0,
+        result      JSONB,
+        details     JSONB,
+        moderation  JSONB,
+        owner       TEXT,
+        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX fluxserve_jobs_queue ON fluxserve_jobs (sort_at, seq) WHERE status = 'queued';
+    CREATE INDEX fluxserve_jobs_finished ON fluxserve_jobs (finished_at);
+    CREATE TABLE fluxserve_webhook_deliveries (
+        job_id      TEXT PRIMARY KEY,
+        delivery_id TEXT NOT NULL,
+        url         TEXT NOT NULL,
+        secret      TEXT,
+        base_url    TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        next_at     DOUBLE PRECISION NOT NULL,
+        created_at  DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX fluxserve_webhooks_due ON fluxserve_webhook_deliveries (state, next_at);
+    CREATE TABLE fluxserve_webhook_attempts (
+        id          BIGSERIAL PRIMARY KEY,
+        job_id      TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        at          DOUBLE PRECISION NOT NULL,
+        status_code INTEGER,
+        error       TEXT,
+        duration_s  DOUBLE PRECISION
+    );
+    CREATE INDEX fluxserve_webhook_attempts_by_job ON fluxserve_webhook_attempts (job_id, attempt);
+    CREATE TABLE fluxserve_idempotency (
+        key        TEXT NOT NULL,
+        owner      TEXT NOT NULL,
+        body_hash  TEXT NOT NULL,
+        job_id     TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (key, owner)
+    );
+    CREATE TABLE fluxserve_api_keys (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        key_hash     TEXT NOT NULL UNIQUE,
+        created_at   DOUBLE PRECISION NOT NULL,
+        revoked_at   DOUBLE PRECISION,
+        last_used_at DOUBLE PRECISION
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaOutdated(RuntimeError):
+    """The database's schema is older (or newer) than this version of fluxserve expects."""
+
+
+class PostgresDatabase:
+    """A psycopg 3 connection pool for one database URL."""
+
+    def __init__(self, url: str, min_size: int = 1, max_size: int = 8) -> None:
+        self.url = url
+        self._pool: ConnectionPool[Connection[dict[str, Any]]] = ConnectionPool(
+            url, min_size=min_size, max_size=max_size, kwargs={"row_factory": dict_row}, open=True
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection[dict[str, Any]]]:
+        """A connection inside one transaction (committed on success, rolled back on error)."""
+        with self._pool.connection() as conn, conn.transaction():
+            yield conn
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Run a read query and return every row as a dict."""
+        with self._pool.connection() as conn:
+            return list(conn.execute(sql, params).fetchall())  # type: ignore[arg-type]
+
+    def version(self) -> int:
+        """The schema version the database is at (0 for an empty database)."""
+        with self._pool.connection() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS fluxserve_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT max(version) AS v FROM fluxserve_schema").fetchone()
+            return int(row["v"] or 0) if row else 0
+
+    def upgrade(self) -> list[int]:
+        """Apply every migration the database lacks, each in its own transaction, under an
+        advisory lock (two upgrades at once wait for each other). Returns the versions applied."""
+        applied = []
+        with self._pool.connection() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS fluxserve_schema (version INTEGER NOT NULL)")
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(742051)")
+                row = conn.execute("SELECT max(version) AS v FROM fluxserve_schema").fetchone()
+                current = int(row["v"] or 0) if row else 0
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    conn.execute(MIGRATIONS[version - 1])  # type: ignore[arg-type]
+                    conn.execute("INSERT INTO fluxserve_schema (version) VALUES (%s)", (version,))
+                    applied.append(version)
+        return applied
+
+    def check(self) -> None:
+        """Raise :class:`SchemaOutdated` unless the schema is exactly this version's."""
+        found = self.version()
+        if found != SCHEMA_VERSION:
+            raise SchemaOutdated(
+                f"the database at {self.url.split('@')[-1]} has schema version {found}, this "
+                f"fluxserve needs {SCHEMA_VERSION}: run `fluxserve db upgrade` first"
+            )
+
+    def close(self) -> None:
+        """Close the pool."""
+        self._pool.close()

@@ -18,7 +18,7 @@ from fluxserve.api.bfl_schemas import (
     FluxProInputs,
     ResultResponse,
 )
-from fluxserve.api.common import idempotency_claim, image_size, load_inputs
+from fluxserve.api.common import idempotency_claim, idempotency_key_header, image_size, load_inputs
 from fluxserve.api.errors import bfl_validation_error
 from fluxserve.api.state import AppState, get_state
 from fluxserve.backends.interfaces import IdempotencyConflict
@@ -141,6 +141,7 @@ def make_router(models: list[ModelEntry]) -> APIRouter:
             response_model=AsyncResponse,
             summary=f"Generate an image with {entry.id}",
             operation_id=f"generate_{entry.id.replace('-', '_').replace('.', '_')}",
+            dependencies=[Depends(idempotency_key_header)],
         )
 
     known = ", ".join(e.id for e in models if e.bfl_route)

@@ -8,7 +8,7 @@ import io
 import json
 from typing import Any
 
-from fastapi import Request
+from fastapi import Header, Request
 from PIL import Image
 
 from fluxserve.images import ImageLimits, load_image_reference, normalize_image
@@ -48,8 +48,26 @@ def idempotency_claim(request: Request, payload: Any) -> IdempotencyClaim | None
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters",
             "Idempotency-Key",
         )
-    text = json.dumps([request.url.path, payload], sort_keys=True, separators=(",", ":"), default=str)
+    try:
+        text = json.dumps([request.url.path, payload], sort_keys=True, separators=(",", ":"), default=str)
+    except (RecursionError, ValueError) as exc:  # adapters pass validated values; this is a backstop
+        raise SpecError(
+            "the request is nested too deeply to be used with an Idempotency-Key", "Idempotency-Key"
+        ) from exc
     return IdempotencyClaim(key, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
+
+
+def idempotency_key_header(
+    idempotency_key: str | None = Header(
+        default=None,
+        alias="Idempotency-Key",
+        description="Optional: a retry with the same key and the same body returns the job the "
+        f"first request made instead of a new one. 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII "
+        "characters, unique per request.",
+    ),
+) -> None:
+    """Declares the ``Idempotency-Key`` header in the OpenAPI document (a route dependency);
+    :func:`idempotency_claim` reads and checks it together with the request's content."""
 
 
 def sse_frame(event: str, data: dict[str, Any], event_id: str | int | None = None) -> bytes:

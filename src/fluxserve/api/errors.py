@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 OPENAI_PREFIXES = ("/v1/images/", "/v1/models", "/v1/prices")
+NESTED_TOO_DEEPLY = "is nested too deeply to parse: keep JSON nesting under a few hundred levels"
 STORE_ERRORS = (sqlite3.Error, OSError)
 """Failures of the job store or file storage (a full disk, a lost database): 503, not 500."""
 log = logging.getLogger("fluxserve.api")
@@ -46,17 +48,39 @@ def bfl_validation_error(loc: list[str | int], msg: str, type_: str = "value_err
     return JSONResponse(status_code=422, content={"detail": [{"loc": loc, "msg": msg, "type": type_}]})
 
 
-def _first_error(exc: RequestValidationError) -> tuple[str | None, str]:
-    errors: list[Any] = list(exc.errors())
+def error_message(err: Any) -> str:
+    """The message of one pydantic error, in words a caller can act on."""
+    if err.get("type") == "string_unicode":
+        return "Input is not valid Unicode text: it contains a lone surrogate (such as \\ud800)"
+    return str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+
+
+def first_error(errors: Sequence[Any]) -> tuple[str | None, str]:
+    """The offending parameter and a message, for OpenAI's one-error answers."""
     if not errors:
         return None, "invalid request"
     err = errors[0]
     loc = [p for p in err.get("loc", ()) if p not in ("body", "query", "form")]
     param = ".".join(str(p) for p in loc) or None
-    msg = str(err.get("msg", "invalid value"))
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
+    msg = error_message(err)
     return param, f"Invalid value for '{param}': {msg}" if param else msg
+
+
+def _unparsable_body(exc: StarletteHTTPException) -> str | None:
+    """Why FastAPI could not parse a JSON body (it answers a bare 400 "There was an error
+    parsing the body" for anything but a syntax error), or None for other HTTP errors."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None or exc.detail != "There was an error parsing the body":
+        return None
+    if isinstance(cause, RecursionError):
+        return f"The body {NESTED_TOO_DEEPLY}"
+    if isinstance(cause, UnicodeDecodeError):
+        return "The body is not valid JSON: it is not UTF-8 text"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "The body is not valid JSON here: it has a number with more than 4300 digits"
+    if isinstance(cause, ValueError):
+        return "The body is not valid JSON"
+    return None
 
 
 def _shaped(request: Request, status: int, message: str, type_: str, code: str | None) -> JSONResponse:
@@ -93,7 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         if is_openai_path(request.url.path):
-            param, message = _first_error(exc)
+            param, message = first_error(exc.errors())
             return JSONResponse(
                 status_code=400,
                 content={
@@ -108,7 +132,7 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = [
             {
                 "loc": list(e.get("loc", ())),
-                "msg": str(e.get("msg", "")),
+                "msg": error_message(e),
                 "type": str(e.get("type", "")),
             }
             for e in exc.errors()
@@ -117,6 +141,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unparsable = _unparsable_body(exc)
+        if unparsable is not None and not is_openai_path(request.url.path):
+            # As FastAPI answers a JSON syntax error on these routes: 422, type json_invalid.
+            return bfl_validation_error(["body"], unparsable, "json_invalid")
+        if unparsable is not None:
+            body = OpenAIError(400, unparsable, code="invalid_json").body
+            return JSONResponse(status_code=400, content=body)
         if is_openai_path(request.url.path):
             code = {
                 401: "invalid_api_key",

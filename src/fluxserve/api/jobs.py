@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -19,14 +19,22 @@ from fluxserve.api.state import AppState, get_state
 from fluxserve.jobs import JobStatus
 
 router = APIRouter(tags=["Jobs"])
+# Job ids are UUIDs; the bound matches get_result's ``id`` (longer ids are 422, not a lookup).
+JobId = Annotated[str, Path(max_length=100, description="The id returned on submission.")]
 END_ID = "end"
 KEEPALIVE_S = 15.0
 
 
 @router.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse)
 async def job_events(
-    job_id: str,
+    job_id: JobId,
     request: Request,
+    last_event_id: str | None = Header(
+        default=None,
+        alias="Last-Event-ID",
+        description="Resume after this event id (sent by EventSource on reconnect); anything "
+        "but an id this stream sent replays from the start.",
+    ),
     owner: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),
 ) -> Any:
@@ -34,7 +42,7 @@ async def job_events(
     ``preview`` (a small base64 JPEG of the current estimate, every few steps), then exactly
     one terminal event, ``result``, carrying what ``get_result`` would answer (event id
     ``end``). Reconnect with ``Last-Event-ID`` to resume; after ``end`` the answer is 204."""
-    last = request.headers.get("last-event-id", "").strip()
+    last = (last_event_id or "").strip()
     if last == END_ID:
         return Response(status_code=204)
     if state.service.get(job_id, owner) is None:
@@ -105,7 +113,7 @@ class WebhookDeliveries(BaseModel):
 
 @router.get("/v1/jobs/{job_id}/webhooks", response_model=WebhookDeliveries)
 async def job_webhooks(
-    job_id: str,
+    job_id: JobId,
     owner: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),
 ) -> WebhookDeliveries:
@@ -135,7 +143,7 @@ async def _cancel(job_id: str, owner: str | None, request: Request, state: AppSt
 
 @router.delete("/v1/jobs/{job_id}", response_model=ResultResponse)
 async def delete_job(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     owner: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),
@@ -147,7 +155,7 @@ async def delete_job(
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=ResultResponse)
 async def cancel_job(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     owner: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from fluxserve.api.auth import openai_auth
-from fluxserve.api.common import idempotency_claim, image_size, load_inputs
-from fluxserve.api.errors import OpenAIError
+from fluxserve.api.common import idempotency_claim, idempotency_key_header, image_size, load_inputs
+from fluxserve.api.errors import NESTED_TOO_DEEPLY, OpenAIError, first_error
 from fluxserve.api.openai_render import render
 from fluxserve.api.openai_schemas import (
     DEFAULT_MODEL,
@@ -151,13 +151,16 @@ async def _wait_or_cancel(request: Request, state: AppState, job: Job) -> Job:
 
 
 def _validation_to_openai(exc: ValidationError) -> OpenAIError:
-    err = exc.errors()[0]
-    param = ".".join(str(p) for p in err["loc"]) or None
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return OpenAIError(400, f"Invalid value for '{param}': {msg}", param=param, code="invalid_value")
+    param, message = first_error(exc.errors())
+    return OpenAIError(400, message, param=param, code="invalid_value")
 
 
-@router.post("/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
+@router.post(
+    "/v1/images/generations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    dependencies=[Depends(idempotency_key_header)],
+)
 async def create_image(
     body: ImageOptions,
     request: Request,
@@ -188,16 +191,22 @@ async def _multipart_edit(request: Request, state: AppState) -> tuple[dict[str, 
     if "extra_body" in fields:  # a raw caller may send the nested object as JSON text
         try:
             fields["extra_body"] = json.loads(fields["extra_body"])
-        except (ValueError, RecursionError) as exc:
+        except RecursionError as exc:
+            raise OpenAIError(400, f"extra_body {NESTED_TOO_DEEPLY}", param="extra_body") from exc
+        except ValueError as exc:
             raise OpenAIError(400, "extra_body must be a JSON object", param="extra_body") from exc
+        if not isinstance(fields["extra_body"], dict):
+            raise OpenAIError(400, "extra_body must be a JSON object", param="extra_body")
     return fields, refs
 
 
 async def _json_edit(request: Request) -> tuple[dict[str, Any], list[Any]]:
     try:
         fields = await request.json()
-    except (ValueError, RecursionError) as exc:
-        raise OpenAIError(400, "the body is not valid JSON (or is nested too deeply)") from exc
+    except RecursionError as exc:
+        raise OpenAIError(400, f"The body {NESTED_TOO_DEEPLY}", code="invalid_json") from exc
+    except ValueError as exc:
+        raise OpenAIError(400, "The body is not valid JSON", code="invalid_json") from exc
     if not isinstance(fields, dict):
         raise OpenAIError(400, "the body must be a JSON object")
     if fields.get("mask") is not None:
@@ -221,6 +230,7 @@ async def _json_edit(request: Request) -> tuple[dict[str, Any], list[Any]]:
     response_model=ImagesResponse,
     response_model_exclude_none=True,
     openapi_extra=request_body({"multipart/form-data": EditMultipart, "application/json": EditJSON}),
+    dependencies=[Depends(idempotency_key_header)],
 )
 async def edit_image(
     request: Request,
@@ -241,7 +251,9 @@ async def edit_image(
         opts = ImageOptions.model_validate(fields)
     except ValidationError as exc:
         raise _validation_to_openai(exc) from exc
-    return await _run(request, state, opts, refs, owner, "image_edit", fields)
+    # The idempotency digest covers the validated options (as for generations), not the raw
+    # fields: unknown keys neither change it nor reach the digest (however deeply nested).
+    return await _run(request, state, opts, refs, owner, "image_edit", opts.model_dump(mode="json"))
 
 
 @router.get("/v1/models", response_model=ModelList)

@@ -198,6 +198,29 @@ def test_sweep_queries_and_delete(backend: dict[str, Any]) -> None:
     assert backend["webhooks"].attempts("j") == (None, [])
 
 
+def test_list_owned_newest_first_scoped_and_paged(backend: dict[str, Any]) -> None:
+    jobs, queue = backend["jobs"], backend["queue"]
+    now = time.time()
+    for i in range(5):
+        jobs.create(job(f"k1-{i}", owner="k1", created_at=now - 100 + i))
+    jobs.create(job("k2-0", owner="k2", created_at=now - 50))
+    jobs.create(job("open-0", owner=None, created_at=now - 40))
+    c = queue.claim_next()
+    jobs.finish(c.id, c.attempts, JobStatus.READY, result={"files": ["results/x/0.png"]})
+
+    first = jobs.list_owned("k1", 3)
+    assert [j.id for j in first] == ["k1-4", "k1-3", "k1-2"]
+    rest = jobs.list_owned("k1", 3, before=first[-1].created_at)
+    assert [j.id for j in rest] == ["k1-1", "k1-0"]
+    assert jobs.list_owned("k1", 3, before=rest[-1].created_at) == []
+    # Rows come back whole (status and result included), and only the owner's.
+    listed = {j.id: j for j in jobs.list_owned("k1", 10)}
+    assert listed[c.id] == jobs.get(c.id)
+    assert [j.id for j in jobs.list_owned("k2", 10)] == ["k2-0"]
+    assert [j.id for j in jobs.list_owned(None, 10)] == ["open-0"]
+    assert jobs.list_owned("nobody", 10) == [] and jobs.list_owned("k1", 0) == []
+
+
 def test_webhook_delivery_life(backend: dict[str, Any]) -> None:
     jobs, hooks = backend["jobs"], backend["webhooks"]
     jobs.create(job("j"), webhook=WebhookTarget("https://example.invalid/h", "sec", "http://base"))

@@ -55,6 +55,12 @@ class JobStore(Protocol):
         """The job, whoever owns it (scoping is the service's business)."""
         ...
 
+    def list_owned(self, owner: str | None, limit: int, before: float | None = None) -> list[Job]:
+        """Up to ``limit`` jobs of ``owner`` (None: the jobs made while no key was configured),
+        newest first; with ``before``, only those created before it (a page's last
+        ``created_at``, for the next page)."""
+        ...
+
     def set_progress(self, job_id: str, progress: float) -> None:
         """Record a running job's progress (0..1)."""
         ...

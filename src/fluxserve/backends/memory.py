@@ -86,6 +86,17 @@ class MemoryJobStore:
             row = self._rows.get(job_id)
             return row.job if row else None
 
+    def list_owned(self, owner: str | None, limit: int, before: float | None = None) -> list[Job]:
+        """``owner``'s jobs, newest first (see ``JobStore.list_owned``)."""
+        with self._lock:
+            rows = [
+                r
+                for r in self._rows.values()
+                if r.job.owner == owner and (before is None or r.job.created_at < before)
+            ]
+        rows.sort(key=lambda r: (r.job.created_at, r.seq), reverse=True)
+        return [r.job for r in rows[: max(0, limit)]]
+
     def _queued(self) -> list[_Row]:
         rows = [r for r in self._rows.values() if r.job.status == JobStatus.QUEUED]
         return sorted(rows, key=lambda r: (r.sort_at, r.seq))

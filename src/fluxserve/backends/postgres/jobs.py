@@ -113,6 +113,15 @@ class PostgresJobStore:
         rows = self._db.query("SELECT * FROM fluxserve_jobs WHERE id = %s", (job_id,))
         return _row_to_job(rows[0]) if rows else None
 
+    def list_owned(self, owner: str | None, limit: int, before: float | None = None) -> list[Job]:
+        """``owner``'s jobs, newest first (see ``JobStore.list_owned``)."""
+        rows = self._db.query(
+            "SELECT * FROM fluxserve_jobs WHERE owner IS NOT DISTINCT FROM %s::text"
+            " AND created_at < %s ORDER BY created_at DESC, seq DESC LIMIT %s",
+            (owner, before if before is not None else float("inf"), max(0, limit)),
+        )
+        return [_row_to_job(r) for r in rows]
+
     def claim_next(self) -> Job | None:
         """Claim the first queued job; concurrent workers skip rows another one is claiming."""
         with self._db.transaction() as c:

@@ -108,6 +108,15 @@ class SQLiteJobStore:
         rows = self._db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _row_to_job(rows[0]) if rows else None
 
+    def list_owned(self, owner: str | None, limit: int, before: float | None = None) -> list[Job]:
+        """``owner``'s jobs, newest first (see ``JobStore.list_owned``)."""
+        rows = self._db.query(
+            "SELECT * FROM jobs WHERE api_key_id IS ? AND created_at < ?"
+            " ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (owner, before if before is not None else float("inf"), max(0, limit)),
+        )
+        return [_row_to_job(r) for r in rows]
+
     def claim_next(self) -> Job | None:
         """Mark the first queued job (by place in the queue) running and return it."""
         with self._db.transaction() as c:

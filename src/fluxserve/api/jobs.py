@@ -1,4 +1,5 @@
-"""Job routes beyond the two protocols: live events (SSE), webhook attempts, cancellation."""
+"""Job routes beyond the two protocols: the caller's job list, live events (SSE), webhook
+attempts, cancellation."""
 
 from __future__ import annotations
 
@@ -7,22 +8,120 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from fluxserve.api.auth import bfl_auth
 from fluxserve.api.bfl import render_result
-from fluxserve.api.bfl_schemas import ResultResponse
+from fluxserve.api.bfl_schemas import BFLStatus, ResultResponse
 from fluxserve.api.common import sse_frame
 from fluxserve.api.state import AppState, get_state
-from fluxserve.jobs import JobStatus
+from fluxserve.jobs import Job, JobStatus
 
 router = APIRouter(tags=["Jobs"])
 # Job ids are UUIDs; the bound matches get_result's ``id`` (longer ids are 422, not a lookup).
 JobId = Annotated[str, Path(max_length=100, description="The id returned on submission.")]
 END_ID = "end"
 KEEPALIVE_S = 15.0
+MAX_PAGE = 100
+
+
+class JobSummary(BaseModel):
+    """One job of ``GET /v1/jobs``: what was asked (enough to make the same request again),
+    and what ``get_result`` answers about it."""
+
+    id: str
+    status: BFLStatus
+    model: str
+    protocol: str
+    """The API it came by: ``bfl`` or ``openai``."""
+    prompt: str
+    """The prompt that ran (rewritten when prompt upsampling was on)."""
+    original_prompt: str | None
+    """The caller's prompt, when prompt upsampling rewrote it."""
+    width: int
+    height: int
+    seed: int
+    steps: int
+    guidance: float
+    output_format: str
+    safety_tolerance: int
+    prompt_upsampling: bool
+    num_images: int
+    input_images: int
+    """How many input images the request had (edits)."""
+    loras: list[dict[str, Any]]
+    """LoRA adapters applied: ``{"name", "scale"}`` each."""
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    cost: float | None
+    """USD: the model's price on this server times the number of images."""
+    progress: float | None
+    result: Any | None
+    """As ``get_result``'s: freshly signed ``sample`` (and ``samples``), timings."""
+    details: dict[str, Any] | None
+
+
+class JobList(BaseModel):
+    """A page of the caller's jobs, newest first."""
+
+    data: list[JobSummary]
+    next_before: float | None
+    """Pass as ``before`` for the next (older) page; None on the last page."""
+
+
+def _summary(state: AppState, job: Job, base_url: str) -> JobSummary:
+    spec = job.spec
+    rendered = render_result(state, job, base_url)
+    entry = state.catalog.get(spec.model)
+    loras = getattr(spec, "loras", ())  # a field of newer specs
+    return JobSummary(
+        id=job.id,
+        status=rendered.status,
+        model=spec.model,
+        protocol=spec.protocol,
+        prompt=spec.prompt,
+        original_prompt=spec.original_prompt,
+        width=spec.width,
+        height=spec.height,
+        seed=spec.seed,
+        steps=spec.steps,
+        guidance=spec.guidance,
+        output_format=spec.output_format,
+        safety_tolerance=spec.safety_tolerance,
+        prompt_upsampling=spec.prompt_upsampling,
+        num_images=spec.num_images,
+        input_images=len(spec.input_images),
+        loras=[{"name": r.name, "scale": r.scale} for r in loras],
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        cost=round(entry.price * spec.num_images, 6) if entry is not None else None,
+        progress=rendered.progress,
+        result=rendered.result,
+        details=rendered.details,
+    )
+
+
+@router.get("/v1/jobs", response_model=JobList)
+async def list_jobs(
+    request: Request,
+    limit: int = Query(default=20, ge=1, le=MAX_PAGE, description="Jobs per page."),
+    before: float | None = Query(
+        default=None, ge=0, le=1e11, description="Only jobs created before this (``next_before``)."
+    ),
+    owner: str | None = Depends(bfl_auth),
+    state: AppState = Depends(get_state),
+) -> JobList:
+    """The caller's jobs (made with this key), newest first, a page at a time."""
+    jobs = state.service.store.list_owned(owner, limit, before)
+    base_url = state.base_url(request)
+    return JobList(
+        data=[_summary(state, job, base_url) for job in jobs],
+        next_before=jobs[-1].created_at if len(jobs) == limit else None,
+    )
 
 
 @router.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse)

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_PREFIX = "FLUXSERVE_"
 
@@ -115,6 +115,12 @@ class Settings(BaseModel):
     """Transformer quantization: fp8/int8 through torchao, nf4 through bitsandbytes (CUDA only
     for fp8 and nf4). GGUF files are quantized already."""
 
+    lora_dirs: list[Path] = Field(default_factory=list)
+    """Directories of LoRA adapters (``.safetensors``) that requests may name in ``loras``
+    (env ``FLUXSERVE_LORA_DIRS``: ``:``-separated). A name is a file's stem."""
+    lora_cache_size: int = Field(default=8, ge=1)
+    """LoRA adapters kept loaded per model; the least recently used is unloaded beyond it."""
+
     moderation_enabled: bool = True
     """Prompt, input-image and output moderation. Off only per deployment, never per request."""
     moderation_thresholds: dict[str, list[float]] = Field(default_factory=dict)
@@ -147,6 +153,14 @@ class Settings(BaseModel):
     sync_timeout_s: float = Field(default=600.0, gt=0)
     """How long a synchronous OpenAI call waits for its job before answering 504."""
     log_level: str = "info"
+
+    @field_validator("lora_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: Any) -> Any:
+        """``"/a:/b"`` (the environment's form) → two directories."""
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part]
+        return value
 
     @classmethod
     def load(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from typing import Any, Literal, Protocol
@@ -37,6 +37,10 @@ MAX_IMAGES = 10
 MAX_PARTIAL_IMAGES = 3
 MAX_INPUT_IMAGES = 4
 MAX_WEBHOOK_URL = 2083
+MAX_LORAS = 4
+"""LoRA adapters one request may combine."""
+MIN_LORA_SCALE, MAX_LORA_SCALE = -2.0, 2.0
+_LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 PROMPT_LIMITS: dict[WireProtocol, int] = {"bfl": 4096, "openai": 32000}
 """Longest prompt, in characters, per protocol: BFL documents 4096, OpenAI 32,000."""
 
@@ -176,6 +180,14 @@ class ModelDefaults(Protocol):
 
 
 @dataclass(frozen=True)
+class LoraRef:
+    """One LoRA adapter of a request: a name from the server's LoRA directories, and its scale."""
+
+    name: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class GenerationSpec:
     """One normalized, immutable request: what both protocol adapters produce."""
 
@@ -206,6 +218,8 @@ class GenerationSpec:
     """OpenAI streaming: how many partial images to send before the final one."""
     original_prompt: str | None = None
     """The caller's prompt when prompt upsampling rewrote ``prompt``."""
+    loras: tuple[LoraRef, ...] = ()
+    """LoRA adapters applied to the model for this request (part of what the seed reproduces)."""
 
     @property
     def interactive(self) -> bool:
@@ -231,6 +245,7 @@ class GenerationSpec:
             elif name in known:
                 data.setdefault(name, value)
         data["input_images"] = tuple(data.get("input_images", ()))
+        data["loras"] = tuple(LoraRef(str(x["name"]), float(x["scale"])) for x in data.get("loras") or ())
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -258,6 +273,8 @@ class SpecOptions:
     response_format: ResponseFormat = "url"
     user: str | None = None
     partial_images: int = 0
+    loras: Sequence[tuple[str, float]] = ()
+    """(name, scale) pairs, in the order given."""
 
 
 def check_text(value: str, param: str, max_chars: int | None = None) -> None:
@@ -275,6 +292,39 @@ def check_text(value: str, param: str, max_chars: int | None = None) -> None:
 def _check_range(value: float | None, lo: float, hi: float, param: str) -> None:
     if value is not None and not lo <= value <= hi:
         raise SpecError(f"{param} must be between {lo} and {hi}, got {value}", param)
+
+
+def check_loras(loras: Sequence[tuple[str, float]], available: Collection[str]) -> tuple[LoraRef, ...]:
+    """Check a request's LoRAs: names (never paths) that the server has, bounded scales."""
+    if len(loras) > MAX_LORAS:
+        raise SpecError(f"at most {MAX_LORAS} LoRAs can be combined, got {len(loras)}", "loras")
+    refs: list[LoraRef] = []
+    for i, (name, scale) in enumerate(loras):
+        param = f"loras[{i}]"
+        check_text(name, param + ".name", 128)
+        if not _LORA_NAME.fullmatch(name) or ".." in name:
+            raise SpecError(
+                f"{param}.name must be the name of a LoRA on this server (letters, digits, '.', "
+                f"'_', '-'; no paths or URLs), got {name[:60]!r}; GET /v1/loras lists them",
+                param + ".name",
+            )
+        if name not in available:
+            names = sorted(available)
+            listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+            raise SpecError(
+                f"unknown LoRA {name!r}: "
+                + (f"this server has {listed}" if names else "this server has no LoRAs (lora_dirs)"),
+                param + ".name",
+            )
+        if not (math.isfinite(scale) and MIN_LORA_SCALE <= scale <= MAX_LORA_SCALE):
+            raise SpecError(
+                f"{param}.scale must be between {MIN_LORA_SCALE} and {MAX_LORA_SCALE}, got {scale}",
+                param + ".scale",
+            )
+        if any(r.name == name for r in refs):
+            raise SpecError(f"LoRA {name!r} is given twice", param + ".name")
+        refs.append(LoraRef(name, float(scale)))
+    return tuple(refs)
 
 
 def default_size(entry: ModelDefaults) -> tuple[int, int]:
@@ -312,13 +362,16 @@ def resolve_size(
 
 
 def build_spec(
-    entry: ModelDefaults, options: SpecOptions, input_sizes: Sequence[tuple[int, int]] = ()
+    entry: ModelDefaults,
+    options: SpecOptions,
+    input_sizes: Sequence[tuple[int, int]] = (),
+    loras: Collection[str] = (),
 ) -> GenerationSpec:
     """Check ``options`` against every rule and fill in the model's defaults.
 
     ``input_sizes`` are the (width, height) of the request's input images, already decoded;
     the spec's ``input_images`` are filled in by the job service once they are stored.
-    Raises :class:`SpecError` naming the offending field.
+    ``loras`` are the LoRA names the server has. Raises :class:`SpecError` naming the offending field.
     """
     check_text(options.prompt, "prompt", PROMPT_LIMITS[options.protocol])
     for param in ("webhook_secret", "user"):
@@ -338,6 +391,7 @@ def build_spec(
         raise SpecError("guidance must be a finite number", "guidance")
     if len(input_sizes) > MAX_INPUT_IMAGES:
         raise SpecError(f"at most {MAX_INPUT_IMAGES} input images are supported, got {len(input_sizes)}")
+    lora_refs = check_loras(options.loras, loras)
     width, height = resolve_size(entry, options, input_sizes[0] if input_sizes else None)
     return GenerationSpec(
         model=entry.id,
@@ -359,4 +413,5 @@ def build_spec(
         response_format=options.response_format,
         user=options.user,
         partial_images=options.partial_images,
+        loras=lora_refs,
     )

@@ -14,6 +14,7 @@ from fluxserve import __version__
 from fluxserve.api.bfl import make_router, render_result
 from fluxserve.api.errors import install_error_handlers
 from fluxserve.api.jobs import router as jobs_router
+from fluxserve.api.loras import router as loras_router
 from fluxserve.api.middleware import BodyLimit
 from fluxserve.api.openai import router as openai_router
 from fluxserve.api.service_routes import router as service_router
@@ -24,6 +25,7 @@ from fluxserve.engines import Engine
 from fluxserve.images import ImageLimits
 from fluxserve.jobs import JobPolicy, JobService, Worker
 from fluxserve.jobs.webhooks import WebhookDispatcher
+from fluxserve.loras import LoraLibrary
 from fluxserve.safety import Moderator, OpenNSFWClassifier
 from fluxserve.settings import Settings
 from fluxserve.upsampling import BuiltinUpsampler, ChatUpsampler, PromptUpsampler
@@ -64,11 +66,21 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         scene_models=frozenset(e.id for e in catalog if e.checkpoint == BUILTIN_CHECKPOINT),
         policy=JobPolicy(settings.max_queued_jobs, settings.max_attempts, settings.retention_s),
     )
+    loras = LoraLibrary(settings.lora_dirs)
+    for directory in settings.lora_dirs:
+        if not directory.is_dir():
+            log.warning("lora_dirs: %s is not a directory; it holds no LoRAs", directory)
     if engine is None:
         from fluxserve.engines.checkpoints import checkpoint_resolver
         from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
 
-        engine = DiffusersFluxEngine(checkpoint_resolver(settings, catalog), settings.device, settings.dtype)
+        engine = DiffusersFluxEngine(
+            checkpoint_resolver(settings, catalog),
+            settings.device,
+            settings.dtype,
+            loras=loras,
+            lora_cache_size=settings.lora_cache_size,
+        )
     worker = Worker(service, engine, catalog)
     state = AppState(
         settings=settings,
@@ -86,6 +98,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             max_aspect_ratio=settings.max_input_aspect_ratio,
             max_working_pixels=settings.max_input_working_pixels,
         ),
+        loras=loras,
     )
 
     def render_for_webhook(job_id: str, base_url: str) -> dict[str, Any] | None:
@@ -152,5 +165,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(make_router(list(catalog)))
     app.include_router(jobs_router)
     app.include_router(service_router)
+    app.include_router(loras_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app

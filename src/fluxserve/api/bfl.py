@@ -20,6 +20,7 @@ from fluxserve.api.bfl_schemas import (
 )
 from fluxserve.api.common import idempotency_claim, idempotency_key_header, image_size, load_inputs
 from fluxserve.api.errors import bfl_validation_error
+from fluxserve.api.loras import lora_pairs
 from fluxserve.api.state import AppState, get_state
 from fluxserve.backends.interfaces import IdempotencyConflict
 from fluxserve.catalog import ModelEntry
@@ -56,6 +57,7 @@ def _options(body: CommonInputs) -> SpecOptions:
         prompt_upsampling=body.prompt_upsampling,
         webhook_url=body.webhook_url,
         webhook_secret=body.webhook_secret,
+        loras=lora_pairs(body.loras),
     )
 
 
@@ -73,14 +75,15 @@ async def _submit(
     try:
         claim = idempotency_claim(request, body.model_dump(mode="json"))
         options = _options(body)
-        build_spec(entry, options)  # cheap checks first: no image is fetched for a bad request
+        loras = state.loras.names()
+        build_spec(entry, options, loras=loras)  # cheap checks first: no image is fetched
         if body.webhook_url:
             await check_url(body.webhook_url, state.settings.allow_private_urls)
         refs: list[tuple[str, str | bytes]] = []
         if isinstance(body, FluxKontextInputs):
             refs = [(name, value) for name in IMAGE_FIELDS if (value := getattr(body, name))]
         inputs = await load_inputs(refs, state.limits)
-        spec = build_spec(entry, options, [image_size(i) for i in inputs])
+        spec = build_spec(entry, options, [image_size(i) for i in inputs], loras)
     except UrlRefused as exc:
         return bfl_validation_error(["body", "webhook_url"], str(exc))
     except (SpecError, InputImageError) as exc:

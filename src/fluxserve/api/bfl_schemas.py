@@ -10,8 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fluxserve.api.loras import LoraInput
 from fluxserve.spec import (
     MAX_GUIDANCE,
+    MAX_LORAS,
     MAX_SEED,
     MAX_STEPS,
     MAX_WEBHOOK_URL,
@@ -43,6 +45,11 @@ class CommonInputs(BaseModel):
     )
     guidance: float | None = Field(
         default=None, ge=MIN_GUIDANCE, le=MAX_GUIDANCE, description="Guidance (default: the model's)."
+    )
+    loras: list[LoraInput] | None = Field(
+        default=None,
+        max_length=MAX_LORAS,
+        description="LoRA adapters to apply, by name (GET /v1/loras), each with a scale.",
     )
 
 

@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 from fluxserve.api.auth import openai_auth
 from fluxserve.api.common import idempotency_claim, idempotency_key_header, image_size, load_inputs
 from fluxserve.api.errors import NESTED_TOO_DEEPLY, OpenAIError, first_error
+from fluxserve.api.loras import lora_pairs
 from fluxserve.api.openai_render import render
 from fluxserve.api.openai_schemas import (
     DEFAULT_MODEL,
@@ -75,6 +76,7 @@ def _options(opts: ImageOptions) -> SpecOptions:
         response_format=opts.response_format or "url",
         user=opts.user,
         partial_images=(opts.partial_images or 0) if opts.stream else 0,
+        loras=lora_pairs(opts.loras),
     )
 
 
@@ -101,9 +103,10 @@ async def _run(
         )
     options = _options(opts)
     try:
-        build_spec(entry, options)  # cheap checks first: no image is fetched for a bad request
+        loras = state.loras.names()
+        build_spec(entry, options, loras=loras)  # cheap checks first: no image is fetched
         inputs = await load_inputs(refs, state.limits)
-        spec = build_spec(entry, options, [image_size(i) for i in inputs])
+        spec = build_spec(entry, options, [image_size(i) for i in inputs], loras)
         claim = idempotency_claim(request, [payload, [hashlib.sha256(i).hexdigest() for i in inputs]])
     except InputImageError as exc:
         raise _spec_error(exc, "invalid_image") from exc

@@ -6,14 +6,17 @@ or nested under a literal ``"extra_body"`` object (raw-HTTP callers); both are a
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fluxserve.api.loras import LoraInput
 from fluxserve.spec import (
     MAX_GUIDANCE,
     MAX_IMAGES,
     MAX_INPUT_IMAGES,
+    MAX_LORAS,
     MAX_PARTIAL_IMAGES,
     MAX_SEED,
     MAX_STEPS,
@@ -51,6 +54,8 @@ class ImageOptions(BaseModel):
     guidance: float | None = Field(default=None, ge=MIN_GUIDANCE, le=MAX_GUIDANCE)
     width: int | None = None
     height: int | None = None
+    loras: list[LoraInput] | None = Field(default=None, max_length=MAX_LORAS)
+    """LoRA adapters by name (GET /v1/loras); a form field of an edit carries them as JSON text."""
     # streaming (server-sent events)
     stream: bool | None = False
     partial_images: int | None = Field(default=None, ge=0, le=MAX_PARTIAL_IMAGES)
@@ -69,6 +74,16 @@ class ImageOptions(BaseModel):
     @classmethod
     def _jpg(cls, v: Any) -> Any:
         return "jpeg" if v == "jpg" else v
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras_from_form(cls, v: Any) -> Any:
+        if isinstance(v, str):  # multipart edits: the list as JSON text
+            try:
+                return json.loads(v)
+            except (ValueError, RecursionError) as exc:
+                raise ValueError('loras must be a JSON list such as [{"name": "x", "scale": 0.8}]') from exc
+        return v
 
 
 class ImageReference(BaseModel):

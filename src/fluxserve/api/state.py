@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -10,6 +10,7 @@ from fluxserve.backends.interfaces import KeyStore
 from fluxserve.catalog import ModelCatalog
 from fluxserve.images import ImageLimits
 from fluxserve.jobs import JobService, Worker
+from fluxserve.loras import LoraLibrary
 from fluxserve.settings import Settings
 from fluxserve.storage import SignedUrls, Storage
 
@@ -26,6 +27,8 @@ class AppState:
     signer: SignedUrls
     keys: KeyStore
     limits: ImageLimits
+    loras: LoraLibrary = field(default_factory=lambda: LoraLibrary([]))
+    """The LoRA adapters requests may name."""
     ready: bool = False
     """True once the models are loaded."""
     load_error: str | None = None

@@ -8,6 +8,8 @@ from typing import Protocol
 
 from PIL import Image
 
+from fluxserve.spec import LoraRef
+
 
 class JobCancelled(Exception):
     """Raised inside a run when its job was cancelled; the run stops at the next step."""
@@ -15,7 +17,7 @@ class JobCancelled(Exception):
 
 @dataclass
 class EngineRequest:
-    """What an engine runs: checkpoint, prompt, size, seed, steps, guidance, input images."""
+    """What an engine runs: checkpoint, prompt, size, seed, steps, guidance, input images, LoRAs."""
 
     checkpoint: str
     prompt: str
@@ -26,6 +28,7 @@ class EngineRequest:
     guidance: float
     num_images: int = 1
     images: list[Image.Image] = field(default_factory=list)
+    loras: tuple[LoraRef, ...] = ()
 
 
 StepCallback = Callable[[int, int], None]

@@ -19,9 +19,11 @@ import torch
 from PIL import Image
 
 from fluxserve.engines import EngineRequest, JobCancelled, PreviewCallback, StepCallback
+from fluxserve.engines.adapters import AdapterSet, activate
 from fluxserve.engines.loader import LoadedPipeline, load_pipeline
 from fluxserve.engines.sources import CheckpointError, CheckpointSource
 from fluxserve.images import stitch_horizontally
+from fluxserve.loras import LoraLibrary
 from fluxserve.spec import fit_area
 
 log = logging.getLogger("fluxserve.engine")
@@ -49,8 +51,13 @@ class DiffusersFluxEngine:
         resolve: Callable[[str], Path | CheckpointSource],
         device: str = "auto",
         dtype: str = "auto",
+        loras: LoraLibrary | None = None,
+        lora_cache_size: int = 8,
     ) -> None:
         self._resolve = resolve
+        self._loras = loras or LoraLibrary([])
+        self._lora_cache_size = lora_cache_size
+        self._adapters: dict[str, AdapterSet] = {}
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self._pipes: dict[str, LoadedPipeline] = {}
@@ -85,6 +92,7 @@ class DiffusersFluxEngine:
             self._failed[checkpoint] = f"checkpoint {checkpoint!r}: {cause}"
             raise CheckpointError(self._failed[checkpoint]) from exc
         self._pipes[checkpoint] = loaded
+        self._adapters[checkpoint] = AdapterSet(self._lora_cache_size)
         return loaded
 
     def generate(
@@ -98,6 +106,8 @@ class DiffusersFluxEngine:
         """Run one request (see :class:`~fluxserve.engines.Engine`); one at a time."""
         with self._lock:
             m = self._load_locked(request.checkpoint)
+            loras = [(ref, self._loras.path(ref.name)) for ref in request.loras]
+            activate(m.pipe, self._adapters[request.checkpoint], loras)
             return self._generate_locked(m, request, on_step, cancelled, want_preview, on_preview)
 
     def _generate_locked(

@@ -175,6 +175,7 @@ class Worker:
                 guidance=spec.guidance,
                 num_images=spec.num_images,
                 images=images,
+                loras=spec.loras,
             ),
             on_step=on_step,
             cancelled=lambda: store.cancel_requested(job.id),

@@ -165,6 +165,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(make_router(list(catalog)))
     app.include_router(jobs_router)
     app.include_router(service_router)
+    from fluxserve.web import router as web_router  # here: the page's routes import api.auth
+
+    app.include_router(web_router)  # the playground page at /
     app.include_router(loras_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app

@@ -1,0 +1,377 @@
+"""The playground page (issue 16), driven in Debian's Chromium against a real server on loopback
+that runs the embedded model.
+
+Playwright never downloads a browser here: it launches ``/usr/bin/chromium``. Each main state of
+the page is saved as a screenshot under ``docs/playground/`` (the README shows them).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import Server, poll_result
+from fluxserve.spec import aspect_to_size
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "playground"
+MODEL = "flux-kontext-pro"
+WAIT_MS = 90_000  # generous: the test machine may be busy
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module, on loopback, with no key and the embedded model."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
+    env["FLUXSERVE_LOG_LEVEL"] = "warning"
+    s = Server(data_dir=tmp_path_factory.mktemp("playground"), env=env)
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: Server) -> Iterator[Any]:
+    """A fresh browser context (empty local storage) on the playground, models loaded."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="light")
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(server.base_url + "/")
+    pg.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+    yield pg
+    context.close()
+    assert errors == [], f"errors on the page: {errors}"
+
+
+def shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def pixels(data: bytes) -> tuple[tuple[int, int], bytes]:
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    return img.size, img.tobytes()
+
+
+def image_bytes(page: Any, selector: str) -> bytes:
+    """The bytes of the image an <img> shows (a signed URL on the server)."""
+    src = page.get_attribute(selector, "src")
+    assert src and src.startswith("http://127.0.0.1:"), src
+    r = httpx.get(src)
+    r.raise_for_status()
+    return r.content
+
+
+def events(page: Any) -> list[dict[str, Any]]:
+    return page.evaluate("window.fluxservePlayground.events")  # type: ignore[no-any-return]
+
+
+def open_advanced(page: Any, steps: int | None = None, fmt: str | None = None) -> None:
+    if not page.is_visible("#steps"):
+        page.click("#advanced summary")
+    if steps is not None:
+        page.fill("#steps", str(steps))
+    if fmt is not None:
+        page.select_option("#output-format", fmt)
+
+
+def png(size: tuple[int, int], colour: str, shape: str = "white") -> bytes:
+    img = Image.new("RGB", size, colour)
+    w, h = size
+    img.paste(Image.new("RGB", (w // 3, h // 3), shape), (w // 3, h // 3))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def drop_files(page: Any, selector: str, files: list[tuple[str, bytes]]) -> None:
+    """Drop files on an element as a user dragging them from a file manager does."""
+    payload = [{"name": n, "b64": base64.b64encode(d).decode()} for n, d in files]
+    transfer = page.evaluate_handle(
+        """(files) => {
+            const dt = new DataTransfer();
+            for (const f of files) {
+                const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+                dt.items.add(new File([bytes], f.name, { type: "image/png" }));
+            }
+            return dt;
+        }""",
+        payload,
+    )
+    page.dispatch_event(selector, "dragover", {"dataTransfer": transfer})
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
+# ------------------------------------------------------------------ the page itself
+
+
+def test_page_served_from_package_files_at_root_and_playground(server: Server) -> None:
+    for path in ("/", "/playground"):
+        r = httpx.get(server.base_url + path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        assert '<script type="module" src="/playground/static/app.js">' in r.text
+    static = Path(__file__).resolve().parent.parent / "src" / "fluxserve" / "web" / "static"
+    for f in static.iterdir():
+        r = httpx.get(f"{server.base_url}/playground/static/{f.name}")
+        assert r.status_code == 200 and r.content == f.read_bytes()
+        # Nothing is loaded from elsewhere: no CDN, no absolute URL in any of the page's files.
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", r.text), f.name
+    assert httpx.get(server.base_url + "/playground/static/../settings.py").status_code == 404
+    assert httpx.get(server.base_url + "/playground/static/nope.js").status_code == 404
+    # The form's details: every model's sizes are the server's own aspect_to_size.
+    config = httpx.get(server.base_url + "/playground/config").json()
+    kontext = next(m for m in config["models"] if m["id"] == MODEL)
+    assert kontext["family"] == "kontext" and kontext["bfl_route"] and kontext["price"] == 0.04
+    assert tuple(kontext["sizes"]["16:9"]) == aspect_to_size("16:9")
+
+
+# ------------------------------------------------------------------ generate
+
+
+def test_generate_aspect_ratio_seed_previews_and_same_seed_same_image(page: Any) -> None:
+    page.fill("#prompt", "a red circle in the center, on a blue background")
+    page.click("#aspect-list label:has-text('16:9')")
+    assert page.inner_text("#size-out") == "Output: 1392 × 784 px"
+    page.fill("#seed", "7")
+    page.check("#seed-lock")
+    open_advanced(page, steps=20, fmt="png")
+    assert "Estimated cost: $0.04" in page.inner_text("#cost")
+    page.fill("#n", "2")
+    assert "Estimated cost: $0.08 (2 images × $0.04)" in page.inner_text("#cost")
+    page.fill("#n", "1")
+    shot(page, "generate")
+
+    page.focus("#prompt")
+    page.keyboard.press("Control+Enter")  # the keyboard submits
+    page.wait_for_selector(".run[data-state=preview] img[data-kind=preview]", timeout=WAIT_MS)
+    shot(page, "live")
+    page.wait_for_selector(".run[data-state=ready]", timeout=WAIT_MS)
+    shot(page, "result")
+    img = ".run img[data-kind=final]"
+    assert (page.get_attribute(img, "data-width"), page.get_attribute(img, "data-height")) == ("1392", "784")
+    first = image_bytes(page, img)
+    assert pixels(first)[0] == (1392, 784)
+    trace = [e["type"] for e in events(page)]
+    assert "preview" in trace and "shown" in trace
+    assert trace.index("preview") < trace.index("result") <= trace.index("shown")
+    assert "Seed7" in page.inner_text(".run dl.meta").replace("\n", "").replace("\t", "")
+
+    page.click("#submit")  # seed locked: the same image again
+    page.wait_for_selector(".run[data-state=ready]", timeout=WAIT_MS)
+    assert pixels(image_bytes(page, img)) == pixels(first)
+
+    page.uncheck("#seed-lock")  # unlocked: a new seed is drawn and shown
+    page.click("#submit")
+    page.wait_for_selector(".run[data-state=ready]", timeout=WAIT_MS)
+    assert page.input_value("#seed") != "7"
+    assert pixels(image_bytes(page, img)) != pixels(first)
+
+
+def test_bad_values_and_moderation_in_words(page: Any) -> None:
+    page.fill("#prompt", "a green square")
+    open_advanced(page, steps=99)
+    page.click("#submit")
+    page.wait_for_selector("#form-error:not([hidden])")
+    assert page.inner_text("#form-error") == "Steps: Input should be less than or equal to 50."
+
+    page.fill("#steps", "4")
+    page.fill("#prompt", "a pornographic scene")
+    page.click("#submit")
+    page.wait_for_selector(".run[data-state=moderated]", timeout=WAIT_MS)
+    text = page.inner_text(".run .status")
+    assert text.startswith("The prompt was blocked by moderation: it looks like explicit sexual content")
+    assert "safety tolerance 2" in text and "{" not in text
+    shot(page, "moderation")
+
+
+def test_queue_position_then_cancel(page: Any, server: Server) -> None:
+    # Keep the worker busy, so that the page's job waits in the queue.
+    busy = [
+        httpx.post(f"{server.base_url}/v1/{MODEL}", json={"prompt": "a blue disc", "steps": 50}).json()["id"]
+        for _ in range(3)
+    ]
+    page.fill("#prompt", "a yellow triangle")
+    open_advanced(page, steps=50)
+    page.click("#submit")
+    page.wait_for_selector(".run[data-state=queued]", timeout=WAIT_MS)
+    status = page.inner_text(".run .status")
+    assert re.fullmatch(r"Queued: (next in line|\d+ jobs? ahead)\.", status), status
+    queued = [e for e in events(page) if e["type"] == "queued"]
+    assert queued and queued[0]["position"] >= 0
+    shot(page, "queued")
+    page.click("#cancel")
+    page.wait_for_selector(".run[data-state=cancelled]", timeout=WAIT_MS)
+    assert page.inner_text(".run .status").startswith("Cancelled")
+    job_id = page.get_attribute(".run", "data-job-id")
+    result = poll_result(server.base_url, job_id)
+    assert result["status"] == "Error" and result["details"]["error"] == "cancelled"
+    assert page.is_hidden("#cancel") and page.is_enabled("#submit")
+    for j in busy:
+        poll_result(server.base_url, j, timeout=120)
+
+
+# ------------------------------------------------------------------ edit
+
+
+def test_edit_with_dropped_files_composed_left_right(page: Any, server: Server) -> None:
+    page.click("#tab-edit")
+    assert page.is_visible("#drop-zone") and page.inner_text("#submit") == "Edit"
+    left, right = png((320, 240), "blue", "red"), png((240, 240), "green", "yellow")
+    drop_files(page, "#drop-zone", [("left.png", left), ("right.png", right)])
+    page.wait_for_selector("#input-list li:nth-child(2)")
+    page.check("input[name=combine][value=compose]")
+    page.wait_for_selector("#compose-figure:not([hidden])")
+    assert page.inner_text("#compose-size") == "Stitched input: 560 × 240 px (left | right)"
+    size = page.eval_on_selector("#compose-preview", "c => [c.width, c.height]")
+    assert size == [560, 240]
+    page.fill("#prompt", "make the circle green")
+    open_advanced(page, steps=6, fmt="png")
+    shot(page, "edit-compose")
+    page.click("#submit")
+    page.wait_for_selector(".run[data-state=ready]", timeout=WAIT_MS)
+    assert page.is_visible(".run .stage.pair figure.before img")  # before | after, side by side
+    shot(page, "edit")
+    # Kontext with no aspect ratio follows the (stitched) input's shape.
+    want = aspect_to_size("7:3")  # 560:240
+    got = (page.get_attribute(".run img[data-kind=final]", "data-width"),
+           page.get_attribute(".run img[data-kind=final]", "data-height"))  # fmt: skip
+    assert got == (str(want[0]), str(want[1]))
+    job = httpx.get(f"{server.base_url}/v1/jobs", params={"limit": 1}).json()["data"][0]
+    assert job["id"] == page.get_attribute(".run", "data-job-id")
+    assert job["input_images"] == 1 and job["prompt"] == "make the circle green"
+
+
+# ------------------------------------------------------------------ gallery
+
+
+def test_gallery_lists_jobs_and_copy_as_python_reproduces_the_image(
+    page: Any, server: Server, tmp_path: Path
+) -> None:
+    body = {"prompt": "a white star in the top right", "seed": 42, "steps": 4, "aspect_ratio": "3:2"}
+    job_id = httpx.post(f"{server.base_url}/v1/{MODEL}", json=body).json()["id"]
+    made = poll_result(server.base_url, job_id)
+    original = httpx.get(made["result"]["sample"]).content
+
+    page.click("#tab-gallery")
+    page.wait_for_selector(f"#gallery-list .card[data-job-id='{job_id}'] img", timeout=WAIT_MS)
+    listed = httpx.get(f"{server.base_url}/v1/jobs", params={"limit": 24}).json()["data"]
+    cards = page.eval_on_selector_all("#gallery-list .card", "cs => cs.map(c => c.dataset.jobId)")
+    assert cards == [j["id"] for j in listed] and cards[0] == job_id  # newest first
+    card = f"#gallery-list .card[data-job-id='{job_id}']"
+    text = page.inner_text(card)
+    for expected in ("a white star in the top right", "42", "1248 × 832 px", MODEL, "$0.04", "engine"):
+        assert expected in text
+    shot(page, "gallery")
+
+    for label in ("Python (OpenAI)", "Python (BFL)"):
+        page.click(f"{card} button:has-text('{label}')")
+        page.wait_for_selector("#code-dialog[open]")
+        code = page.inner_text("#code-text")
+        if label == "Python (BFL)":
+            shot(page, "code")
+        page.click("#code-close")
+        workdir = tmp_path / label.split("(")[1].rstrip(")").lower()
+        workdir.mkdir()
+        (workdir / "snippet.py").write_text(code)
+        env = {k: v for k, v in os.environ.items() if k != "FLUXSERVE_API_KEY"}
+        run = subprocess.run(
+            [sys.executable, "snippet.py"], cwd=workdir, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0, run.stderr
+        made_again = (workdir / run.stdout.strip().splitlines()[-1]).read_bytes()
+        assert pixels(made_again) == pixels(original), label
+
+    # "Reuse settings" puts the job's request back in the form, seed locked.
+    page.click(f"{card} button:has-text('Reuse settings')")
+    assert page.input_value("#prompt") == body["prompt"] and page.input_value("#seed") == "42"
+    assert page.is_checked("#seed-lock") and page.input_value("#steps") == "4"
+    assert page.is_checked("#aspect-list input[value='3:2']")
+
+
+def test_dark_theme(browser: Any, server: Server) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+    pg = context.new_page()
+    pg.goto(server.base_url + "/playground")
+    pg.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+    background = pg.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(20, 22, 26)"
+    shot(pg, "dark")
+    pg.click("#theme-toggle")  # the toggle overrides the system, and is remembered
+    assert pg.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(246, 247, 249)"
+    pg.reload()
+    pg.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+    assert pg.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(246, 247, 249)"
+    context.close()
+
+
+# ------------------------------------------------------------------ API key (last: adds a key)
+
+
+def test_api_key_asked_once_kept_in_local_storage_never_in_urls(browser: Any, server: Server) -> None:
+    key = subprocess.run(
+        [sys.executable, "-m", "fluxserve", "keys", "create", "--data-dir", str(server.data_dir)],
+        capture_output=True,
+        text=True,
+        env=server.env,
+        check=True,
+    ).stdout.strip()
+    time.sleep(1.2)  # the server caches "is there any key" for about a second
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    seen: list[tuple[str, str | None]] = []
+    lock = threading.Lock()
+
+    def record(request: Any) -> None:
+        with lock:
+            seen.append((request.url, request.headers.get("x-key")))
+
+    pg.on("request", record)
+    pg.goto(server.base_url + "/")
+    pg.wait_for_selector("#key-dialog[open]", timeout=WAIT_MS)
+    assert "needs a valid API key" in pg.inner_text("#notice")
+    shot(pg, "api-key")
+    pg.fill("#key-input", key)
+    pg.click("#key-save")
+    pg.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+    assert pg.evaluate("localStorage.getItem('fluxserve.apiKey')") == key
+    pg.fill("#prompt", "a black square")
+    open_advanced(pg, steps=4)
+    pg.click("#submit")
+    pg.wait_for_selector(".run[data-state=ready]", timeout=WAIT_MS)
+    # Entered once: a new visit uses the stored key without asking.
+    pg.reload()
+    pg.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+    assert not pg.evaluate("document.getElementById('key-dialog').open")
+    with lock:
+        api = [(u, k) for u, k in seen if "/v1/" in u and "/v1/files/" not in u]
+        assert api and all(key not in u for u, _ in seen)
+        assert all(k == key for u, k in api if "/v1/jobs" in u or "/v1/flux" in u), api
+    context.close()

@@ -122,6 +122,40 @@ def test_batch_saves_valid_items_records_failures_and_resumes(server, tmp_path: 
     assert all(mtimes[p.name] == p.stat().st_mtime_ns for p in out.glob("*.png"))
 
 
+def test_credits_in_bfl_shape(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    # Plain HTTP: BFL's CreditsResponse (a required number), plus our "unlimited" flag.
+    r = httpx.get(f"{server.base_url}/v1/credits")
+    assert r.status_code == 200 and r.json() == {"credits": 1_000_000_000.0, "unlimited": True}
+    # BFL's published CreditsResponse: {"credits": number}, required.
+    ours = httpx.get(f"{server.base_url}/openapi.json").json()
+    schema = ours["components"]["schemas"]["CreditsResponse"]
+    assert "credits" in schema["required"] and schema["properties"]["credits"]["type"] == "number"
+    for protocol in ("bfl", "openai"):
+        with FluxClient(server.base_url, protocol=protocol) as flux:
+            balance = flux.credits()
+        assert balance.unlimited and balance.credits == 1e9 and balance.usd == 1e7
+    out = cli("credits", "--base-url", server.base_url, cwd=tmp_path)
+    assert out.returncode == 0 and "unlimited" in out.stdout
+
+
+def test_flux2_reference_limits_are_checked_before_any_request() -> None:
+    from fluxserve.client import FLUX2_MODELS, max_input_images
+
+    assert max_input_images("flux-2-pro") == max_input_images("flux-2-flex") == 8
+    assert max_input_images("flux-2-klein-4b") == max_input_images("flux-kontext-pro") == 4
+    assert max_input_images("my-own-model") == 8  # the server checks ids it alone knows
+    assert "flux-2-max" in FLUX2_MODELS
+    tiny = _png((1, 2, 3), (8, 8))
+    # Nothing listens on port 9: the limit is the client's own, so no connection is tried.
+    with FluxClient("http://127.0.0.1:9", max_retries=0) as flux:
+        with pytest.raises(ValidationError, match="at most 8"):
+            flux.generate("x", "flux-2-pro", input_images=[tiny] * 9)
+        with pytest.raises(ValidationError, match="one to 4"):
+            flux.edit([tiny] * 5, "x", "flux-2-klein-9b")
+
+
 def test_cost_estimates(server) -> None:  # type: ignore[no-untyped-def]
     with FluxClient(server.base_url) as flux:
         est = flux.estimate_cost("flux-kontext-pro", 100)
@@ -340,9 +374,11 @@ def test_importing_the_sdk_loads_no_server_module() -> None:
     loaded = _modules_loaded_by("import fluxserve.client")
     assert not {m for m in loaded if m.split(".")[0] in SERVER_ONLY}
     ours = {m for m in loaded if m.split(".")[0] == "fluxserve"}
-    # fluxserve/__init__.py itself imports fluxserve.settings (and so pydantic).
-    allowed = {"fluxserve", "fluxserve.settings", "fluxserve.prices"}
+    # The package root imports nothing (the base install is the SDK alone): no settings, no
+    # pydantic.
+    allowed = {"fluxserve", "fluxserve.prices"}
     assert not {m for m in ours - allowed if not m.startswith("fluxserve.client")}
+    assert "pydantic" not in loaded
     # Without the package's __init__, the SDK alone does not even need pydantic.
     stub = (
         "import sys, types; pkg = types.ModuleType('fluxserve'); "
@@ -354,6 +390,16 @@ def test_importing_the_sdk_loads_no_server_module() -> None:
         m for m in alone if m.startswith("fluxserve.client")
     }
     assert not {m for m in alone if m.split(".")[0] in (*SERVER_ONLY, "pydantic")}
+
+
+def test_client_cli_loads_no_server_module() -> None:
+    # The CLI module and its client commands' imports; the server commands import lazily.
+    loaded = _modules_loaded_by("import fluxserve.cli, fluxserve.client, fluxserve.client.webhooks")
+    assert not {m for m in loaded if m.split(".")[0] in (*SERVER_ONLY, "pydantic")}
+    ours = {m for m in loaded if m.split(".")[0] == "fluxserve"}
+    assert ours - {"fluxserve", "fluxserve.cli", "fluxserve.prices"} <= {
+        m for m in ours if m.startswith("fluxserve.client")
+    }
 
 
 def test_server_and_sdk_share_stitching_and_prices() -> None:

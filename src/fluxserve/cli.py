@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from fluxserve.settings import Settings
+# The client commands run with the base install (httpx, Pillow, typer, rich); the server
+# commands import the server inside their functions, under server_imports().
+if TYPE_CHECKING:
+    from fluxserve.settings import Settings
 
 app = typer.Typer(
     help="fluxserve: self-hosted FLUX behind the BFL and OpenAI Images APIs.",
@@ -30,7 +35,24 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where jobs, re
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
 
 
+@contextlib.contextmanager
+def server_imports() -> Iterator[None]:
+    """Wrap a server command's imports: without the ``server`` extra, say how to install it
+    instead of a traceback."""
+    try:
+        yield
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        err_console.print(
+            f"[red]error:[/red] this command needs the fluxserve server, which is not installed "
+            f"(missing module: {missing}).\nInstall it with:\n\n    pip install 'fluxserve[server]'\n"
+        )
+        raise typer.Exit(2) from exc
+
+
 def _settings(config: Path | None, **overrides: Any) -> Settings:
+    with server_imports():
+        from fluxserve.settings import Settings
     try:
         return Settings.load(config, **overrides)
     except Exception as exc:
@@ -46,10 +68,11 @@ def serve(
     config: ConfigFile = None,
 ) -> None:
     """Start the server. Prints the base URL once it accepts requests."""
-    import uvicorn
+    with server_imports():
+        import uvicorn
 
-    from fluxserve.api import create_app
-    from fluxserve.backends import open_key_store
+        from fluxserve.api import create_app
+        from fluxserve.backends import open_key_store
 
     settings = _settings(config, host=host, port=port, data_dir=data_dir)
     logging.basicConfig(
@@ -94,7 +117,8 @@ def serve(
 def db_upgrade(config: ConfigFile = None) -> None:
     """Apply the schema migrations the database lacks (safe to run again, and from several
     machines at once)."""
-    from fluxserve.backends.postgres import SCHEMA_VERSION, PostgresDatabase
+    with server_imports():
+        from fluxserve.backends.postgres import SCHEMA_VERSION, PostgresDatabase
 
     settings = _settings(config)
     if not settings.database_url:
@@ -119,7 +143,8 @@ def keys_create(
     config: ConfigFile = None,
 ) -> None:
     """Create a key. It is printed once; only its hash is stored."""
-    from fluxserve.backends import open_key_store
+    with server_imports():
+        from fluxserve.backends import open_key_store
 
     settings = _settings(config, data_dir=data_dir)
     key, secret = open_key_store(settings).create(name)
@@ -130,7 +155,8 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """List keys (ids and names, never the secrets)."""
-    from fluxserve.backends import open_key_store
+    with server_imports():
+        from fluxserve.backends import open_key_store
 
     settings = _settings(config, data_dir=data_dir)
     table = Table("id", "name", "created", "status")
@@ -143,7 +169,8 @@ def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Revoke a key by id; requests with it are refused from then on."""
-    from fluxserve.backends import open_key_store
+    with server_imports():
+        from fluxserve.backends import open_key_store
 
     settings = _settings(config, data_dir=data_dir)
     if not open_key_store(settings).revoke(key_id):
@@ -196,7 +223,10 @@ def generate(
     height: Annotated[int | None, typer.Option(help="Height (models that take it).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (drawn by the server if omitted).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="jpeg, png or webp.")] = None,
-    image: Annotated[list[str] | None, typer.Option("--image", help="Input image path or URL (1-4).")] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option("--image", help="Input image path or URL (up to 4; 8 for FLUX.2 pro/max/flex)."),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
     upsample: Annotated[bool, typer.Option("--upsample", help="Prompt upsampling.")] = False,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to save the image.")] = None,
@@ -366,6 +396,22 @@ def cost(
     console.print(table)
 
 
+@app.command()
+def credits(base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """Show the key's credit balance (GET /v1/credits; 1 credit = 0.01 USD)."""
+    from fluxserve.client import FluxError
+
+    with _client(base_url, api_key, "bfl") as flux:
+        try:
+            balance = flux.credits()
+        except FluxError as exc:
+            raise _fail(exc) from exc
+    if balance.unlimited:
+        console.print("credits: unlimited (the server does no credit accounting)")
+    else:
+        console.print(f"credits: {balance.credits:g} (${balance.usd:,.2f})")
+
+
 models_app = typer.Typer(help="Fetch model checkpoints ahead of time.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -376,8 +422,9 @@ def models_pull(
     config: ConfigFile = None,
 ) -> None:
     """Download a model's checkpoint (and its base) into the hub cache, with progress; resumable."""
-    from fluxserve.catalog import ModelCatalog
-    from fluxserve.engines.sources import pull_checkpoint
+    with server_imports():
+        from fluxserve.catalog import ModelCatalog
+        from fluxserve.engines.sources import pull_checkpoint
 
     entry = ModelCatalog.from_settings(_settings(config)).get(target)
     try:

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from fluxserve import __version__
 from fluxserve.api.bfl import make_router, render_result
+from fluxserve.api.credits import router as credits_router
 from fluxserve.api.errors import install_error_handlers
 from fluxserve.api.jobs import router as jobs_router
 from fluxserve.api.loras import router as loras_router
@@ -162,6 +163,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.fluxserve = state
     install_error_handlers(app)
     app.include_router(openai_router)
+    app.include_router(credits_router)
     app.include_router(make_router(list(catalog)))
     app.include_router(jobs_router)
     app.include_router(service_router)

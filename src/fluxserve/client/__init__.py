@@ -9,7 +9,9 @@
 ``AsyncFluxClient`` has the same methods as coroutines; ``FluxClient`` runs them on its own
 event loop. Both poll with capped exponential backoff, honour ``Retry-After`` on 429, download
 each image the moment it is ready (before any URL can expire), and raise typed errors that
-carry the job id.
+carry the job id. FLUX.2 ids (:data:`FLUX2_MODELS`) take up to eight reference images;
+``credits()`` reads the balance; :func:`verify_webhook` checks a webhook delivery (fluxserve's
+HMAC signature, or BFL's ``X-Webhook-Secret``).
 
 The SDK needs only httpx and Pillow: nothing here imports the server (torch, FastAPI, ...).
 """
@@ -26,25 +28,30 @@ from fluxserve.client.errors import (
     ValidationError,
 )
 from fluxserve.client.inputs import ImageInput
+from fluxserve.client.model_ids import FLUX2_MODELS, max_input_images
 from fluxserve.client.models import (
     BatchItemResult,
     BatchProgress,
     BatchReport,
     CostEstimate,
+    Credits,
     GenerationResult,
 )
 from fluxserve.client.pricing import DEFAULT_PRICES
 from fluxserve.client.sync import FluxClient
+from fluxserve.client.webhooks import verify_secret_header, verify_signature, verify_webhook
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_PRICES",
+    "FLUX2_MODELS",
     "AsyncFluxClient",
     "AuthError",
     "BatchItemResult",
     "BatchProgress",
     "BatchReport",
     "CostEstimate",
+    "Credits",
     "FluxClient",
     "FluxError",
     "GenerationResult",
@@ -56,5 +63,9 @@ __all__ = [
     "compose",
     "item_key",
     "load_batch_file",
+    "max_input_images",
     "stitch_horizontally",
+    "verify_secret_header",
+    "verify_signature",
+    "verify_webhook",
 ]

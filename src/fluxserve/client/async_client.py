@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,17 +14,19 @@ from PIL import Image
 from fluxserve.client import batch as _batch
 from fluxserve.client.bfl import BflApi, Polling
 from fluxserve.client.composition import WHITE, Background, compose
-from fluxserve.client.errors import ValidationError
+from fluxserve.client.errors import ValidationError, raise_for_response
 from fluxserve.client.inputs import ImageInput, image_bytes, load_image
-from fluxserve.client.models import BatchReport, CostEstimate, GenerationResult
+from fluxserve.client.model_ids import max_input_images
+from fluxserve.client.models import BatchReport, CostEstimate, Credits, GenerationResult
 from fluxserve.client.openai import OpenAIImagesApi
 from fluxserve.client.pricing import PriceList
 from fluxserve.client.protocol import GenerationRequest, ImagesApi
 from fluxserve.client.session import Session
+from fluxserve.client.webhooks import DEFAULT_TOLERANCE_S
+from fluxserve.client.webhooks import verify_webhook as _verify_webhook
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_MODEL = "flux-kontext-pro"
-MAX_INPUT_IMAGES = 4
 
 
 class AsyncFluxClient:
@@ -131,7 +133,8 @@ class AsyncFluxClient:
         guidance: float | None = None,
         input_images: Sequence[ImageInput] | None = None,
     ) -> GenerationResult:
-        """Generate one image (or edit, with ``input_images``), wait for it, download it."""
+        """Generate one image (or edit, with ``input_images``: up to 8 for FLUX.2 pro, max and
+        flex, 4 for klein and Kontext), wait for it, download it."""
         params: dict[str, Any] = {
             "aspect_ratio": aspect_ratio,
             "width": width,
@@ -145,9 +148,10 @@ class AsyncFluxClient:
         }
         params = {k: v for k, v in params.items() if v is not None}
         originals = input_images or []
+        limit = max_input_images(model)
+        if len(originals) > limit:
+            raise ValidationError(f"{model} takes at most {limit} input images, got {len(originals)}")
         images = [await image_bytes(i, self._session) for i in originals]
-        if len(images) > MAX_INPUT_IMAGES:
-            raise ValidationError("at most 4 input images are supported")
         request = GenerationRequest(prompt, model, params, images, originals, started=time.monotonic())
         return await self._api.generate(request)
 
@@ -158,10 +162,12 @@ class AsyncFluxClient:
         model: str = DEFAULT_MODEL,
         **kwargs: Any,
     ) -> GenerationResult:
-        """Kontext editing with one to four images."""
+        """Edit with reference images: one to four for Kontext and FLUX.2 klein, up to eight
+        for FLUX.2 pro, max and flex."""
         seq: list[ImageInput] = list(images) if isinstance(images, list | tuple) else [images]  # type: ignore[list-item]
-        if not 1 <= len(seq) <= MAX_INPUT_IMAGES:
-            raise ValidationError("edit takes one to four images")
+        limit = max_input_images(model)
+        if not 1 <= len(seq) <= limit:
+            raise ValidationError(f"{model} edits with one to {limit} images, got {len(seq)}")
         return await self.generate(prompt, model, input_images=seq, **kwargs)
 
     async def pair_edit(
@@ -178,6 +184,21 @@ class AsyncFluxClient:
         """Compose two images side by side, then edit the result (for single-image Kontext)."""
         combined = compose(await self.load_image(left), await self.load_image(right), gap, background)
         return await self.edit([combined], prompt, model, **kwargs)
+
+    async def credits(self) -> Credits:
+        """The caller's credit balance (``GET /v1/credits``, BFL's shape)."""
+        resp = await self._session.request("GET", f"{self.base_url}/v1/credits")
+        raise_for_response(resp)
+        data = resp.json()
+        return Credits(float(data["credits"]), bool(data.get("unlimited", False)))
+
+    @staticmethod
+    def verify_webhook(
+        secret: str, headers: Mapping[str, str], body: bytes, tolerance_s: float = DEFAULT_TOLERANCE_S
+    ) -> bool:
+        """Whether a webhook delivery (request headers, raw body) carries ``secret``; see
+        :func:`fluxserve.client.webhooks.verify_webhook`."""
+        return _verify_webhook(secret, headers, body, tolerance_s)
 
     async def prices(self) -> tuple[dict[str, float], Literal["server", "default"]]:
         """The server's published prices (``GET /v1/prices``) if it has them, else defaults."""

@@ -52,6 +52,21 @@ class CostEstimate:
     currency: str = "USD"
 
 
+@dataclass(frozen=True)
+class Credits:
+    """The caller's balance on the server (``GET /v1/credits``), in BFL credits."""
+
+    credits: float
+    """1 credit = 0.01 USD, the unit of a BFL job's ``cost``."""
+    unlimited: bool = False
+    """True when the server does no credit accounting (fluxserve without accounts)."""
+
+    @property
+    def usd(self) -> float:
+        """The balance in US dollars."""
+        return self.credits / 100
+
+
 @dataclass
 class BatchProgress:
     """Live counts of a running batch, passed to its ``on_progress`` callback."""

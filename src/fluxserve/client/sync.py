@@ -12,13 +12,15 @@ from PIL import Image
 from fluxserve.client.async_client import DEFAULT_MODEL, AsyncFluxClient
 from fluxserve.client.composition import WHITE, Background, compose
 from fluxserve.client.inputs import ImageInput
-from fluxserve.client.models import BatchProgress, BatchReport, CostEstimate, GenerationResult
+from fluxserve.client.models import BatchProgress, BatchReport, CostEstimate, Credits, GenerationResult
 
 T = TypeVar("T")
 
 
 class FluxClient:
     """The synchronous client: the same methods as :class:`AsyncFluxClient`, blocking."""
+
+    verify_webhook = staticmethod(AsyncFluxClient.verify_webhook)
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, **kwargs: Any) -> None:
         """Take the same arguments as :class:`AsyncFluxClient`."""
@@ -63,7 +65,7 @@ class FluxClient:
         model: str = DEFAULT_MODEL,
         **kwargs: Any,
     ) -> GenerationResult:
-        """Kontext editing with one to four images; see :meth:`AsyncFluxClient.edit`."""
+        """Edit with reference images (up to 8 for FLUX.2); see :meth:`AsyncFluxClient.edit`."""
         return self._run(self._async.edit(images, prompt, model, **kwargs))
 
     def pair_edit(self, left: ImageInput, right: ImageInput, prompt: str, **kwargs: Any) -> GenerationResult:
@@ -96,6 +98,10 @@ class FluxClient:
     def estimate_cost(self, model: str, n: int = 1) -> CostEstimate:
         """What ``n`` images of ``model`` cost; see :meth:`AsyncFluxClient.estimate_cost`."""
         return self._run(self._async.estimate_cost(model, n))
+
+    def credits(self) -> Credits:
+        """The caller's credit balance; see :meth:`AsyncFluxClient.credits`."""
+        return self._run(self._async.credits())
 
     def prices(self) -> tuple[dict[str, float], str]:
         """The price table in use and where it came from (``server`` or ``default``)."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -20,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from fluxserve.client.webhooks import DELIVERY_HEADER, SECRET_HEADER, SIGNATURE_HEADER, sign, verify_signature
 from fluxserve.jobs.models import WebhookDelivery
 from fluxserve.netguard import UrlRefused, check_url, guarded_client
 
@@ -27,26 +26,9 @@ if TYPE_CHECKING:
     from fluxserve.backends.interfaces import WebhookStore
 
 log = logging.getLogger("fluxserve.webhooks")
-SIGNATURE_HEADER = "X-Fluxserve-Signature"
-DELIVERY_HEADER = "X-Fluxserve-Delivery"
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """``t=<unix time>,v1=<hex HMAC-SHA256 of "<t>." + body under the secret>``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
-def verify(secret: str, header: str, body: bytes, tolerance_s: float = 300, now: float | None = None) -> bool:
-    """Check a signature header as a receiver should: right MAC, recent timestamp."""
-    try:
-        parts = dict(p.split("=", 1) for p in header.split(","))
-        ts = int(parts["t"])
-    except (ValueError, KeyError):
-        return False
-    expected = sign(secret, ts, body).split("v1=")[1]
-    fresh = abs((now if now is not None else time.time()) - ts) <= tolerance_s
-    return fresh and hmac.compare_digest(expected, parts.get("v1", ""))
+# The signature scheme lives in the SDK, which receivers use to verify what this module sends.
+verify = verify_signature
+"""Check a signature header as a receiver should: right MAC, recent timestamp."""
 
 
 class WebhookDispatcher:
@@ -118,6 +100,12 @@ class WebhookDispatcher:
                 }
                 if delivery.secret:
                     headers[SIGNATURE_HEADER] = sign(delivery.secret, int(time.time()), body)
+                    # BFL sends the secret itself: receivers written for BFL check this one. A
+                    # secret that is no valid header value (non-ASCII, control characters) is
+                    # left to the signature alone.
+                    secret = delivery.secret
+                    if secret.isascii() and secret.isprintable() and secret == secret.strip():
+                        headers[SECRET_HEADER] = secret
                 # One deadline for the whole POST: httpx's own timeout is per read.
                 resp = await asyncio.wait_for(
                     client.post(delivery.url, content=body, headers=headers), self.timeout_s

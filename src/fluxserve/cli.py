@@ -33,12 +33,23 @@ err_console = Console(stderr=True)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where jobs, results and keys live.")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
+Gpus = Annotated[
+    str | None,
+    typer.Option(
+        "--gpus",
+        help="Devices, one engine worker each: 0,1 (cuda:0, cuda:1); cpu,cpu runs two on the CPU.",
+    ),
+]
+WorkerModels = Annotated[
+    str | None,
+    typer.Option("--models", help="Model ids the workers take (PostgreSQL); default: all that load."),
+]
 
 
 @contextlib.contextmanager
 def server_imports() -> Iterator[None]:
     """Wrap a server command's imports: without the ``server`` extra, say how to install it
-    instead of a traceback."""
+    instead of a traceback (``\\[`` keeps rich from reading ``[server]`` as markup)."""
     try:
         yield
     except ImportError as exc:
@@ -66,6 +77,14 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
+    gpus: Gpus = None,
+    models: WorkerModels = None,
+    no_worker: Annotated[
+        bool,
+        typer.Option(
+            "--no-worker", help="A stateless API node: no engine here; `fluxserve worker` processes generate."
+        ),
+    ] = False,
 ) -> None:
     """Start the server. Prints the base URL once it accepts requests."""
     with server_imports():
@@ -74,7 +93,15 @@ def serve(
         from fluxserve.api import create_app
         from fluxserve.backends import open_key_store
 
-    settings = _settings(config, host=host, port=port, data_dir=data_dir)
+    settings = _settings(
+        config,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        gpus=gpus,
+        worker_models=models,
+        run_worker=False if no_worker else None,
+    )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -111,6 +138,32 @@ def serve(
     server.run()
     if not server.started:
         sys.exit(1)
+
+
+@app.command()
+def worker(
+    gpus: Gpus = None,
+    models: WorkerModels = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Run engine workers without the HTTP API, one per GPU, each taking jobs of the models it
+    loaded from the shared PostgreSQL database (database_url). Stops after its jobs on SIGTERM."""
+    with server_imports():
+        from fluxserve.jobs.worker import run_worker_process
+
+    settings = _settings(config, gpus=gpus, worker_models=models, data_dir=data_dir)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.database_url:
+        err_console.print(
+            "[red]error:[/red] `fluxserve worker` takes jobs from a shared PostgreSQL database: set "
+            "database_url (FLUXSERVE_DATABASE_URL). With SQLite, `fluxserve serve --gpus 0,1` runs "
+            "one worker per GPU inside the server."
+        )
+        raise typer.Exit(2)
+    sys.exit(run_worker_process(settings))
 
 
 @db_app.command("upgrade")

@@ -150,6 +150,20 @@ class Settings(BaseModel):
     max_attempts: int = Field(default=3, ge=1)
     """A job running when the server died this many times ends as Error instead of re-running."""
 
+    gpus: list[str] = Field(default_factory=list)
+    """Devices to run engine workers on, one worker each (``serve --gpus`` / ``worker --gpus``):
+    ``0`` means ``cuda:0``; ``cpu``, ``cuda:1``, ``mps`` are taken as they are, and a device may
+    repeat (``cpu,cpu``: two workers on the CPU). Empty: one worker on ``device``."""
+    worker_models: list[str] = Field(default_factory=list)
+    """Model ids this process's engine workers take (PostgreSQL dispatch; ``--models``).
+    Empty: every model whose checkpoint loaded."""
+    run_worker: bool = True
+    """Run engine workers inside ``fluxserve serve``; false (``serve --no-worker``) makes a
+    stateless API node that leaves generation to ``fluxserve worker`` processes."""
+    stall_timeout_s: float = Field(default=30.0, ge=1.0)
+    """PostgreSQL dispatch: a worker whose heartbeat is older than this is gone, and its job runs
+    again elsewhere (heartbeats every quarter of it)."""
+
     sync_timeout_s: float = Field(default=600.0, gt=0)
     """How long a synchronous OpenAI call waits for its job before answering 504."""
     log_level: str = "info"
@@ -160,6 +174,14 @@ class Settings(BaseModel):
         """``"/a:/b"`` (the environment's form) → two directories."""
         if isinstance(value, str):
             return [part for part in value.split(os.pathsep) if part]
+        return value
+
+    @field_validator("gpus", "worker_models", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """``"0,1"`` (the environment's and the command line's form) → two entries."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @classmethod

@@ -8,9 +8,18 @@ and files live in ``local`` storage (default), ``memory``, or S3 when ``storage_
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from fluxserve.backends.interfaces import JobQueue, JobStore, KeyStore, WebhookStore
+from fluxserve.backends.interfaces import (
+    EventBus,
+    JobClaims,
+    JobDispatch,
+    JobQueue,
+    JobStore,
+    KeyStore,
+    WebhookStore,
+)
+from fluxserve.jobs.events import LocalBus
 from fluxserve.settings import Settings
 from fluxserve.storage import (
     LocalStorage,
@@ -33,6 +42,11 @@ class Backends:
     storage: Storage
     signer: SignedUrls
     close: Callable[[], None]
+    bus: EventBus = field(default_factory=LocalBus)
+    """Live events between processes (in-process for SQLite and memory)."""
+    dispatch: JobDispatch | None = None
+    """How jobs reach engine workers in other processes (PostgreSQL); None: the in-process
+    queue."""
 
 
 def open_backends(settings: Settings) -> Backends:
@@ -49,12 +63,9 @@ def open_backends(settings: Settings) -> Backends:
     else:
         storage = LocalStorage(settings.data_dir / "files", signer)
     if settings.database_url:
-        from fluxserve.backends.postgres import (
-            PostgresDatabase,
-            PostgresJobStore,
-            PostgresKeyStore,
-            PostgresWebhookStore,
-        )
+        from fluxserve.backends.postgres import PostgresDatabase, PostgresKeyStore, PostgresWebhookStore
+        from fluxserve.backends.postgres.dispatch import DispatchingJobStore, ProcrastinateDispatch
+        from fluxserve.backends.postgres.events import PostgresEventBus
 
         pg = PostgresDatabase(settings.database_url)
         try:
@@ -62,9 +73,19 @@ def open_backends(settings: Settings) -> Backends:
         except Exception:
             pg.close()
             raise
-        jobs_pg = PostgresJobStore(pg, batch_delay_s=settings.batch_delay_s)
+        jobs_pg = DispatchingJobStore(pg, batch_delay_s=settings.batch_delay_s)
+        # A webhook claim holds for one attempt's deadline and a margin, then another may retry.
+        hooks = PostgresWebhookStore(pg, lease_s=settings.webhook_timeout_s + 60)
         return Backends(
-            jobs_pg, jobs_pg, PostgresWebhookStore(pg), PostgresKeyStore(pg), storage, signer, pg.close
+            jobs_pg,
+            jobs_pg,
+            hooks,
+            PostgresKeyStore(pg),
+            storage,
+            signer,
+            pg.close,
+            bus=PostgresEventBus(settings.database_url),
+            dispatch=ProcrastinateDispatch(settings.database_url, jobs_pg, settings.stall_timeout_s),
         )
     if settings.backend == "memory":
         from fluxserve.backends.memory import MemoryJobStore, MemoryKeyStore
@@ -93,4 +114,15 @@ def open_key_store(settings: Settings) -> KeyStore:
     return SQLiteKeyStore(Database(settings.db_path))
 
 
-__all__ = ["Backends", "JobQueue", "JobStore", "KeyStore", "WebhookStore", "open_backends", "open_key_store"]
+__all__ = [
+    "Backends",
+    "EventBus",
+    "JobClaims",
+    "JobDispatch",
+    "JobQueue",
+    "JobStore",
+    "KeyStore",
+    "WebhookStore",
+    "open_backends",
+    "open_key_store",
+]

@@ -7,6 +7,7 @@ event loop for short writes and from worker threads during a run.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from fluxserve.jobs.models import (
@@ -179,4 +180,74 @@ class KeyStore(Protocol):
 
     def verify(self, secret: str) -> str | None:
         """The key id when ``secret`` is an active key, else None."""
+        ...
+
+
+class EventBus(Protocol):
+    """Live job events between processes: an SSE stream on one node shows the events of a job
+    running on another. In-process (nothing to carry) or PostgreSQL LISTEN/NOTIFY.
+
+    Delivery is best effort and in order per sender; job state never depends on it (the
+    store is the truth, and a stream's terminal event is rebuilt from the job row)."""
+
+    def send(self, job_id: str, event_id: int, type: str, data: dict[str, Any]) -> None:
+        """Carry an event published here to every other process (call on the event loop)."""
+        ...
+
+    def watch(self, job_id: str) -> None:
+        """Say that someone here streams ``job_id`` (its worker then makes previews)."""
+        ...
+
+    def watched(self, job_id: str) -> bool:
+        """Whether a stream in another process watches ``job_id`` (any thread)."""
+        ...
+
+    async def run(
+        self,
+        deliver: Callable[[str, int, str, dict[str, Any]], None],
+        watching: Callable[[], Iterable[str]],
+    ) -> None:
+        """Until cancelled: pass events from other processes to ``deliver`` (on the loop), and
+        keep announcing the jobs ``watching()`` names."""
+        ...
+
+
+class JobClaims(Protocol):
+    """Claiming one named job, for dispatch that hands out job ids (procrastinate) rather than
+    letting workers pick from the queue (``JobQueue.claim_next``)."""
+
+    def claim(self, job_id: str, worker: str) -> Job | None:
+        """Mark the job running under one more attempt by ``worker`` (a name, kept with the
+        job), if it is queued or was left running by a worker that is gone; None if it has
+        ended or does not exist."""
+        ...
+
+    def give_up(self, job_id: str) -> bool:
+        """End a job that was started ``max_attempts`` times without finishing as Error, with
+        :func:`gave_up_error`; False if it has ended already."""
+        ...
+
+
+class JobDispatch(Protocol):
+    """Hands jobs to engine workers in any process (PostgreSQL: procrastinate), and brings back
+    the jobs of workers that are gone. Without one (SQLite), workers in the server's process
+    take jobs with ``JobQueue.claim_next``."""
+
+    claims: JobClaims
+    """How a worker claims the job it was handed."""
+
+    async def run_worker(
+        self, name: str, models: Sequence[str], run: Callable[[str], Awaitable[None]]
+    ) -> None:
+        """Run one engine worker until cancelled: for each job of ``models`` it is handed,
+        ``await run(job_id)``; on cancellation, finish the current job first."""
+        ...
+
+    async def reap_forever(self, max_attempts: int, ended: Callable[[str], None]) -> None:
+        """Until cancelled: send the jobs of workers that stopped beating back to the queue, or
+        end those started ``max_attempts`` times as Error and call ``ended(job_id)``."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
         ...

@@ -1,14 +1,21 @@
 """Live job events for server-sent-event streams: queued, progress, preview, partial, end.
 
-In-process and in memory: a stream that reconnects after a restart gets the job's state from
-the store (its terminal event is always rebuilt from the job row), not the old previews."""
+Each process keeps a short history per job and its subscribers, on its event loop. An
+:class:`~fluxserve.backends.interfaces.EventBus` carries events between processes: with
+:class:`LocalBus` (SQLite, one process) nothing leaves the process; with PostgreSQL,
+LISTEN/NOTIFY brings a job's events from the worker that runs it to every API node. A stream
+that reconnects after a restart gets the job's state from the store (its terminal event is
+always rebuilt from the job row), not the old previews."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fluxserve.backends.interfaces import EventBus
 
 MAX_HISTORY = 256
 
@@ -22,10 +29,35 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-class JobEvents:
-    """Per-job event history and subscribers, on one event loop."""
+class LocalBus:
+    """The in-process :class:`~fluxserve.backends.interfaces.EventBus`: one process holds the
+    API and the worker, so there is nobody else to tell."""
 
-    def __init__(self) -> None:
+    def send(self, job_id: str, event_id: int, type: str, data: dict[str, Any]) -> None:
+        """Nothing to carry."""
+
+    def watch(self, job_id: str) -> None:
+        """Nobody else to tell."""
+
+    def watched(self, job_id: str) -> bool:
+        """No other process streams anything."""
+        return False
+
+    async def run(
+        self,
+        deliver: Callable[[str, int, str, dict[str, Any]], None],
+        watching: Callable[[], Iterable[str]],
+    ) -> None:
+        """Nothing arrives from elsewhere."""
+
+
+class JobEvents:
+    """Per-job event history and subscribers, on one event loop, shared through a bus."""
+
+    def __init__(self, bus: EventBus | None = None) -> None:
+        self.bus: EventBus = bus or LocalBus()
+        self.on_end: Callable[[str], None] | None = None
+        """Called on the loop when another process announces the end of a job."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._history: dict[str, list[Event]] = {}
         self._subscribers: dict[str, list[asyncio.Queue[Event]]] = {}
@@ -35,9 +67,14 @@ class JobEvents:
         """Deliver events on ``loop`` (the server's); before this, publishing does nothing."""
         self._loop = loop
 
+    async def run(self) -> None:
+        """Receive other processes' events until cancelled (nothing to do in-process)."""
+        await self.bus.run(self.receive, lambda: list(self._subscribers))
+
     def has_subscribers(self, job_id: str) -> bool:
-        """Whether anyone is listening to ``job_id`` (previews are only made for listeners)."""
-        return bool(self._subscribers.get(job_id))
+        """Whether anyone, here or on another node, is listening to ``job_id`` (previews are
+        only made for listeners)."""
+        return bool(self._subscribers.get(job_id)) or self.bus.watched(job_id)
 
     def publish(self, job_id: str, type: str, data: dict[str, Any] | None = None) -> None:
         """Publish from any thread."""
@@ -54,17 +91,26 @@ class JobEvents:
 
     def _publish(self, job_id: str, type: str, data: dict[str, Any]) -> None:
         seq = self._seq.get(job_id, 0) + 1
-        self._seq[job_id] = seq
-        event = Event(seq, type, data)
+        self._record(job_id, Event(seq, type, data))
+        self.bus.send(job_id, seq, type, data)
+
+    def receive(self, job_id: str, event_id: int, type: str, data: dict[str, Any]) -> None:
+        """An event published by another process (on the loop): keep it and pass it on."""
+        self._record(job_id, Event(event_id, type, data))
+        if type == "end" and self.on_end is not None:
+            self.on_end(job_id)
+
+    def _record(self, job_id: str, event: Event) -> None:
+        self._seq[job_id] = max(self._seq.get(job_id, 0), event.id)
         history = self._history.setdefault(job_id, [])
-        if type == "preview":  # keep only the newest preview for replay
+        if event.type == "preview":  # keep only the newest preview for replay
             history[:] = [e for e in history if e.type != "preview"]
         history.append(event)
         del history[:-MAX_HISTORY]
         for q in self._subscribers.get(job_id, []):
             q.put_nowait(event)
-        if type == "end":
-            self._loop.call_later(300, self.forget, job_id)  # type: ignore[union-attr]
+        if event.type == "end" and self._loop is not None:
+            self._loop.call_later(300, self.forget, job_id)
 
     def forget(self, job_id: str) -> None:
         """Drop a job's history."""
@@ -75,6 +121,7 @@ class JobEvents:
         """Buffered events with an id above ``after``, then live ones, until ``end``."""
         q: asyncio.Queue[Event] = asyncio.Queue()
         self._subscribers.setdefault(job_id, []).append(q)
+        self.bus.watch(job_id)
         try:
             for e in list(self._history.get(job_id, [])):
                 if e.id > after:

@@ -28,7 +28,7 @@ from fluxserve.storage import Storage
 from fluxserve.upsampling import BuiltinUpsampler, PromptUpsampler
 
 if TYPE_CHECKING:  # the backends import the job models; only types are needed here
-    from fluxserve.backends.interfaces import JobQueue, JobStore, WebhookStore
+    from fluxserve.backends.interfaces import EventBus, JobQueue, JobStore, WebhookStore
 
 log = logging.getLogger("fluxserve.jobs")
 
@@ -67,6 +67,7 @@ class JobService:
         upsampler: PromptUpsampler | None = None,
         scene_models: frozenset[str] = frozenset(),
         policy: JobPolicy | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -78,7 +79,8 @@ class JobService:
         """Model ids served by the embedded model, whose prompts upsample within its grammar."""
         self.policy = policy or JobPolicy()
         self.work_available = asyncio.Event()
-        self.events = JobEvents()
+        self.events = JobEvents(bus)
+        self.events.on_end = self._wake  # a job ended in another process (PostgreSQL dispatch)
         self.on_webhook: Callable[[], None] | None = None
         """Called when a webhook becomes due (the dispatcher's wake-up)."""
         self._waiters: dict[str, list[asyncio.Event]] = {}
@@ -205,11 +207,14 @@ class JobService:
     def job_ended(self, job_id: str) -> None:
         """Everything that follows the end of a job: wake waiters, publish the terminal event,
         release its webhook. Called on the event loop."""
-        for ev in self._waiters.pop(job_id, []):
-            ev.set()
+        self._wake(job_id)
         self.events.publish(job_id, "end")
         if self.webhooks.activate(job_id) and self.on_webhook is not None:
             self.on_webhook()
+
+    def _wake(self, job_id: str) -> None:
+        for ev in self._waiters.pop(job_id, []):
+            ev.set()
 
     def recover(self) -> Recovery:
         """At start: put jobs a dead process left running back in the queue (or end those that

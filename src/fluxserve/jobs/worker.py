@@ -1,4 +1,9 @@
-"""The in-process worker: claims jobs, runs the engine off the event loop, stores results."""
+"""Engine workers: claim jobs, run the engine off the event loop, store results.
+
+:class:`Worker` runs one engine. :class:`EngineWorkers` runs one per device (``gpus``): with
+SQLite each claims from the in-process queue; with PostgreSQL each is a procrastinate worker
+that takes only the models its engine loaded (:class:`~fluxserve.backends.interfaces.JobDispatch`).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,13 @@ import base64
 import contextlib
 import io
 import logging
+import os
+import socket
 import time
 import traceback
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
 
@@ -20,6 +28,10 @@ from fluxserve.images import encode_image
 from fluxserve.jobs.models import Job, JobStatus
 from fluxserve.jobs.service import JobService
 from fluxserve.safety import Decision
+
+if TYPE_CHECKING:
+    from fluxserve.backends.interfaces import JobDispatch
+    from fluxserve.settings import Settings
 
 log = logging.getLogger("fluxserve.worker")
 PREVIEW_SIDE = 256
@@ -31,19 +43,56 @@ def partial_steps(steps: int, partial_images: int) -> set[int]:
     return {max(1, round(k * steps / (partial_images + 1))) for k in range(1, partial_images + 1)}
 
 
-class Worker:
-    """Runs queued jobs one at a time. Store errors (a full disk, a lost database) never kill
-    it: it logs, reports itself unhealthy (``/readyz`` answers 503), backs off and retries,
-    and carries on when the store works again."""
+def worker_name(device: str, index: int) -> str:
+    """``cpu#0@host:pid``: which engine, on which machine and process, ran a job."""
+    return f"{device}#{index}@{socket.gethostname()}:{os.getpid()}"
 
-    def __init__(self, service: JobService, engine: Engine, catalog: ModelCatalog) -> None:
+
+def worker_devices(gpus: Sequence[str], default: str) -> list[str]:
+    """The devices of the ``gpus`` setting, one engine worker each: ``"0"`` is ``cuda:0``;
+    anything else (``cpu``, ``cuda:1``, ``mps``) is taken as it is, repeats included (``cpu,cpu``
+    runs two workers on the CPU). Empty: one worker on ``default`` (the ``device`` setting)."""
+    return [f"cuda:{g}" if g.isdigit() else g for g in gpus] or [default]
+
+
+@dataclass
+class WorkerHealth:
+    """Whether the job store answers the workers (shared by the workers of one process)."""
+
+    healthy: bool = True
+    last_error: str | None = None
+
+
+class Worker:
+    """Runs jobs one at a time on one engine. Store errors (a full disk, a lost database)
+    never kill it: it logs, reports itself unhealthy (``/readyz`` answers 503), backs off and
+    retries, and carries on when the store works again."""
+
+    def __init__(
+        self,
+        service: JobService,
+        engine: Engine,
+        catalog: ModelCatalog,
+        name: str = "worker",
+        health: WorkerHealth | None = None,
+    ) -> None:
         self.service = service
         self.engine = engine
         self.catalog = catalog
-        self.healthy = True
-        """False while the job store fails; True again after the next successful call."""
-        self.last_error: str | None = None
+        self.name = name
+        """Shown in logs and recorded in each result it makes (``result.worker``)."""
+        self.health = health or WorkerHealth()
         self._stopping = False
+
+    @property
+    def healthy(self) -> bool:
+        """False while the job store fails; True again after the next successful call."""
+        return self.health.healthy
+
+    @property
+    def last_error(self) -> str | None:
+        """The store's last error while unhealthy."""
+        return self.health.last_error
 
     def stop(self) -> None:
         """Finish the current job, then return from :meth:`run`."""
@@ -68,17 +117,34 @@ class Worker:
             try:
                 value = call()
             except Exception as exc:
-                self.healthy = False
-                self.last_error = f"{exc.__class__.__name__}: {exc}"
+                self.health.healthy = False
+                self.health.last_error = f"{exc.__class__.__name__}: {exc}"
                 log.error("job store failed (%s); retrying in %.1f s", self.last_error, delay)
                 if self._stopping:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
                 continue
-            self.healthy = True
-            self.last_error = None
+            self.health.healthy = True
+            self.health.last_error = None
             return value
+
+    async def run_dispatched(self, job_id: str, dispatch: JobDispatch) -> None:
+        """Run the job ``dispatch`` handed us: claim it and run it; end it as Error instead
+        when it was started ``max_attempts`` times already; do nothing if it has ended (a
+        cancel while it was queued)."""
+        claims = dispatch.claims
+        job = await self._store_call(lambda: self.service.store.get(job_id))
+        if job is None or job.terminal:
+            return
+        if job.attempts >= self.service.policy.max_attempts:
+            if await self._store_call(lambda: claims.give_up(job_id)):
+                log.error("job %s was started %d times without finishing; giving up", job_id, job.attempts)
+                self.service.job_ended(job_id)
+            return
+        claimed = await self._store_call(lambda: claims.claim(job_id, self.name))
+        if claimed is not None:
+            await self.run_job(claimed)
 
     async def run_job(self, job: Job) -> None:
         """Run one claimed job to its end, and record that end whatever happens."""
@@ -201,4 +267,174 @@ class Worker:
             "height": spec.height,
             "engine_s": round(t1 - t0, 4),
             "encode_s": round(t2 - t1, 4),
+            "worker": self.name,
         }, decision
+
+
+class EngineWorkers:
+    """The engine workers of one process, one per engine (device). ``models`` limits the
+    models they take (PostgreSQL dispatch); empty means every model in the catalog."""
+
+    def __init__(
+        self,
+        service: JobService,
+        catalog: ModelCatalog,
+        engines: Sequence[tuple[str, Engine]],
+        dispatch: JobDispatch | None = None,
+        models: Sequence[str] = (),
+    ) -> None:
+        unknown = [m for m in models if catalog.get(m) is None]
+        if unknown:
+            raise ValueError(f"worker_models names models not in the catalog: {', '.join(unknown)}")
+        self.service = service
+        self.catalog = catalog
+        self.dispatch = dispatch
+        self.models = list(models) or catalog.ids()
+        self.health = WorkerHealth()
+        self.workers = [Worker(service, engine, catalog, name, self.health) for name, engine in engines]
+
+    def checkpoints(self) -> list[str]:
+        """The checkpoints our models need, each once."""
+        return sorted({e.checkpoint for m in self.models if (e := self.catalog.get(m)) is not None})
+
+    async def load(self) -> str | None:
+        """Load our checkpoints into every engine. One broken checkpoint takes down only the
+        models that use it; returns the reasons when none of our models is left."""
+        errors: list[str] = []
+        for checkpoint in self.checkpoints():
+            for worker in self.workers:
+                try:
+                    await asyncio.to_thread(worker.engine.load, checkpoint)
+                except Exception as exc:
+                    reason = str(exc) if exc.__class__.__name__ == "CheckpointError" else repr(exc)
+                    ids = self.catalog.mark_unavailable(checkpoint, reason)
+                    log.error("models %s are unavailable: %s", ", ".join(ids), reason)
+                    errors.append(reason)
+                    break
+        if not self.loaded_models():
+            return "; ".join(errors) or "no models to serve"
+        return None
+
+    def loaded_models(self) -> list[str]:
+        """Our models whose checkpoint loaded: the only ones we take."""
+        unavailable = self.catalog.unavailable_models()
+        return [m for m in self.models if m not in unavailable]
+
+    async def run(self) -> None:
+        """Run every worker until cancelled (or stopped, in-process)."""
+        dispatch = self.dispatch
+        if dispatch is None:
+            await asyncio.gather(*(w.run() for w in self.workers))
+            return
+        models = self.loaded_models()
+        await asyncio.gather(
+            *(
+                dispatch.run_worker(w.name, models, lambda job_id, w=w: w.run_dispatched(job_id, dispatch))  # type: ignore[misc]
+                for w in self.workers
+            )
+        )
+
+    def stop(self) -> None:
+        """Let in-process workers finish their job and return (dispatched ones stop when
+        :meth:`run` is cancelled)."""
+        for w in self.workers:
+            w.stop()
+
+
+class NoEngine:
+    """The engine of a process that runs none (a stateless API node, ``serve --no-worker``):
+    its workers never take a job, so it is never asked to generate."""
+
+    def load(self, checkpoint: str) -> None:
+        """Nothing to load."""
+
+    def generate(self, request: EngineRequest, *args: Any, **kwargs: Any) -> list[Image.Image]:
+        """Never called: an API node takes no jobs."""
+        raise RuntimeError("this process runs no engine (an API node started with --no-worker)")
+
+
+def run_worker_process(settings: Settings) -> int:
+    """``fluxserve worker``: engine workers (one per device in ``gpus``) that take jobs from the
+    shared PostgreSQL database, with live events and the stalled-job reaper, and no HTTP API.
+    SIGTERM or SIGINT lets the running jobs finish, then returns. Returns the exit status."""
+    return asyncio.run(_worker_main(settings))
+
+
+async def _worker_main(settings: Settings) -> int:
+    import signal
+
+    from fluxserve.backends import open_backends
+    from fluxserve.engines.checkpoints import checkpoint_resolver
+    from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+    from fluxserve.jobs.service import JobPolicy
+    from fluxserve.loras import LoraLibrary
+    from fluxserve.safety import Moderator, OpenNSFWClassifier
+
+    backends = open_backends(settings)
+    dispatch = backends.dispatch
+    if dispatch is None:
+        backends.close()
+        log.error("fluxserve worker needs database_url (PostgreSQL)")
+        return 2
+    catalog = ModelCatalog.from_settings(settings)
+    moderator = Moderator(
+        enabled=settings.moderation_enabled,
+        thresholds=settings.moderation_thresholds,
+        image_thresholds=settings.moderation_image_thresholds,
+        classifier=OpenNSFWClassifier() if settings.moderation_enabled else None,
+    )
+    service = JobService(
+        backends.jobs,
+        backends.queue,
+        backends.webhooks,
+        backends.storage,
+        moderator,
+        policy=JobPolicy(settings.max_queued_jobs, settings.max_attempts, settings.retention_s),
+        bus=backends.bus,
+    )
+    loras = LoraLibrary(settings.lora_dirs)
+    resolver = checkpoint_resolver(settings, catalog)
+    engines: list[tuple[str, Engine]] = [
+        (
+            worker_name(device, i),
+            DiffusersFluxEngine(
+                resolver, device, settings.dtype, loras=loras, lora_cache_size=settings.lora_cache_size
+            ),
+        )
+        for i, device in enumerate(worker_devices(settings.gpus, settings.device))
+    ]
+    try:
+        workers = EngineWorkers(service, catalog, engines, dispatch, settings.worker_models)
+    except ValueError as exc:
+        log.error("%s", exc)
+        backends.close()
+        return 2
+    loop = asyncio.get_running_loop()
+    service.events.bind(loop)
+    main = asyncio.current_task()
+    assert main is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    side = [
+        asyncio.create_task(service.events.run()),
+        asyncio.create_task(dispatch.reap_forever(settings.max_attempts, service.job_ended)),
+    ]
+    status = 0
+    try:
+        error = await workers.load()
+        if error is not None:
+            log.error("no model could be loaded: %s", error)
+            status = 1
+        else:
+            names = ", ".join(w.name for w in workers.workers)
+            print(f"fluxserve worker ready: {names} take {', '.join(workers.loaded_models())}", flush=True)
+            await workers.run()
+    except asyncio.CancelledError:
+        log.info("stopping: the running jobs finish first")
+    finally:
+        for t in side:
+            t.cancel()
+        await asyncio.gather(*side, return_exceptions=True)
+        await dispatch.close()
+        backends.close()
+    return status

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from procrastinate.schema import SchemaManager
 from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
@@ -79,6 +80,20 @@ MIGRATIONS: tuple[str, ...] = (
         last_used_at DOUBLE PRECISION
     );
     """,
+    # 2: scale-out: procrastinate's schema (dispatch to engine workers, heartbeats, stalled-job
+    # detection), as the installed procrastinate ships it; and the store for live events too
+    # big for a NOTIFY payload (previews, partial images)
+    SchemaManager.get_schema()
+    + """
+    CREATE TABLE fluxserve_job_events (
+        id     BIGSERIAL PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        data   JSONB NOT NULL,
+        at     TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE INDEX fluxserve_job_events_at ON fluxserve_job_events (at);
+    ALTER TABLE fluxserve_jobs ADD COLUMN worker TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -95,6 +110,11 @@ class PostgresDatabase:
         self._pool: ConnectionPool[Connection[dict[str, Any]]] = ConnectionPool(
             url, min_size=min_size, max_size=max_size, kwargs={"row_factory": dict_row}, open=True
         )
+
+    @property
+    def pool(self) -> ConnectionPool[Connection[dict[str, Any]]]:
+        """The pool itself (procrastinate defers jobs on its connections)."""
+        return self._pool
 
     @contextmanager
     def transaction(self) -> Iterator[Connection[dict[str, Any]]]:

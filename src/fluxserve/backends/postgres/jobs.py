@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+from psycopg import Connection
 from psycopg.types.json import Jsonb
 
 from fluxserve.backends.interfaces import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
@@ -106,7 +107,48 @@ class PostgresJobStore:
                     " state, attempts, next_at, created_at) VALUES (%s, %s, %s, %s, %s, 'waiting', 0, 0, %s)",
                     (job.id, str(uuid.uuid4()), webhook.url, webhook.secret, webhook.base_url, now),
                 )
+            if job.status == JobStatus.QUEUED:
+                self._enqueued(c, job)
         return job
+
+    def _enqueued(self, c: Connection[dict[str, Any]], job: Job) -> None:
+        """Called inside the transaction that creates a queued job (dispatch hooks in here)."""
+
+    def claim(self, job_id: str, worker: str) -> Job | None:
+        """Mark the job running under one more attempt (see ``JobClaims.claim``)."""
+        with self._db.transaction() as c:
+            row = c.execute(
+                "UPDATE fluxserve_jobs SET status = 'running', attempts = attempts + 1, worker = %s,"
+                " started_at = %s, progress = 0 WHERE id = %s AND status IN ('queued', 'running')"
+                " RETURNING *",
+                (worker, time.time(), job_id),
+            ).fetchone()
+        return _row_to_job(row) if row else None
+
+    def give_up(self, job_id: str) -> bool:
+        """End a job started too often as Error (see ``JobClaims.give_up``)."""
+        with self._db.transaction() as c:
+            cur = c.execute(
+                "UPDATE fluxserve_jobs SET status = 'error', finished_at = %s,"
+                " details = jsonb_build_object('error', %s::text)"
+                " WHERE id = %s AND status IN ('queued', 'running')",
+                (time.time(), gave_up_error(self._attempts(c, job_id)), job_id),
+            )
+            return cur.rowcount == 1
+
+    @staticmethod
+    def _attempts(c: Connection[dict[str, Any]], job_id: str) -> int:
+        row = c.execute("SELECT attempts FROM fluxserve_jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
+        return int(row["attempts"]) if row else 0
+
+    def requeue(self, job_ids: list[str]) -> None:
+        """Show jobs whose worker is gone as queued again (their dispatch was retried)."""
+        with self._db.transaction() as c:
+            c.execute(
+                "UPDATE fluxserve_jobs SET status = 'queued', progress = 0"
+                " WHERE id = ANY(%s) AND status = 'running'",
+                (job_ids,),
+            )
 
     def get(self, job_id: str) -> Job | None:
         """The job, or None."""

@@ -1,5 +1,9 @@
 """Webhook deliveries in PostgreSQL; claims use ``SKIP LOCKED``, so each delivery attempt is
-made by exactly one process however many API nodes share the database."""
+made by exactly one process however many API nodes share the database.
+
+Shared by several processes (``lease_s`` set), a claim is a lease: a delivery whose sender died
+mid-attempt is due again once the lease runs out, and a node that restarts does not take back
+the deliveries other nodes are sending."""
 
 from __future__ import annotations
 
@@ -28,8 +32,10 @@ def _delivery(r: dict[str, Any]) -> WebhookDelivery:
 class PostgresWebhookStore:
     """``WebhookStore`` over ``fluxserve_webhook_deliveries`` and ``_attempts``."""
 
-    def __init__(self, db: PostgresDatabase) -> None:
+    def __init__(self, db: PostgresDatabase, lease_s: float | None = None) -> None:
         self._db = db
+        self.lease_s = lease_s
+        """With several processes: how long a claim holds before another process may retry it."""
 
     def activate(self, job_id: str) -> bool:
         """Make the job's waiting delivery due now."""
@@ -42,21 +48,28 @@ class PostgresWebhookStore:
             return cur.rowcount == 1
 
     def due(self, limit: int = 16) -> list[WebhookDelivery]:
-        """Claim due deliveries (pending -> sending)."""
+        """Claim due deliveries (pending -> sending; with a lease, also sending ones whose
+        lease ran out)."""
+        now = time.time()
+        states = ("pending", "sending") if self.lease_s is not None else ("pending",)
         with self._db.transaction() as c:
             rows = c.execute(
-                f"UPDATE fluxserve_webhook_deliveries SET state = 'sending' WHERE job_id IN ("
-                " SELECT job_id FROM fluxserve_webhook_deliveries WHERE state = 'pending' AND next_at <= %s"
+                "UPDATE fluxserve_webhook_deliveries SET state = 'sending', next_at = %s WHERE job_id IN ("
+                " SELECT job_id FROM fluxserve_webhook_deliveries WHERE state = ANY(%s) AND next_at <= %s"
                 f" ORDER BY next_at LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}",
-                (time.time(), limit),
+                (now + (self.lease_s or 0.0), list(states), now, limit),
             ).fetchall()
         # RETURNING shows the new state; callers see what they claimed, as the other backends do.
         return sorted((_delivery({**r, "state": "pending"}) for r in rows), key=lambda d: d.next_at)
 
     def recover(self) -> None:
-        """In-flight deliveries are due again."""
+        """In-flight deliveries are due again (with a lease: those whose lease ran out)."""
         with self._db.transaction() as c:
-            c.execute("UPDATE fluxserve_webhook_deliveries SET state = 'pending' WHERE state = 'sending'")
+            c.execute(
+                "UPDATE fluxserve_webhook_deliveries SET state = 'pending'"
+                " WHERE state = 'sending' AND (%s OR next_at <= %s)",
+                (self.lease_s is None, time.time()),
+            )
 
     def record(
         self,

@@ -1,0 +1,266 @@
+"""Scale-out through live processes on loopback: stateless API nodes (``serve --no-worker``)
+and engine workers (``fluxserve worker``) sharing a real PostgreSQL (dispatch through
+procrastinate, events over LISTEN/NOTIFY) and a real S3 store; and several engine workers in
+one server (``serve --gpus cpu,cpu``) on SQLite."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from PIL import Image
+
+from conftest import PostgresServer, S3Server, free_port, poll_result
+
+
+class Proc:
+    """A ``python -m fluxserve ...`` process whose output is collected as it comes."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.args = args
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fluxserve", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 120.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                raise RuntimeError(f"{self.args} exited:\n" + "".join(self.lines))
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.args}: no {text!r} in:\n" + "".join(self.lines))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class ApiNode(Proc):
+    def __init__(self, env: dict[str, str], data_dir: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["serve", "--port", str(self.port), "--data-dir", str(data_dir), *extra], env)
+
+    def ready(self) -> None:
+        self.wait_for("fluxserve listening on")
+        deadline = time.monotonic() + 120
+        while httpx.get(self.base_url + "/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "".join(self.lines)
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def base_env(tiny_checkpoint: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLUXSERVE_", "AWS_"))}
+    env["FLUXSERVE_DEFAULT_CHECKPOINT"] = str(tiny_checkpoint)
+    env["FLUXSERVE_LOG_LEVEL"] = "warning"
+    env.update({"FLUXSERVE_" + k.upper(): v for k, v in settings.items()})
+    return env
+
+
+def submit(base_url: str, prompt: str, model: str = "flux-dev", **fields: Any) -> str:
+    body = {"prompt": prompt, "width": 256, "height": 256, "steps": 2, **fields}
+    r = httpx.post(f"{base_url}/v1/{model}", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+def test_two_engine_workers_in_one_server_share_the_queue(make_server, tiny_checkpoint: Path) -> None:  # type: ignore[no-untyped-def]
+    """``serve --gpus cpu,cpu``: the device list is injectable, so two engine workers run on the
+    CPU, both take jobs from the one SQLite queue, and no job runs twice."""
+    srv = make_server(gpus="cpu,cpu", batch_delay_s="0")
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda i: submit(srv.base_url, f"a red circle {i}", seed=i), range(16)))
+    for job_id in ids:
+        assert poll_result(srv.base_url, job_id)["status"] == "Ready"
+    with sqlite3.connect(srv.data_dir / "fluxserve.sqlite3") as db:
+        rows = db.execute("SELECT attempts, completions, result FROM jobs").fetchall()
+    assert len(rows) == 16 and all(r[0] == 1 and r[1] == 1 for r in rows)
+    workers = {json.loads(r[2])["worker"].split("@")[0] for r in rows}
+    assert workers == {"cpu#0", "cpu#1"}
+
+
+def sse_events(url: str, out: list[tuple[str, dict[str, Any]]], done: threading.Event) -> None:
+    """Read a server-sent-event stream into ``out`` until it ends."""
+    try:
+        with httpx.stream("GET", url, timeout=120) as r:
+            event = ""
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    out.append((event, json.loads(line[6:])))
+    finally:
+        done.set()
+
+
+def rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return list(conn.execute(sql, params).fetchall())  # type: ignore[arg-type]
+
+
+def wait_until(check: Any, timeout: float = 60.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(what or str(check))
+
+
+@pytest.mark.slow  # about a minute and a half: five processes, 200 jobs, three worker deaths
+def test_api_nodes_and_workers_share_postgres_and_s3(
+    procs: list[Proc],
+    postgres_server: PostgresServer,
+    s3_server: S3Server,
+    tiny_checkpoint: Path,
+    slow_checkpoint: Path,
+    tmp_path: Path,
+) -> None:
+    url = postgres_server.new_database()
+    env = base_env(
+        tiny_checkpoint,
+        database_url=url,
+        storage_url=f"s3://{s3_server.bucket}/scaleout",
+        secret_key="shared-secret-for-every-node",
+        batch_delay_s="0",
+        stall_timeout_s="3",
+        max_attempts="2",
+        # flux-dev runs the tiny model; flux-pro runs one slow enough to watch and kill.
+        models=json.dumps({"flux-pro": {"checkpoint": str(slow_checkpoint)}}),
+        moderation_enabled="false",
+    )
+    env.update(s3_server.env)
+    assert subprocess.run([sys.executable, "-m", "fluxserve", "db", "upgrade"], env=env).returncode == 0
+    api_a, api_b = (ApiNode(env, tmp_path / name, "--no-worker") for name in ("a", "b"))
+    # Two workers take every model; a third loads and takes only the slow model.
+    w1, w2, w3 = Proc(["worker"], env), Proc(["worker"], env), Proc(["worker", "--models", "flux-pro"], env)
+    procs.extend([api_a, api_b, w1, w2, w3])
+    for node in (api_a, api_b):
+        node.ready()
+    for w in (w1, w2):
+        w.wait_for("fluxserve worker ready")
+    assert w3.wait_for("fluxserve worker ready").strip().endswith("take flux-pro")
+
+    # 200 jobs across both API nodes: every one completes, exactly once, on both workers.
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(
+            pool.map(
+                lambda i: submit((api_a, api_b)[i % 2].base_url, f"a blue square {i}", seed=i, steps=1),
+                range(200),
+            )
+        )
+    wait_until(
+        lambda: rows(url, "SELECT count(*) FROM fluxserve_jobs WHERE status = 'ready'")[0][0] == 200,
+        timeout=240,
+        what="200 jobs ready",
+    )
+    done = rows(url, "SELECT id, attempts, completions, worker FROM fluxserve_jobs")
+    assert sorted(r[0] for r in done) == sorted(ids)
+    assert all(r[1] == 1 and r[2] == 1 for r in done)
+    # Both full workers took some; the flux-pro-only worker none.
+    assert {r[3].split(":")[-1] for r in done} == {str(w1.proc.pid), str(w2.proc.pid)}
+
+    # A result made on a worker is in S3, and its signed URL works from either API node.
+    result = poll_result(api_a.base_url, ids[1])  # submitted through B
+    sample = result["result"]["sample"]
+    assert sample.startswith(api_a.base_url)
+    image = httpx.get(sample).content
+    assert Image.open(io.BytesIO(image)).size == (256, 256)
+    assert httpx.get(sample.replace(api_a.base_url, api_b.base_url)).content == image
+    key = f"scaleout/results/{ids[1]}/0.jpeg"
+    assert s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read() == image
+
+    # A slow job submitted on A, streamed from B while it runs on a worker.
+    slow = {"steps": 12}
+    workers = {str(w.proc.pid): w for w in (w1, w2, w3)}
+
+    def worker_of(job_id: str) -> Proc:
+        (name,) = rows(url, "SELECT worker FROM fluxserve_jobs WHERE id = %s", job_id)[0]
+        return workers.pop(name.split(":")[-1])
+
+    job = submit(api_a.base_url, "a green triangle", model="flux-pro", seed=7, **slow)
+    seen: list[tuple[str, dict[str, Any]]] = []
+    ended = threading.Event()
+    threading.Thread(
+        target=sse_events, args=(f"{api_b.base_url}/v1/jobs/{job}/events", seen, ended), daemon=True
+    ).start()
+    wait_until(lambda: any(e == "progress" for e, _ in seen), what="progress on the other node")
+    wait_until(lambda: any(e == "preview" for e, _ in seen), what="a preview on the other node")
+    # SIGKILL the worker running it: after the stall timeout the other worker completes it.
+    worker_of(job).stop(signal.SIGKILL)
+    assert ended.wait(120), seen
+    final = seen[-1]
+    assert final[0] == "result" and final[1]["status"] == "Ready", final
+    (attempts, completions, worker) = rows(
+        url, "SELECT attempts, completions, worker FROM fluxserve_jobs WHERE id = %s", job
+    )[0]
+    assert (attempts, completions) == (2, 1) and worker.split(":")[-1] in workers
+
+    # Cancel from the other node stops the worker at its next step.
+    job2 = submit(api_b.base_url, "a yellow moon", model="flux-pro", seed=8, **slow)
+    wait_until(
+        lambda: rows(url, "SELECT progress FROM fluxserve_jobs WHERE id = %s", job2)[0][0] > 0,
+        what="job2 running",
+    )
+    r = httpx.post(f"{api_a.base_url}/v1/jobs/{job2}/cancel")
+    assert r.status_code == 200, r.text
+    cancelled = poll_result(api_b.base_url, job2, timeout=30)
+    assert cancelled["status"] == "Error"
+    steps_done = rows(url, "SELECT details FROM fluxserve_jobs WHERE id = %s", job2)[0][0]["steps_done"]
+    assert steps_done < 12
+
+    # Attempts are capped: a job whose worker dies twice (max_attempts = 2) ends as Error.
+    job3 = submit(api_a.base_url, "a white cloud", model="flux-pro", seed=9, **slow)
+    running = "SELECT 1 FROM fluxserve_jobs WHERE id = %s AND status = 'running' AND attempts = %s"
+    for attempt in (1, 2):
+        wait_until(
+            lambda n=attempt: rows(url, running + " AND progress > 0", job3, n), what=f"attempt {attempt}"
+        )
+        worker_of(job3).stop(signal.SIGKILL)
+    gave_up = poll_result(api_b.base_url, job3, timeout=60)
+    assert gave_up["status"] == "Error"
+    (details,) = rows(url, "SELECT details FROM fluxserve_jobs WHERE id = %s", job3)[0]
+    assert "2 times" in details["error"], details

@@ -69,15 +69,16 @@ def test_readyz_lists_broken_models_and_the_rest_serve(srv) -> None:  # type: ig
     wrong = body["unavailable"]["flux-pro-1.1-ultra"]
     assert "wrong family" in wrong and "flux2-file-for-a-flux1-base" in wrong
     assert set(body["unavailable"]) == {"flux-pro-1.1", "flux-pro-1.1-ultra"}
-    # A request for a broken model fails clearly, naming the cause.
+    # A request for a broken model is refused before any work, naming the cause, by both protocols.
     r = httpx.post(f"{srv.base_url}/v1/flux-pro-1.1", json={"prompt": "a red square"}, timeout=30)
-    if r.status_code < 400:
-        result = poll_result(srv.base_url, r.json()["id"])
-        assert result["status"] == "Error"
-        message = json.dumps(result)
-    else:
-        message = r.text
-    assert "missing component 'text_encoder'" in message
+    assert r.status_code == 503
+    assert "missing component 'text_encoder'" in r.json()["detail"]
+    r = httpx.post(
+        f"{srv.base_url}/v1/images/generations", json={"model": "flux-pro-1.1-ultra", "prompt": "a cat"}
+    )
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert error["code"] == "model_unavailable" and "wrong family" in error["message"]
     # Other models, including the built-in ids on the default checkpoint, still work.
     r = httpx.post(f"{srv.base_url}/v1/flux-dev", json={"prompt": "a cat", "width": 256, "height": 256})
     assert poll_result(srv.base_url, r.json()["id"])["status"] == "Ready"

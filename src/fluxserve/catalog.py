@@ -146,6 +146,21 @@ class ModelCatalog:
             )
         return cls(list(entries.values()))
 
+    def apply_checkpoint_defaults(
+        self, checkpoint: str, steps: int, guidance: float, settings: Settings
+    ) -> None:
+        """Give the models on ``checkpoint`` the checkpoint's own defaults (its family's, or what
+        it declares), except a model's ``steps``/``guidance`` that the settings name."""
+        for entry in list(self._entries.values()):
+            if entry.checkpoint != checkpoint:
+                continue
+            o = settings.models.get(entry.id)
+            self._entries[entry.id] = replace(
+                entry,
+                steps=o.steps if o is not None and o.steps else steps,
+                guidance=o.guidance if o is not None and o.guidance is not None else guidance,
+            )
+
     def get(self, model_id: str) -> ModelEntry | None:
         """The entry for ``model_id``, or None."""
         return self._entries.get(model_id)

@@ -51,6 +51,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """Build the app. ``engine`` defaults to the diffusers FLUX engine."""
     backends = open_backends(settings)
     catalog = ModelCatalog.from_settings(settings)
+    from fluxserve.engines.checkpoints import apply_checkpoint_defaults
+
+    apply_checkpoint_defaults(settings, catalog)  # family defaults, from files already here
     moderator = Moderator(
         enabled=settings.moderation_enabled,
         thresholds=settings.moderation_thresholds,
@@ -129,6 +132,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 ids = catalog.mark_unavailable(checkpoint, reason)
                 log.error("models %s are unavailable: %s", ", ".join(ids), reason)
                 errors.append(reason)
+        apply_checkpoint_defaults(settings, catalog)  # hub checkpoints downloaded by the load
         if len(catalog.unavailable_models()) == len(catalog.ids()):
             state.load_error = "; ".join(errors)
             return

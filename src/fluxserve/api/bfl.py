@@ -64,6 +64,9 @@ def _options(body: CommonInputs) -> SpecOptions:
 async def _submit(
     entry: ModelEntry, body: CommonInputs, request: Request, state: AppState, owner: str | None
 ) -> AsyncResponse | JSONResponse:
+    unavailable = state.catalog.unavailable(entry.id)
+    if unavailable is not None:  # refused before any work; the other models serve
+        raise HTTPException(503, f"{unavailable}. Fix its checkpoint setting and restart the server.")
     if getattr(body, "image_prompt", None):
         return bfl_validation_error(
             ["body", "image_prompt"],

@@ -53,6 +53,15 @@ def _entry(state: AppState, model: str | None) -> ModelEntry:
             param="model",
             code="model_not_found",
         )
+    unavailable = state.catalog.unavailable(model_id)
+    if unavailable is not None:  # refused before any work; the other models serve
+        raise OpenAIError(
+            503,
+            f"{unavailable}. Fix its checkpoint setting and restart the server.",
+            type="server_error",
+            param="model",
+            code="model_unavailable",
+        )
     return entry
 
 

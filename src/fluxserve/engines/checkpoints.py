@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import cast
 
 from fluxserve.catalog import BUILTIN_CHECKPOINT, ModelCatalog
+from fluxserve.engines.families import checkpoint_defaults
 from fluxserve.engines.memory import MemoryMode, Quantize
-from fluxserve.engines.sources import CheckpointSource
+from fluxserve.engines.sources import CheckpointSource, is_repo_id, is_single_file
 from fluxserve.settings import Settings
 
 
@@ -35,3 +38,49 @@ def checkpoint_resolver(
         return CheckpointSource(name, base=entry.base if entry else None, memory=memory, quantize=quantize)
 
     return resolve
+
+
+def _local_pipeline_dir(name: str) -> Path | None:
+    """A pipeline directory already on this machine (a path, or a hub repo in the local cache)."""
+    if is_repo_id(name):
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(name, allow_patterns=["*.json"], local_files_only=True))
+        except Exception:  # not downloaded yet: known once the model has loaded
+            return None
+    else:
+        path = Path(name).expanduser()
+    return path if (path / "model_index.json").is_file() else None
+
+
+def local_checkpoint_defaults(source: CheckpointSource) -> tuple[int, float] | None:
+    """(steps, guidance) of a checkpoint from its files on this machine, without loading or
+    downloading anything; None when they are not here yet or cannot be read."""
+    single = is_single_file(source.checkpoint)
+    directory = _local_pipeline_dir(source.base if single and source.base else source.checkpoint)
+    if directory is None:
+        return None
+    try:
+        keys = None
+        file = Path(source.checkpoint).expanduser()
+        if single and file.suffix == ".safetensors" and file.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as fh:
+                keys = list(fh.keys())
+        return checkpoint_defaults(directory, keys)
+    except Exception as exc:  # the load reports what is wrong with it
+        logging.getLogger("fluxserve.engine").debug("no defaults for %s: %s", source.checkpoint, exc)
+        return None
+
+
+def apply_checkpoint_defaults(settings: Settings, catalog: ModelCatalog) -> None:
+    """Give each model the steps and guidance of its checkpoint's family (see
+    :func:`~fluxserve.engines.families.checkpoint_defaults`) where its files are already here;
+    the built-in checkpoint declares its own (see the catalog)."""
+    resolve = checkpoint_resolver(settings, catalog)
+    for checkpoint in sorted(catalog.checkpoints() - {BUILTIN_CHECKPOINT}):
+        defaults = local_checkpoint_defaults(resolve(checkpoint))
+        if defaults is not None:
+            catalog.apply_checkpoint_defaults(checkpoint, *defaults, settings)

@@ -6,8 +6,10 @@ from the tensor names of a single-file transformer (original FLUX layout or diff
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 FamilyName = Literal["flux1", "flux1-kontext", "flux2", "flux2-klein"]
@@ -80,3 +82,30 @@ def check_single_file_family(file_family: str, base: FluxFamily) -> None:
             f"wrong family: the file holds a {file_family.upper()} transformer but its base is a "
             f"{base.pipeline} ({base_gen.upper()}); point 'base' at a matching pipeline"
         )
+
+
+def checkpoint_defaults(
+    pipeline_dir: Path, transformer_keys: Iterable[str] | None = None
+) -> tuple[int, float]:
+    """(steps, guidance) a checkpoint runs with when a request names none: its family's, told
+    apart within a family by its config (FLUX.1 without a guidance embedding is schnell-like,
+    4 steps; klein that is not step-distilled is a base model, 50 steps with CFG), unless the
+    checkpoint declares its own in ``fluxserve.json``. ``transformer_keys``: the tensor names of
+    a single-file transformer that replaces the directory's."""
+    index = json.loads((pipeline_dir / "model_index.json").read_text())
+    family = family_from_index(index.get("_class_name"))
+    steps, guidance = family.steps, family.guidance
+    if family is FLUX1:
+        if transformer_keys is not None:
+            guided = any("guidance_in." in k or "guidance_embedder." in k for k in transformer_keys)
+        else:
+            config_path = pipeline_dir / "transformer" / "config.json"
+            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+            guided = bool(config.get("guidance_embeds", True))
+        if not guided:  # FLUX.1 schnell and its fine-tunes: timestep-distilled
+            steps, guidance = 4, 0.0
+    elif family is FLUX2_KLEIN and not index.get("is_distilled", False):
+        steps, guidance = 50, 4.0
+    extra_path = pipeline_dir / "fluxserve.json"
+    extra = json.loads(extra_path.read_text()) if extra_path.is_file() else {}
+    return int(extra.get("default_steps", steps)), float(extra.get("default_guidance", guidance))

@@ -56,7 +56,7 @@ def server_imports() -> Iterator[None]:
         missing = exc.name or str(exc)
         err_console.print(
             f"[red]error:[/red] this command needs the fluxserve server, which is not installed "
-            f"(missing module: {missing}).\nInstall it with:\n\n    pip install 'fluxserve[server]'\n"
+            f"(missing module: {missing}).\nInstall it with:\n\n    pip install 'fluxserve\\[server]'\n"
         )
         raise typer.Exit(2) from exc
 

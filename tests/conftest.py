@@ -291,3 +291,8 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``slow`` marks tests of a minute or more; they still run in the default (CI) run."""
+    config.addinivalue_line("markers", "slow: a test of a minute or more (still in the default run)")

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,8 @@ def base_env(tiny_checkpoint: Path, **settings: str) -> dict[str, str]:
 
 
 def submit(base_url: str, prompt: str, model: str = "flux-dev", **fields: Any) -> str:
-    body = {"prompt": prompt, "width": 256, "height": 256, "steps": 2, **fields}
+    small = {"width": 256, "height": 256, "steps": 2} if model == "flux-dev" else {}
+    body = {"prompt": prompt, **small, **fields}
     r = httpx.post(f"{base_url}/v1/{model}", json=body, timeout=30)
     assert r.status_code == 200, r.text
     return str(r.json()["id"])
@@ -133,6 +135,29 @@ def sse_events(url: str, out: list[tuple[str, dict[str, Any]]], done: threading.
                     out.append((event, json.loads(line[6:])))
     finally:
         done.set()
+
+
+def serve_image() -> tuple[ThreadingHTTPServer, str, list[str]]:
+    """A loopback HTTP server with one PNG, recording each fetch."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(buf, format="PNG")
+    fetches: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetches.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(buf.getvalue())))
+            self.end_headers()
+            self.wfile.write(buf.getvalue())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/input.png", fetches
 
 
 def rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -168,21 +193,23 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
         batch_delay_s="0",
         stall_timeout_s="3",
         max_attempts="2",
-        # flux-dev runs the tiny model; flux-pro runs one slow enough to watch and kill.
-        models=json.dumps({"flux-pro": {"checkpoint": str(slow_checkpoint)}}),
+        # flux-dev runs the tiny model; flux-kontext-max one slow enough to watch and kill.
+        models=json.dumps({"flux-kontext-max": {"checkpoint": str(slow_checkpoint)}}),
+        allow_private_urls="true",  # the input image below is served on loopback
         moderation_enabled="false",
     )
     env.update(s3_server.env)
     assert subprocess.run([sys.executable, "-m", "fluxserve", "db", "upgrade"], env=env).returncode == 0
     api_a, api_b = (ApiNode(env, tmp_path / name, "--no-worker") for name in ("a", "b"))
     # Two workers take every model; a third loads and takes only the slow model.
-    w1, w2, w3 = Proc(["worker"], env), Proc(["worker"], env), Proc(["worker", "--models", "flux-pro"], env)
+    w1, w2 = Proc(["worker"], env), Proc(["worker"], env)
+    w3 = Proc(["worker", "--models", "flux-kontext-max"], env)
     procs.extend([api_a, api_b, w1, w2, w3])
     for node in (api_a, api_b):
         node.ready()
     for w in (w1, w2):
         w.wait_for("fluxserve worker ready")
-    assert w3.wait_for("fluxserve worker ready").strip().endswith("take flux-pro")
+    assert w3.wait_for("fluxserve worker ready").strip().endswith("take flux-kontext-max")
 
     # 200 jobs across both API nodes: every one completes, exactly once, on both workers.
     with ThreadPoolExecutor(8) as pool:
@@ -200,7 +227,7 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
     done = rows(url, "SELECT id, attempts, completions, worker FROM fluxserve_jobs")
     assert sorted(r[0] for r in done) == sorted(ids)
     assert all(r[1] == 1 and r[2] == 1 for r in done)
-    # Both full workers took some; the flux-pro-only worker none.
+    # Both full workers took some; the kontext-max-only worker none.
     assert {r[3].split(":")[-1] for r in done} == {str(w1.proc.pid), str(w2.proc.pid)}
 
     # A result made on a worker is in S3, and its signed URL works from either API node.
@@ -213,15 +240,18 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
     key = f"scaleout/results/{ids[1]}/0.jpeg"
     assert s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read() == image
 
-    # A slow job submitted on A, streamed from B while it runs on a worker.
-    slow = {"steps": 12}
+    # A slow job submitted on A, streamed from B while it runs on a worker. Its input image is
+    # fetched once, at submission, and kept with the job: the re-run below does not fetch it.
+    image_server, image_url, fetches = serve_image()
+    slow = {"steps": 12, "aspect_ratio": "1:1"}
     workers = {str(w.proc.pid): w for w in (w1, w2, w3)}
 
     def worker_of(job_id: str) -> Proc:
         (name,) = rows(url, "SELECT worker FROM fluxserve_jobs WHERE id = %s", job_id)[0]
         return workers.pop(name.split(":")[-1])
 
-    job = submit(api_a.base_url, "a green triangle", model="flux-pro", seed=7, **slow)
+    job = submit(api_a.base_url, "a green fish", "flux-kontext-max", seed=7, input_image=image_url, **slow)
+    assert fetches == ["/input.png"]
     seen: list[tuple[str, dict[str, Any]]] = []
     ended = threading.Event()
     threading.Thread(
@@ -238,9 +268,11 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
         url, "SELECT attempts, completions, worker FROM fluxserve_jobs WHERE id = %s", job
     )[0]
     assert (attempts, completions) == (2, 1) and worker.split(":")[-1] in workers
+    assert len(fetches) == 1
+    image_server.shutdown()
 
     # Cancel from the other node stops the worker at its next step.
-    job2 = submit(api_b.base_url, "a yellow moon", model="flux-pro", seed=8, **slow)
+    job2 = submit(api_b.base_url, "a yellow moon", model="flux-kontext-max", seed=8, **slow)
     wait_until(
         lambda: rows(url, "SELECT progress FROM fluxserve_jobs WHERE id = %s", job2)[0][0] > 0,
         what="job2 running",
@@ -253,7 +285,7 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
     assert steps_done < 12
 
     # Attempts are capped: a job whose worker dies twice (max_attempts = 2) ends as Error.
-    job3 = submit(api_a.base_url, "a white cloud", model="flux-pro", seed=9, **slow)
+    job3 = submit(api_a.base_url, "a white cloud", model="flux-kontext-max", seed=9, **slow)
     running = "SELECT 1 FROM fluxserve_jobs WHERE id = %s AND status = 'running' AND attempts = %s"
     for attempt in (1, 2):
         wait_until(

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 
+from fluxserve.api import bfl_schemas
 from fluxserve.api.auth import bfl_auth
+from fluxserve.api.openai_schemas import ImageOptions
 from fluxserve.api.state import AppState, get_state
 from fluxserve.catalog import ModelEntry
 from fluxserve.spec import (
@@ -93,6 +95,11 @@ class PlaygroundModel(BaseModel):
     """Aspect ratio -> the (width, height) it gives with this model."""
     available: bool
     """False when the model's checkpoint failed to load."""
+    fields: list[str]
+    """The request fields its route takes (BFL body, else the OpenAI one): the form shows
+    only these (FLUX.2 routes, for one, refuse fields they do not know)."""
+    max_safety_tolerance: int
+    """The highest ``safety_tolerance`` its route takes."""
 
 
 class PlaygroundConfig(BaseModel):
@@ -107,7 +114,22 @@ class PlaygroundConfig(BaseModel):
     max_input_images: int = MAX_INPUT_IMAGES
 
 
+def _body_class(entry: ModelEntry) -> type[BaseModel]:
+    """The body model of the route that serves ``entry`` (as the BFL router picks it)."""
+    if not entry.bfl_route:
+        return ImageOptions
+    by_model: dict[str, type[BaseModel]] = getattr(bfl_schemas, "INPUTS_BY_MODEL", {})
+    inputs: dict[str, type[BaseModel]] = dict(bfl_schemas.INPUTS)
+    return by_model.get(entry.id) or inputs.get(entry.family) or ImageOptions
+
+
+def _maximum(body: type[BaseModel], name: str, default: int) -> int:
+    prop = body.model_json_schema().get("properties", {}).get(name, {})
+    return int(prop.get("maximum", default))
+
+
 def _model(entry: ModelEntry, unavailable: dict[str, str]) -> PlaygroundModel:
+    body = _body_class(entry)
     return PlaygroundModel(
         id=entry.id,
         family=entry.family,
@@ -120,6 +142,8 @@ def _model(entry: ModelEntry, unavailable: dict[str, str]) -> PlaygroundModel:
         area=entry.area,
         sizes={r: aspect_to_size(Fraction(*map(int, r.split(":"))), entry.area) for r in ASPECT_RATIOS},
         available=entry.id not in unavailable,
+        fields=sorted(body.model_fields),
+        max_safety_tolerance=_maximum(body, "safety_tolerance", 6),
     )
 
 

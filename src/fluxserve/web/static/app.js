@@ -69,6 +69,11 @@ function showNotice(message, withKeyButton = false) {
   box.hidden = !message;
 }
 
+/** Whether the model's route takes a request field. */
+const takes = (m, field) => Boolean(m && m.fields.includes(field));
+const sizeMode = (m) => (takes(m, "aspect_ratio") ? "aspect" : takes(m, "width") ? "wh" : "none");
+const maxInputs = (m) => (m.bfl_route ? m.fields.filter((f) => /^input_image(_\d+)?$/.test(f)).length : 4);
+
 function currentModel() {
   return state.models.find((m) => m.id === $("model").value) || state.models[0];
 }
@@ -152,8 +157,8 @@ async function loadServer() {
   $("steps").min = config.min_steps; $("steps").max = config.max_steps;
   $("guidance").min = config.min_guidance; $("guidance").max = config.max_guidance;
   $("n").max = Math.min(config.max_images, 10);
-  renderModels();
   renderLoras();
+  renderModels();
   state.galleryStale = true;
   if (state.tab === "gallery") loadGallery(true);
   document.body.dataset.ready = "true";
@@ -184,9 +189,26 @@ function renderLoras() {
 function modelChanged() {
   const m = currentModel();
   if (!m) return;
+  const mode = sizeMode(m);
+  $("aspect-box").hidden = mode !== "aspect";
+  $("wh-box").hidden = mode !== "wh";
+  // BFL's pro routes take multiples of 32 up to 1440; FLUX.2 multiples of 16 up to 4 MP.
   const pro = m.family === "pro";
-  $("aspect-box").hidden = pro;
-  $("wh-box").hidden = !pro;
+  for (const id of ["width", "height"]) {
+    const input = $(id);
+    input.step = pro ? 32 : 16;
+    input.min = pro ? 256 : 64;
+    input.max = pro ? 1440 : 2048;
+    input.placeholder = state.tab === "edit" && !pro ? "as the input" : "";
+  }
+  $("steps").closest("label").hidden = !takes(m, "steps");
+  $("guidance").closest("label").hidden = !takes(m, "guidance");
+  $("guidance").max = m.family === "flux2" ? 10 : state.config.max_guidance;
+  $("tolerance").max = m.max_safety_tolerance;
+  if (Number($("tolerance").value) > m.max_safety_tolerance) $("tolerance").value = m.max_safety_tolerance;
+  $("tolerance-out").textContent = $("tolerance").value;
+  $("tolerance-hint").textContent = `0 is the strictest, ${m.max_safety_tolerance} the least strict.`;
+  $("loras-box").hidden = state.loras.length === 0 || !takes(m, "loras");
   $("steps").placeholder = `${m.steps} (default)`;
   $("guidance").placeholder = `${m.guidance} (default)`;
   $("output-format").options[0].textContent = `model default (${m.default_output_format.toUpperCase()})`;
@@ -219,7 +241,10 @@ function renderAspects() {
 function outputSize() {
   const m = currentModel();
   if (!m) return null;
-  if (m.family === "pro") return [Number($("width").value), Number($("height").value)];
+  if (sizeMode(m) === "wh") {
+    const w = Number($("width").value), h = Number($("height").value);
+    return w && h ? [w, h] : null;
+  }
   if (!state.aspect) return null;
   if (m.sizes[state.aspect]) return m.sizes[state.aspect];
   if (state.customRatio && state.customRatio[0] === state.aspect) return state.customRatio.slice(1);
@@ -298,13 +323,14 @@ function setupTabs() {
 // ------------------------------------------------------------------ input images (edit)
 
 async function addImages(blobs) {
-  const room = (state.config ? state.config.max_input_images : 4) - state.inputs.length;
+  const most = state.config ? state.config.max_input_images : 4;
+  const room = most - state.inputs.length;
   const accepted = [...blobs].filter((b) => /^image\/(png|jpeg|webp)$/.test(b.type));
   if (!accepted.length) {
     showError("Only PNG, JPEG and WebP images can be used as input.");
     return;
   }
-  if (accepted.length > room) showError(`At most ${state.config ? state.config.max_input_images : 4} input images: the rest were left out.`);
+  if (accepted.length > room) showError(`At most ${most} input images: the rest were left out.`);
   else showError("");
   for (const blob of accepted.slice(0, Math.max(0, room))) {
     let bitmap;
@@ -447,17 +473,21 @@ function collect() {
   };
   const steps = num("steps", "Steps");
   const guidance = num("guidance", "Guidance");
-  if (steps !== undefined) fields.steps = steps;
-  if (guidance !== undefined) fields.guidance = guidance;
+  if (steps !== undefined && takes(m, "steps")) fields.steps = steps;
+  if (guidance !== undefined && takes(m, "guidance")) fields.guidance = guidance;
   if ($("output-format").value) fields.output_format = $("output-format").value;
-  if (m.family === "pro") {
-    fields.width = num("width", "Width");
-    fields.height = num("height", "Height");
-  } else if (state.aspect) {
+  if (sizeMode(m) === "wh") {
+    const width = num("width", "Width"), height = num("height", "Height");
+    if (width !== undefined) fields.width = width;
+    if (height !== undefined) fields.height = height;
+  } else if (sizeMode(m) === "aspect" && state.aspect) {
     fields.aspect_ratio = state.aspect;
   }
+  if (edit && state.inputs.length > maxInputs(m) && !composing()) {
+    throw new Error(`${m.id} takes at most ${maxInputs(m)} input image${maxInputs(m) > 1 ? "s" : ""}.`);
+  }
   const loras = selectedLoras();
-  if (loras.length) fields.loras = loras;
+  if (loras.length && takes(m, "loras")) fields.loras = loras;
   return { model: m, fields, n: imageCount(), edit };
 }
 
@@ -493,7 +523,7 @@ function setBusy(busy) {
 
 /** One BFL job per image (BFL makes one image per request), seeds counting up. */
 async function submitBFL(req, inputs) {
-  const fieldNames = ["input_image", "input_image_2", "input_image_3", "input_image_4"];
+  const fieldNames = ["input_image", ...[2, 3, 4, 5, 6, 7, 8].map((i) => `input_image_${i}`)];
   for (let i = 0; i < req.n; i++) {
     const body = { ...req.fields, seed: req.fields.seed + i };
     if (inputs) inputs.images.forEach((data, k) => { body[fieldNames[k]] = data; });
@@ -637,11 +667,12 @@ class Run {
 
   async cancel() {
     if (this.abort) { this.abort(); return; }
+    if (!this.ended) this.status.textContent = "Cancelling…";
     try {
       await requestJSON(`/v1/jobs/${encodeURIComponent(this.id)}/cancel`, { method: "POST" });
-      this.status.textContent = "Cancelling…";
     } catch (exc) {
-      if (exc.status !== 409) this.status.textContent = exc.message;
+      // 409: it ended meanwhile; its result event says how.
+      if (exc.status !== 409 && !this.ended) this.status.textContent = exc.message;
     }
   }
 
@@ -790,7 +821,7 @@ function reuse(job, varySeed = false) {
   if (model && [...$("model").options].some((o) => o.value === model.id)) $("model").value = model.id;
   $("prompt").value = job.original_prompt ?? job.prompt;
   const m = currentModel();
-  if (m.family === "pro") {
+  if (sizeMode(m) === "wh") {
     $("width").value = job.width;
     $("height").value = job.height;
   } else {

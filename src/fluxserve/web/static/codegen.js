@@ -61,7 +61,8 @@ export function requestOf(job) {
 function bflSize(req, model) {
   const fam = model ? model.family : "kontext";
   const ok32 = (v) => v % 32 === 0 && v >= 256 && v <= 1440;
-  if (fam === "pro") {
+  if (model && !model.fields.includes("aspect_ratio")) {
+    if (fam !== "pro") return { fields: { width: req.width, height: req.height }, note: "" };
     if (ok32(req.width) && ok32(req.height)) return { fields: { width: req.width, height: req.height }, note: "" };
     return { fields: { width: req.width, height: req.height },
       note: `# This server's BFL route takes widths and heights that are multiples of 32 (256 to 1440); ${req.width}x${req.height} came by the OpenAI API.` };
@@ -90,7 +91,7 @@ function openaiSize(req, model) {
   return { aspect_ratio: ratioOf(req.width, req.height) };
 }
 
-function options(req) {
+function options(req, model = null) {
   const o = {
     seed: req.seed,
     steps: req.steps,
@@ -100,6 +101,8 @@ function options(req) {
     prompt_upsampling: req.prompt_upsampling,
   };
   if (req.loras && req.loras.length) o.loras = req.loras.map((l) => ({ name: l.name, scale: l.scale }));
+  // A BFL route takes only its own fields (FLUX.2's refuse others): leave the rest out.
+  if (model && model.bfl_route) for (const k of Object.keys(o)) if (!model.fields.includes(k)) delete o[k];
   return o;
 }
 
@@ -118,12 +121,12 @@ export function py(value, indent = 0) {
 }
 
 class PyExpr { constructor(code) { this.code = code; } }
-const INPUT_FILES = ["input.png", "input_2.png", "input_3.png", "input_4.png"];
-const BFL_IMAGE_FIELDS = ["input_image", "input_image_2", "input_image_3", "input_image_4"];
+const INPUT_FILES = ["input.png", ...[2, 3, 4, 5, 6, 7, 8].map((i) => `input_${i}.png`)];
+const BFL_IMAGE_FIELDS = ["input_image", ...[2, 3, 4, 5, 6, 7, 8].map((i) => `input_image_${i}`)];
 
 function bflBody(req, model) {
   const { fields, note } = bflSize(req, model);
-  const body = { prompt: req.prompt, ...fields, ...options(req) };
+  const body = { prompt: req.prompt, ...fields, ...options(req, model) };
   for (let i = 0; i < req.inputs; i++) {
     body[BFL_IMAGE_FIELDS[i]] = new PyExpr(`base64.b64encode(open(${JSON.stringify(INPUT_FILES[i])}, "rb").read()).decode()`);
   }
@@ -173,8 +176,7 @@ export function pythonBFL(job, model, origin) {
   }
   const { body, note } = bflBody(req, model);
   const many = req.n > 1 ? "# BFL makes one image per request: this makes the first of the job's images.\n" : "";
-  return `${inputsNote(req)}${many}${note ? note + "\n" : ""}import base64
-import os
+  return `${inputsNote(req)}${many}${note ? note + "\n" : ""}${req.inputs ? "import base64\n" : ""}import os
 import time
 
 import httpx
@@ -219,7 +221,7 @@ export function curl(job, model, origin) {
 `;
   }
   const { fields, note } = bflSize(req, model);
-  const body = { prompt: req.prompt, ...fields, ...options(req) };
+  const body = { prompt: req.prompt, ...fields, ...options(req, model) };
   // Input images go in as base64 of local files, spliced into the JSON by the shell.
   for (let i = 0; i < req.inputs; i++) body[BFL_IMAGE_FIELDS[i]] = `@@IMAGE${i}@@`;
   let data = shellQuote(JSON.stringify(body, null, 2));

@@ -26,6 +26,7 @@ from fluxserve.engines import Engine
 from fluxserve.images import ImageLimits
 from fluxserve.jobs import JobPolicy, JobService, Worker
 from fluxserve.jobs.webhooks import WebhookDispatcher
+from fluxserve.jobs.worker import EngineWorkers, NoEngine, worker_devices, worker_name
 from fluxserve.loras import LoraLibrary
 from fluxserve.safety import Moderator, OpenNSFWClassifier
 from fluxserve.settings import Settings
@@ -69,23 +70,37 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         _upsampler(settings),
         scene_models=frozenset(e.id for e in catalog if e.checkpoint == BUILTIN_CHECKPOINT),
         policy=JobPolicy(settings.max_queued_jobs, settings.max_attempts, settings.retention_s),
+        bus=backends.bus,
     )
     loras = LoraLibrary(settings.lora_dirs)
     for directory in settings.lora_dirs:
         if not directory.is_dir():
             log.warning("lora_dirs: %s is not a directory; it holds no LoRAs", directory)
-    if engine is None:
+
+    def make_engine(device: str) -> Engine:
         from fluxserve.engines.checkpoints import checkpoint_resolver
         from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
 
-        engine = DiffusersFluxEngine(
+        return DiffusersFluxEngine(
             checkpoint_resolver(settings, catalog),
-            settings.device,
+            device,
             settings.dtype,
             loras=loras,
             lora_cache_size=settings.lora_cache_size,
         )
-    worker = Worker(service, engine, catalog)
+
+    # One engine worker per device (``gpus``); none on a stateless API node (``--no-worker``).
+    workers: EngineWorkers | None = None
+    if settings.run_worker:
+        devices = worker_devices(settings.gpus, settings.device)
+        engines = [
+            (worker_name(d, i), engine or make_engine(d))
+            for i, d in enumerate(devices[: 1 if engine else None])
+        ]
+        workers = EngineWorkers(service, catalog, engines, backends.dispatch, settings.worker_models)
+        worker = workers.workers[0]
+    else:
+        worker = Worker(service, NoEngine(), catalog, name="api")
     state = AppState(
         settings=settings,
         catalog=catalog,
@@ -122,22 +137,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
 
     async def load_then_work() -> None:
-        # One broken checkpoint takes down only the models that use it.
-        errors: list[str] = []
-        for checkpoint in sorted(catalog.checkpoints()):
-            try:
-                await asyncio.to_thread(engine.load, checkpoint)
-            except Exception as exc:
-                reason = str(exc) if exc.__class__.__name__ == "CheckpointError" else repr(exc)
-                ids = catalog.mark_unavailable(checkpoint, reason)
-                log.error("models %s are unavailable: %s", ", ".join(ids), reason)
-                errors.append(reason)
-        apply_checkpoint_defaults(settings, catalog)  # hub checkpoints downloaded by the load
-        if len(catalog.unavailable_models()) == len(catalog.ids()):
-            state.load_error = "; ".join(errors)
+        if workers is None:  # an API node: workers elsewhere load the models
+            state.ready = True
             return
-        state.ready = True
-        await worker.run()
+        # One broken checkpoint takes down only the models that use it.
+        state.load_error = await workers.load()
+        apply_checkpoint_defaults(settings, catalog)  # hub checkpoints downloaded by the load
+        if state.load_error is None:
+            state.ready = True
+            await workers.run()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -148,14 +156,22 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             asyncio.create_task(load_then_work()),
             asyncio.create_task(service.sweep_forever(settings.sweep_interval_s)),
             asyncio.create_task(dispatcher.run()),
+            asyncio.create_task(service.events.run()),
         ]
+        if backends.dispatch is not None:
+            tasks.append(
+                asyncio.create_task(backends.dispatch.reap_forever(settings.max_attempts, service.job_ended))
+            )
         try:
             yield
         finally:
-            worker.stop()
+            if workers is not None:
+                workers.stop()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if backends.dispatch is not None:
+                await backends.dispatch.close()
             backends.close()
 
     app = FastAPI(

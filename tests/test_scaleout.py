@@ -137,6 +137,25 @@ def sse_events(url: str, out: list[tuple[str, dict[str, Any]]], done: threading.
         done.set()
 
 
+def receive_webhooks() -> tuple[ThreadingHTTPServer, str, list[tuple[str, dict[str, Any]]]]:
+    """A loopback webhook receiver recording (delivery id, body) of each POST."""
+    received: list[tuple[str, dict[str, Any]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append((self.headers["X-Fluxserve-Delivery"], body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/hook", received
+
+
 def serve_image() -> tuple[ThreadingHTTPServer, str, list[str]]:
     """A loopback HTTP server with one PNG, recording each fetch."""
     buf = io.BytesIO()
@@ -229,6 +248,15 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
     assert all(r[1] == 1 and r[2] == 1 for r in done)
     # Both full workers took some; the kontext-max-only worker none.
     assert {r[3].split(":")[-1] for r in done} == {str(w1.proc.pid), str(w2.proc.pid)}
+
+    # A webhook is sent once, by one of the two API nodes, for a job run on a worker.
+    hook_server, hook_url, received = receive_webhooks()
+    hooked = submit(api_b.base_url, "a black cat", seed=1, webhook_url=hook_url)
+    wait_until(lambda: received, what="the webhook")
+    time.sleep(2)  # both API nodes poll for due deliveries every 0.25 s: no second one comes
+    hook_server.shutdown()
+    assert len(received) == 1 and received[0][1]["id"] == hooked and received[0][1]["status"] == "Ready"
+    assert received[0][0] == httpx.get(f"{api_a.base_url}/v1/jobs/{hooked}/webhooks").json()["delivery_id"]
 
     # A result made on a worker is in S3, and its signed URL works from either API node.
     result = poll_result(api_a.base_url, ids[1])  # submitted through B

@@ -128,6 +128,93 @@ def build_tiny_flux2_klein(out: Path, *, seed: int = 0, native_area: int = 64 * 
     return out
 
 
+def build_tiny_flux2(out: Path, *, seed: int = 0, native_area: int = 64 * 64) -> Path:
+    """A random tiny Flux2Pipeline (FLUX.2 [dev] layout: a Mistral 3 text encoder, guidance
+    embedded in the transformer) written to ``out``. The tokenizer is a plain word tokenizer
+    with a chat template, which is all the pipeline asks of its processor for text."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2Pipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        MistralConfig,
+        PixtralVisionConfig,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer, _ = _word_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "[IMG]"]})
+    hidden = 16
+    text_encoder = Mistral3ForConditionalGeneration(
+        Mistral3Config(
+            text_config=MistralConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=hidden,
+                intermediate_size=32,
+                num_hidden_layers=30,  # the pipeline reads hidden states 10, 20 and 30
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                head_dim=8,
+                max_position_embeddings=512,
+                pad_token_id=0,
+            ),
+            vision_config=PixtralVisionConfig(
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                head_dim=8,
+                image_size=64,
+                patch_size=16,
+            ),
+            image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+            spatial_merge_size=1,
+            vision_feature_layer=-1,
+        )
+    )
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        out_channels=None,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=3 * hidden,
+        timestep_guidance_channels=32,
+        mlp_ratio=2.0,
+        axes_dims_rope=(4, 4, 4, 4),
+        rope_theta=2000,
+        guidance_embeds=True,
+    )
+    vae = AutoencoderKLFlux2(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15
+    )
+    pipe = Flux2Pipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+    pipe.save_pretrained(str(out))
+    (out / "fluxserve.json").write_text(json.dumps({"native_area": native_area, "max_sequence_length": 32}))
+    return out
+
+
 _FLUX2_TOP = {
     "x_embedder": "img_in",
     "context_embedder": "txt_in",

@@ -6,11 +6,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from fluxserve.prices import LIST_PRICES_USD
+from fluxserve.prices import LIST_PRICES_USD, MEGAPIXEL_PRICES_USD, Cost, MegapixelPrice, request_cost
 from fluxserve.settings import Settings
-from fluxserve.spec import OutputFormat
+from fluxserve.spec import GenerationSpec, OutputFormat
 
-Family = Literal["kontext", "pro", "ultra"]
+Family = Literal["kontext", "pro", "ultra", "flux2"]
+
+FAMILY_INPUT_LIMITS: dict[str, int] = {"kontext": 4, "pro": 0, "ultra": 0, "flux2": 8}
+"""Input images a model of each family takes unless its entry says otherwise."""
 
 BUILTIN_CHECKPOINT = "builtin:tiny"
 """Placeholder for the checkpoint that ships with fluxserve (resolved by the engine)."""
@@ -22,12 +25,13 @@ class ModelEntry:
 
     id: str
     family: Family
-    """kontext: aspect_ratio + input images; pro: width/height; ultra: aspect_ratio at ~4 MP."""
+    """kontext: aspect_ratio + input images; pro: width/height; ultra: aspect_ratio at ~4 MP;
+    flux2: width/height (default: the first input image's) + up to 8 reference images."""
     checkpoint: str
     steps: int
     guidance: float
     price: float
-    """USD per image."""
+    """USD per image (for a per-megapixel model: its first megapixel)."""
     default_output_format: OutputFormat
     bfl_route: bool = True
     """Served as ``POST /v1/{id}`` on the BFL API (OpenAI names are not)."""
@@ -37,11 +41,33 @@ class ModelEntry:
     """Memory mode: auto, gpu, model_offload, group_offload or sequential_offload."""
     quantize: str = "none"
     """Transformer quantization: none, fp8, int8 or nf4."""
+    max_input_images: int | None = None
+    """Input images the model takes; None: its family's number (:data:`FAMILY_INPUT_LIMITS`)."""
+    megapixel_price: MegapixelPrice | None = None
+    """Priced per megapixel (FLUX.2) rather than per image."""
+
+    @property
+    def input_limit(self) -> int:
+        """How many input images one request may give (what the spec builder checks)."""
+        if self.max_input_images is not None:
+            return self.max_input_images
+        return FAMILY_INPUT_LIMITS[self.family]
 
     @property
     def takes_images(self) -> bool:
         """Whether the model edits (takes input images)."""
-        return self.family == "kontext"
+        return self.input_limit > 0
+
+    def cost(self, spec: GenerationSpec) -> Cost:
+        """What ``spec`` costs at this model's price (per image or per megapixel)."""
+        return request_cost(
+            self.price,
+            self.megapixel_price,
+            spec.width,
+            spec.height,
+            spec.input_megapixels if spec.input_images else 0.0,
+            spec.num_images,
+        )
 
     @property
     def area(self) -> int:
@@ -58,19 +84,47 @@ _BUILTIN: tuple[tuple[str, Family, int, float, OutputFormat, bool], ...] = (
     ("flux-pro-1.1-ultra", "ultra", 28, 3.0, "jpeg", True),
     ("flux-pro", "pro", 40, 2.5, "jpeg", True),
     ("flux-dev", "pro", 28, 3.0, "jpeg", True),
+    # FLUX.2: priced per megapixel (fluxserve.prices.MEGAPIXEL_PRICES_USD).
+    ("flux-2-pro", "flux2", 50, 4.0, "jpeg", True),
+    ("flux-2-max", "flux2", 50, 4.0, "jpeg", True),
+    ("flux-2-flex", "flux2", 50, 5.0, "jpeg", True),
+    ("flux-2-klein-4b", "flux2", 4, 1.0, "jpeg", True),
+    ("flux-2-klein-9b", "flux2", 4, 1.0, "jpeg", True),
     # OpenAI names, so that code written for the OpenAI Images API works unchanged. They
     # edit as well as generate, so they map to a Kontext-family model.
     ("gpt-image-1", "kontext", 28, 2.5, "png", False),
     ("gpt-image-1.5", "kontext", 28, 2.5, "png", False),
     ("gpt-image-1-mini", "kontext", 20, 2.5, "png", False),
+    ("gpt-image-2", "kontext", 28, 2.5, "png", False),
     ("dall-e-3", "kontext", 28, 2.5, "png", False),
     ("dall-e-2", "kontext", 20, 2.5, "png", False),
 )
+# Input images per model where it differs from the family's: BFL's FLUX.2 klein takes 4;
+# OpenAI's GPT image models take up to 16 (the Kontext engine stitches up to 16).
+_INPUT_LIMITS: dict[str, int] = {
+    "flux-2-klein-4b": 4,
+    "flux-2-klein-9b": 4,
+    "gpt-image-1": 16,
+    "gpt-image-1.5": 16,
+    "gpt-image-1-mini": 16,
+    "gpt-image-2": 16,
+}
 
 
 def _builtin_entries() -> list[ModelEntry]:
     return [
-        ModelEntry(mid, family, BUILTIN_CHECKPOINT, steps, guidance, LIST_PRICES_USD[mid], fmt, bfl)
+        ModelEntry(
+            mid,
+            family,
+            BUILTIN_CHECKPOINT,
+            steps,
+            guidance,
+            LIST_PRICES_USD[mid],
+            fmt,
+            bfl,
+            max_input_images=_INPUT_LIMITS.get(mid),
+            megapixel_price=MEGAPIXEL_PRICES_USD.get(mid),
+        )
         for mid, family, steps, guidance, fmt, bfl in _BUILTIN
     ]
 
@@ -140,6 +194,9 @@ class ModelCatalog:
                 steps=o.steps or base.steps,
                 guidance=o.guidance if o.guidance is not None else base.guidance,
                 price=o.price if o.price is not None else base.price,
+                # A configured price is per image; a new family brings its own input limit.
+                megapixel_price=None if o.price is not None else base.megapixel_price,
+                max_input_images=None if o.family and o.family != base.family else base.max_input_images,
                 base=o.base or base.base,
                 memory=o.memory or base.memory,
                 quantize=o.quantize or base.quantize,

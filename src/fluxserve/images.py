@@ -79,11 +79,9 @@ async def load_image_reference(value: str, param: str, limits: ImageLimits) -> b
     return _b64decode(value, param)
 
 
-def normalize_image(data: bytes, param: str, limits: ImageLimits) -> bytes:
-    """Check an uploaded image (size, format, pixel count, aspect ratio, decompression bombs)
-    and return it re-encoded as an RGB PNG of at most ``limits.max_working_pixels`` pixels, so
-    that stored inputs are uniform, free of metadata and cheap for the engine. Raises only
-    :class:`InputImageError`."""
+def _decode_checked(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
+    """Decode an upload after checking its size, format, pixel count and aspect ratio (and
+    refusing decompression bombs). Raises only :class:`InputImageError`."""
     if len(data) > limits.max_bytes:
         raise InputImageError(f"{param} is larger than {limits.max_bytes} bytes", param)
     if not data:
@@ -114,21 +112,59 @@ def normalize_image(data: bytes, param: str, limits: ImageLimits) -> bytes:
                     param,
                 )
             img.load()
-            img = _to_rgb(img)
-            if w * h > limits.max_working_pixels:
-                # Downscale to the pixel budget, aspect kept: bounded work for the engine.
-                scale = math.sqrt(limits.max_working_pixels / (w * h))
-                size = (max(1, math.floor(w * scale)), max(1, math.floor(h * scale)))
-                img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            return img
     except InputImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputImageError(f"{param} has too many pixels", param) from exc
     except Exception as exc:  # PIL raises many types for corrupt input
         raise InputImageError(f"{param} is not a readable image ({exc.__class__.__name__})", param) from exc
+
+
+def _png(img: Image.Image) -> bytes:
     out = io.BytesIO()
     img.save(out, format="PNG")
     return out.getvalue()
+
+
+def normalize_image(data: bytes, param: str, limits: ImageLimits) -> bytes:
+    """Check an uploaded image (size, format, pixel count, aspect ratio, decompression bombs)
+    and return it re-encoded as an RGB PNG of at most ``limits.max_working_pixels`` pixels, so
+    that stored inputs are uniform, free of metadata and cheap for the engine. Raises only
+    :class:`InputImageError`."""
+    img = _to_rgb(_decode_checked(data, param, limits))
+    w, h = img.size
+    if w * h > limits.max_working_pixels:
+        # Downscale to the pixel budget, aspect kept: bounded work for the engine.
+        scale = math.sqrt(limits.max_working_pixels / (w * h))
+        size = (max(1, math.floor(w * scale)), max(1, math.floor(h * scale)))
+        img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return _png(img)
+
+
+def normalize_mask(data: bytes, param: str, limits: ImageLimits, image_size: tuple[int, int]) -> bytes:
+    """An OpenAI edit mask (a PNG whose transparent pixels mark where to edit) as a grayscale
+    PNG at ``image_size`` (the normalized image's size): white = repaint, black = keep, soft in
+    between. The mask must have an alpha channel and the image's shape."""
+    img = _decode_checked(data, param, limits)
+    if img.format != "PNG":
+        raise InputImageError(f"{param} must be a PNG with transparency (an alpha channel)", param)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode not in ("RGBA", "LA", "PA"):
+        raise InputImageError(
+            f"{param} has no alpha channel: the mask's fully transparent pixels mark where to edit",
+            param,
+        )
+    w, h = img.size
+    iw, ih = image_size
+    if abs(w / h - iw / ih) > 0.01 * (iw / ih):
+        raise InputImageError(
+            f"{param} is {w}x{h} but the image has another shape: give a mask of the image's size",
+            param,
+        )
+    edit = img.getchannel("A").point(lambda a: 255 - a)
+    return _png(edit.resize(image_size, Image.Resampling.BILINEAR))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

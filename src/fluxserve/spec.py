@@ -36,6 +36,13 @@ MIN_GUIDANCE, MAX_GUIDANCE = 1.5, 5.0
 MAX_IMAGES = 10
 MAX_PARTIAL_IMAGES = 3
 MAX_INPUT_IMAGES = 4
+"""Input images of a model that declares no limit of its own (the catalog's entries do)."""
+MAX_EDIT_IMAGES = 16
+"""The most input images any model takes (OpenAI's GPT image models): no request has more."""
+FLUX2_MIN_SIDE = 64
+"""FLUX.2 sizes: sides multiples of 16 from 64 pixels, at most 4 megapixels (as BFL's)."""
+MAX_GUIDANCE_FLUX2 = 10.0
+"""FLUX.2 takes guidance up to 10 (BFL's flex); FLUX.1 up to :data:`MAX_GUIDANCE`."""
 MAX_WEBHOOK_URL = 2083
 MAX_LORAS = 4
 """LoRA adapters one request may combine."""
@@ -160,7 +167,7 @@ class ModelDefaults(Protocol):
 
     @property
     def family(self) -> str:
-        """``kontext``, ``pro`` or ``ultra``: decides the default size."""
+        """``kontext``, ``pro``, ``ultra`` or ``flux2``: decides the default size."""
 
     @property
     def steps(self) -> int:
@@ -205,6 +212,8 @@ class GenerationSpec:
     output_compression: int | None = None
     input_images: tuple[str, ...] = ()
     """Storage keys of the normalized input images (saved before the job is queued)."""
+    mask_image: str | None = None
+    """Storage key of an edit mask (white = repaint the first input image), saved with the inputs."""
     input_megapixels: float = 0.0
     """Size of the input images together (BFL's ``input_mp``)."""
     webhook_url: str | None = None
@@ -336,8 +345,43 @@ def default_size(entry: ModelDefaults) -> tuple[int, int]:
     return 1024, 1024
 
 
+def check_flux2_size(width: int, height: int, param: str = "width") -> None:
+    """FLUX.2 output sizes: sides multiples of 16 of at least 64 pixels, at most 4 megapixels."""
+    for side in (width, height):
+        if side % SIDE_MULTIPLE or side < FLUX2_MIN_SIDE:
+            raise SpecError(
+                f"{param}: width and height must be multiples of {SIDE_MULTIPLE} of at least "
+                f"{FLUX2_MIN_SIDE}, got {width}x{height}",
+                param,
+            )
+    if width * height > MAX_OUTPUT_PIXELS:
+        raise SpecError(f"{param}: {width}x{height} is more than 4 megapixels", param)
+
+
+def input_limit(entry: ModelDefaults) -> int:
+    """How many input images ``entry`` takes: its ``input_limit`` (catalog entries have one),
+    else :data:`MAX_INPUT_IMAGES`."""
+    return min(int(getattr(entry, "input_limit", MAX_INPUT_IMAGES)), MAX_EDIT_IMAGES)
+
+
+def check_input_count(entry: ModelDefaults, count: int, param: str | None = None) -> None:
+    """Refuse more input images than ``entry`` takes, naming its limit. The one check of the
+    count: :func:`build_spec` calls it, and the adapters call it before fetching any image."""
+    limit = input_limit(entry)
+    if count > limit:
+        what = f"at most {limit} input images" if limit else "no input images"
+        raise SpecError(f"model '{entry.id}' takes {what}, got {count}", param)
+
+
 def size_from_image(entry: ModelDefaults, image_size: tuple[int, int]) -> tuple[int, int]:
-    """Kontext without an aspect ratio follows the (first) input image's shape."""
+    """Kontext without an aspect ratio follows the (first) input image's shape; FLUX.2 takes
+    its size, scaled down to 1 megapixel if larger (as the FLUX.2 pipeline does)."""
+    if entry.family == "flux2":
+        scale = min(1.0, math.sqrt(ONE_MEGAPIXEL / (image_size[0] * image_size[1])))
+        w, h = (
+            max(FLUX2_MIN_SIDE, int(side * scale) // SIDE_MULTIPLE * SIDE_MULTIPLE) for side in image_size
+        )
+        return w, h
     ratio = Fraction(image_size[0], image_size[1]).limit_denominator(1000)
     ratio = min(max(ratio, MIN_RATIO), MAX_RATIO)
     return aspect_to_size(ratio, entry.area)
@@ -350,7 +394,10 @@ def resolve_size(
     if options.width is not None or options.height is not None:
         if options.width is None or options.height is None:
             raise SpecError("give both width and height, or neither", "width")
-        check_size(options.width, options.height, "width")
+        if entry.family == "flux2":
+            check_flux2_size(options.width, options.height, "width")
+        else:
+            check_size(options.width, options.height, "width")
         return options.width, options.height
     if options.aspect_ratio:
         return aspect_to_size(parse_aspect_ratio(options.aspect_ratio), entry.area)
@@ -382,15 +429,15 @@ def build_spec(
         check_text(options.webhook_url, "webhook_url", MAX_WEBHOOK_URL)
     _check_range(options.seed, 0, MAX_SEED, "seed")
     _check_range(options.steps, MIN_STEPS, MAX_STEPS, "steps")
-    _check_range(options.guidance, MIN_GUIDANCE, MAX_GUIDANCE, "guidance")
+    max_guidance = MAX_GUIDANCE_FLUX2 if entry.family == "flux2" else MAX_GUIDANCE
+    _check_range(options.guidance, MIN_GUIDANCE, max_guidance, "guidance")
     _check_range(options.safety_tolerance, 0, 6, "safety_tolerance")
     _check_range(options.num_images, 1, MAX_IMAGES, "n")
     _check_range(options.output_compression, 0, 100, "output_compression")
     _check_range(options.partial_images, 0, MAX_PARTIAL_IMAGES, "partial_images")
     if options.guidance is not None and not math.isfinite(options.guidance):
         raise SpecError("guidance must be a finite number", "guidance")
-    if len(input_sizes) > MAX_INPUT_IMAGES:
-        raise SpecError(f"at most {MAX_INPUT_IMAGES} input images are supported, got {len(input_sizes)}")
+    check_input_count(entry, len(input_sizes))
     lora_refs = check_loras(options.loras, loras)
     width, height = resolve_size(entry, options, input_sizes[0] if input_sizes else None)
     return GenerationSpec(

@@ -12,8 +12,10 @@ from fastapi.responses import JSONResponse
 from fluxserve.api.auth import bfl_auth
 from fluxserve.api.bfl_schemas import (
     INPUTS,
+    INPUTS_BY_MODEL,
     AsyncResponse,
     CommonInputs,
+    Flux2Common,
     FluxKontextInputs,
     FluxProInputs,
     ResultResponse,
@@ -27,7 +29,7 @@ from fluxserve.catalog import ModelEntry
 from fluxserve.images import InputImageError
 from fluxserve.jobs import Job, JobStatus, QueueFull
 from fluxserve.netguard import UrlRefused, check_url
-from fluxserve.spec import SpecError, SpecOptions, build_spec
+from fluxserve.spec import SpecError, SpecOptions, build_spec, check_input_count
 
 STATUS_TEXT: dict[JobStatus, str] = {
     JobStatus.QUEUED: "Pending",
@@ -38,11 +40,13 @@ STATUS_TEXT: dict[JobStatus, str] = {
     JobStatus.CONTENT_MODERATED: "Content Moderated",
 }
 IMAGE_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
+Inputs = CommonInputs | Flux2Common
+"""A BFL request body: FLUX.1 routes (:class:`CommonInputs`) or FLUX.2 routes."""
 
 
-def _options(body: CommonInputs) -> SpecOptions:
+def _options(body: Inputs) -> SpecOptions:
     """BFL field names → the spec builder's."""
-    pro = body if isinstance(body, FluxProInputs) else None
+    pro = body if isinstance(body, FluxProInputs | Flux2Common) else None
     return SpecOptions(
         prompt=getattr(body, "prompt", None) or "",
         protocol="bfl",
@@ -50,11 +54,11 @@ def _options(body: CommonInputs) -> SpecOptions:
         height=pro.height if pro else None,
         aspect_ratio=getattr(body, "aspect_ratio", None),
         seed=body.seed,
-        steps=body.steps,
-        guidance=body.guidance,
+        steps=getattr(body, "steps", None),
+        guidance=getattr(body, "guidance", None),
         output_format=getattr(body, "output_format", None),
         safety_tolerance=body.safety_tolerance,
-        prompt_upsampling=body.prompt_upsampling,
+        prompt_upsampling=body.upsampling() if isinstance(body, Flux2Common) else body.prompt_upsampling,
         webhook_url=body.webhook_url,
         webhook_secret=body.webhook_secret,
         loras=lora_pairs(body.loras),
@@ -62,7 +66,7 @@ def _options(body: CommonInputs) -> SpecOptions:
 
 
 async def _submit(
-    entry: ModelEntry, body: CommonInputs, request: Request, state: AppState, owner: str | None
+    entry: ModelEntry, body: Inputs, request: Request, state: AppState, owner: str | None
 ) -> AsyncResponse | JSONResponse:
     unavailable = state.catalog.unavailable(entry.id)
     if unavailable is not None:  # refused before any work; the other models serve
@@ -85,6 +89,9 @@ async def _submit(
         refs: list[tuple[str, str | bytes]] = []
         if isinstance(body, FluxKontextInputs):
             refs = [(name, value) for name in IMAGE_FIELDS if (value := getattr(body, name))]
+        elif isinstance(body, Flux2Common):
+            refs = list(body.references())
+        check_input_count(entry, len(refs), refs[-1][0] if refs else None)  # before any fetch
         inputs = await load_inputs(refs, state.limits)
         spec = build_spec(entry, options, [image_size(i) for i in inputs], loras)
     except UrlRefused as exc:
@@ -108,12 +115,13 @@ async def _submit(
 
 def _async_response(job: Job, entry: ModelEntry, request: Request, state: AppState) -> AsyncResponse:
     spec = job.spec
+    cost = entry.cost(spec)  # per image, or per megapixel (FLUX.2) as BFL prices them
     return AsyncResponse(
         id=job.id,
         polling_url=f"{state.base_url(request)}/v1/get_result?id={job.id}",
-        cost=round(entry.price * 100, 4),  # BFL reports credits; 1 credit = 0.01 USD
-        input_mp=spec.input_megapixels if spec.input_images else None,
-        output_mp=round(spec.width * spec.height / 1e6, 3),
+        cost=cost.credits,  # BFL reports credits; 1 credit = 0.01 USD
+        input_mp=cost.input_mp if spec.input_images else None,
+        output_mp=cost.output_mp,
     )
 
 
@@ -124,9 +132,9 @@ def make_router(models: list[ModelEntry]) -> APIRouter:
     for entry in models:
         if not entry.bfl_route:
             continue
-        inputs_cls = INPUTS[entry.family]
+        inputs_cls = INPUTS_BY_MODEL.get(entry.id) or INPUTS[entry.family]
 
-        def endpoint_for(entry: ModelEntry, inputs_cls: type[CommonInputs]):  # type: ignore[no-untyped-def]
+        def endpoint_for(entry: ModelEntry, inputs_cls: type[Inputs]):  # type: ignore[no-untyped-def]
             async def endpoint(
                 body: inputs_cls,  # type: ignore[valid-type]
                 request: Request,

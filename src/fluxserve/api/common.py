@@ -11,24 +11,30 @@ from typing import Any
 from fastapi import Header, Request
 from PIL import Image
 
-from fluxserve.images import ImageLimits, load_image_reference, normalize_image
+from fluxserve.images import ImageLimits, load_image_reference, normalize_image, normalize_mask
 from fluxserve.jobs.models import IdempotencyClaim
-from fluxserve.spec import MAX_INPUT_IMAGES, SpecError
+from fluxserve.spec import MAX_EDIT_IMAGES, SpecError
 
 MAX_IDEMPOTENCY_KEY = 255
 
 
 async def load_inputs(refs: list[tuple[str, str | bytes]], limits: ImageLimits) -> list[bytes]:
-    """Fetch/decode and check each input image; returns normalized PNG bytes."""
-    if len(refs) > MAX_INPUT_IMAGES:
-        raise SpecError(
-            f"at most {MAX_INPUT_IMAGES} input images are supported, got {len(refs)}", refs[-1][0]
-        )
+    """Fetch/decode and check each input image; returns normalized PNG bytes. The model's own
+    limit is checked before (``spec.check_input_count``); this is only the absolute bound."""
+    if len(refs) > MAX_EDIT_IMAGES:
+        raise SpecError(f"at most {MAX_EDIT_IMAGES} input images are supported, got {len(refs)}", refs[-1][0])
     out = []
     for param, ref in refs:
         data = ref if isinstance(ref, bytes) else await load_image_reference(ref, param, limits)
         out.append(await asyncio.to_thread(normalize_image, data, param, limits))
     return out
+
+
+async def load_mask(ref: tuple[str, str | bytes], image_size: tuple[int, int], limits: ImageLimits) -> bytes:
+    """Fetch/decode an edit mask and normalize it for the first image (see ``normalize_mask``)."""
+    param, value = ref
+    data = value if isinstance(value, bytes) else await load_image_reference(value, param, limits)
+    return await asyncio.to_thread(normalize_mask, data, param, limits, image_size)
 
 
 def image_size(png: bytes) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from fluxserve.api.auth import openai_auth
-from fluxserve.api.common import idempotency_claim, idempotency_key_header, image_size, load_inputs
+from fluxserve.api.common import idempotency_claim, idempotency_key_header, image_size, load_inputs, load_mask
 from fluxserve.api.errors import NESTED_TOO_DEEPLY, OpenAIError, first_error
 from fluxserve.api.loras import lora_pairs
 from fluxserve.api.openai_render import render
@@ -41,6 +41,8 @@ from fluxserve.spec import SpecError, SpecOptions, build_spec
 
 router = APIRouter(tags=["OpenAI Images API"])
 IMAGE_FIELDS = ("image", "image[]")
+MASK_FAMILIES = ("kontext",)
+"""Catalog families whose edits take a mask (FLUX.1 Kontext inpainting; FLUX.2 has none)."""
 
 
 def _entry(state: AppState, model: str | None) -> ModelEntry:
@@ -101,9 +103,17 @@ async def _run(
     owner: str | None,
     kind: str,
     payload: Any,
+    mask_ref: tuple[str, str | bytes] | None = None,
 ) -> Any:
     """Check, submit, then wait for (or stream) the job and render it."""
     entry = _entry(state, opts.model)
+    if mask_ref is not None and entry.family not in MASK_FAMILIES:
+        raise OpenAIError(
+            400,
+            f"model '{entry.id}' cannot take a mask (it has no inpainting); leave 'mask' out, or use "
+            "a FLUX.1 Kontext model such as flux-kontext-pro",
+            param="mask",
+        )
     if refs and not entry.takes_images:
         raise OpenAIError(
             400,
@@ -116,13 +126,15 @@ async def _run(
         build_spec(entry, options, loras=loras)  # cheap checks first: no image is fetched
         inputs = await load_inputs(refs, state.limits)
         spec = build_spec(entry, options, [image_size(i) for i in inputs], loras)
-        claim = idempotency_claim(request, [payload, [hashlib.sha256(i).hexdigest() for i in inputs]])
+        mask = await load_mask(mask_ref, image_size(inputs[0]), state.limits) if mask_ref else None
+        digests = [hashlib.sha256(i).hexdigest() for i in [*inputs, *([mask] if mask else [])]]
+        claim = idempotency_claim(request, [payload, digests])
     except InputImageError as exc:
         raise _spec_error(exc, "invalid_image") from exc
     except SpecError as exc:
         raise _spec_error(exc) from exc
     try:
-        job = await state.service.submit(spec, inputs, owner, claim, state.base_url(request))
+        job = await state.service.submit(spec, inputs, owner, claim, state.base_url(request), mask)
     except IdempotencyConflict as exc:
         raise OpenAIError(
             409,
@@ -183,16 +195,25 @@ async def create_image(
     return await _run(request, state, body, [], owner, "image_generation", body.model_dump(mode="json"))
 
 
-async def _multipart_edit(request: Request, state: AppState) -> tuple[dict[str, Any], list[Any]]:
+EditParts = tuple[dict[str, Any], list[tuple[str, str | bytes]], tuple[str, str | bytes] | None]
+"""An edit request's fields, its images and its mask, if any."""
+
+
+async def _multipart_edit(request: Request, state: AppState) -> EditParts:
     form = await request.form(max_files=8, max_fields=64)
     fields: dict[str, Any] = {}
     refs: list[tuple[str, str | bytes]] = []
+    mask: tuple[str, str | bytes] | None = None
     for name, value in form.multi_items():
         if isinstance(value, UploadFile):
+            if name == "mask" and mask is None:
+                mask = ("mask", await value.read(state.limits.max_bytes + 1))
+                continue
             if name not in IMAGE_FIELDS:
                 raise OpenAIError(
                     400,
-                    f"'{name[:40]}' is not supported: fluxserve edits follow the prompt (no mask).",
+                    f"'{name[:40]}' is not supported: send images as 'image' (or 'image[]') and at "
+                    "most one 'mask'.",
                     param=name[:40],
                     code="unsupported",
                 )
@@ -209,10 +230,10 @@ async def _multipart_edit(request: Request, state: AppState) -> tuple[dict[str, 
             raise OpenAIError(400, "extra_body must be a JSON object", param="extra_body") from exc
         if not isinstance(fields["extra_body"], dict):
             raise OpenAIError(400, "extra_body must be a JSON object", param="extra_body")
-    return fields, refs
+    return fields, refs, mask
 
 
-async def _json_edit(request: Request) -> tuple[dict[str, Any], list[Any]]:
+async def _json_edit(request: Request) -> EditParts:
     try:
         fields = await request.json()
     except RecursionError as exc:
@@ -221,8 +242,13 @@ async def _json_edit(request: Request) -> tuple[dict[str, Any], list[Any]]:
         raise OpenAIError(400, "The body is not valid JSON", code="invalid_json") from exc
     if not isinstance(fields, dict):
         raise OpenAIError(400, "the body must be a JSON object")
+    mask: tuple[str, str | bytes] | None = None
     if fields.get("mask") is not None:
-        raise OpenAIError(400, "'mask' is not supported: edits follow the prompt", param="mask")
+        if not isinstance(fields["mask"], dict) or not isinstance(fields["mask"].get("image_url"), str):
+            raise OpenAIError(
+                400, "'mask' needs an 'image_url' (URL or data URL); file_id is not supported", param="mask"
+            )
+        mask = ("mask", fields["mask"]["image_url"])
     images = fields.get("images")
     if not isinstance(images, list) or not images:
         raise OpenAIError(400, "'images' must be a list of {\"image_url\": ...} objects", param="images")
@@ -234,7 +260,7 @@ async def _json_edit(request: Request) -> tuple[dict[str, Any], list[Any]]:
                 param=f"images[{i}]",
             )
     refs = [(f"images[{i}]", item["image_url"]) for i, item in enumerate(images)]
-    return {k: v for k, v in fields.items() if k != "images"}, refs
+    return {k: v for k, v in fields.items() if k not in ("images", "mask")}, refs, mask
 
 
 @router.post(
@@ -252,9 +278,9 @@ async def edit_image(
     """Edit images with a Kontext model (OpenAI ``images.edit``): multipart or JSON."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        fields, refs = await _multipart_edit(request, state)
+        fields, refs, mask = await _multipart_edit(request, state)
     elif ctype.startswith("application/json"):
-        fields, refs = await _json_edit(request)
+        fields, refs, mask = await _json_edit(request)
     else:
         raise OpenAIError(400, "send multipart/form-data (image=...) or JSON (images=[...])")
     if not refs:
@@ -265,7 +291,7 @@ async def edit_image(
         raise _validation_to_openai(exc) from exc
     # The idempotency digest covers the validated options (as for generations), not the raw
     # fields: unknown keys neither change it nor reach the digest (however deeply nested).
-    return await _run(request, state, opts, refs, owner, "image_edit", opts.model_dump(mode="json"))
+    return await _run(request, state, opts, refs, owner, "image_edit", opts.model_dump(mode="json"), mask)
 
 
 @router.get("/v1/models", response_model=ModelList)

@@ -96,13 +96,22 @@ class EditJSON(ImageOptions):
     """``images.edit`` as JSON: ``images`` instead of uploads."""
 
     images: list[ImageReference] = Field(min_length=1, max_length=MAX_INPUT_IMAGES)
-    mask: None = Field(default=None, description="Not supported: edits follow the prompt.")
+    mask: ImageReference | None = Field(
+        default=None,
+        description="A PNG whose fully transparent pixels mark where to edit the first image "
+        "(same shape as it); FLUX.1 Kontext models only.",
+    )
 
 
 class EditMultipart(ImageOptions):
     """``images.edit`` as multipart/form-data: one to four ``image`` (or ``image[]``) files."""
 
     image: list[bytes] = Field(min_length=1, max_length=MAX_INPUT_IMAGES)
+    mask: bytes | None = Field(
+        default=None,
+        description="A PNG whose fully transparent pixels mark where to edit the first image "
+        "(same shape as it); FLUX.1 Kontext models only.",
+    )
 
 
 class ImageData(BaseModel):

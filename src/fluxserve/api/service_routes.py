@@ -1,13 +1,17 @@
-"""Service routes: health, readiness, and result files by signed URL."""
+"""Service routes: health, readiness, prices, and result files by signed URL."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
 
-from fluxserve.api.state import get_state
+from fluxserve.api.auth import openai_auth
+from fluxserve.api.state import AppState, get_state
+from fluxserve.catalog import ModelEntry
+from fluxserve.prices import USD_PER_CREDIT
 from fluxserve.storage import CONTENT_TYPES
 
 router = APIRouter(tags=["Service"])
@@ -35,6 +39,55 @@ async def readyz(request: Request) -> Any:
     else:
         body = {"status": "loading"}
     return JSONResponse(status_code=503, content=body)
+
+
+class ModelPrice(BaseModel):
+    """What one model costs here. ``unit`` ``image``: ``usd`` per image. ``megapixel`` (FLUX.2):
+    ``usd`` for the first output megapixel (or less), plus ``usd_per_extra_mp`` for each further
+    output megapixel and ``usd_per_input_mp`` for each megapixel of input images."""
+
+    model: str
+    unit: Literal["image", "megapixel"]
+    usd: float
+    credits: float = Field(description="``usd`` in BFL credits (1 credit = USD 0.01).")
+    usd_per_extra_mp: float | None = None
+    usd_per_input_mp: float | None = None
+
+
+class PriceTable(BaseModel):
+    """``GET /v1/prices``: every model's price (``data``), and ``prices``, the same as one
+    number per model (a 1 MP image, no input images) for clients that read only that."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelPrice]
+    prices: dict[str, float]
+
+
+def model_price(entry: ModelEntry) -> ModelPrice:
+    """One catalog entry's price, as ``GET /v1/prices`` lists it."""
+    credits = round(entry.price / USD_PER_CREDIT, 4)
+    mp = entry.megapixel_price
+    if mp is None:
+        return ModelPrice(model=entry.id, unit="image", usd=entry.price, credits=credits)
+    return ModelPrice(
+        model=entry.id,
+        unit="megapixel",
+        usd=entry.price,
+        credits=credits,
+        usd_per_extra_mp=mp.extra,
+        usd_per_input_mp=mp.input,
+    )
+
+
+@router.get("/v1/prices", response_model=PriceTable, response_model_exclude_none=True)
+async def list_prices(
+    owner: str | None = Depends(openai_auth), state: AppState = Depends(get_state)
+) -> PriceTable:
+    """What each model costs on this server (the catalog's prices), so that clients can
+    estimate a request's cost before running it."""
+    return PriceTable(
+        data=[model_price(e) for e in state.catalog], prices={e.id: e.price for e in state.catalog}
+    )
 
 
 @router.get("/v1/files/{key:path}", response_class=StreamingResponse)

@@ -29,6 +29,8 @@ class EngineRequest:
     num_images: int = 1
     images: list[Image.Image] = field(default_factory=list)
     loras: tuple[LoraRef, ...] = ()
+    mask: Image.Image | None = None
+    """Inpainting: repaint the first input image where this is white (keep it where black)."""
 
 
 StepCallback = Callable[[int, int], None]

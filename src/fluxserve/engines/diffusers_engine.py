@@ -28,6 +28,9 @@ from fluxserve.spec import fit_area
 
 log = logging.getLogger("fluxserve.engine")
 
+INPAINT_PIPELINES = {"flux1-kontext": "FluxKontextInpaintPipeline", "flux1": "FluxInpaintPipeline"}
+"""The diffusers pipeline that runs a masked edit, per family (built over the loaded modules)."""
+
 
 def pick_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else as given."""
@@ -152,6 +155,25 @@ class DiffusersFluxEngine:
         if m.true_cfg:
             kwargs["negative_prompt"] = ""
             kwargs["true_cfg_scale"] = req.guidance
+        pipe = m.pipe
+        if req.mask is not None:
+            pipe = self._inpaint_kwargs(m, req, width, height, kwargs)
+        else:
+            self._reference_kwargs(m, req, width, height, kwargs)
+
+        if cancelled is not None and cancelled():
+            raise JobCancelled()
+        kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
+        with torch.inference_mode():
+            images: list[Image.Image] = pipe(**kwargs).images
+        if (width, height) != (req.width, req.height):  # native area: resize to the request
+            images = [im.resize((req.width, req.height), Image.Resampling.LANCZOS) for im in images]
+        return images
+
+    def _reference_kwargs(
+        self, m: LoadedPipeline, req: EngineRequest, width: int, height: int, kwargs: dict[str, Any]
+    ) -> None:
+        """Input images as the family takes them: a list (FLUX.2) or stitched into one (Kontext)."""
         family = m.family
         if req.images and not family.max_reference_images:
             raise ValueError("this model's checkpoint is not a Kontext checkpoint: it takes no input images")
@@ -171,14 +193,35 @@ class DiffusersFluxEngine:
             if m.native_area:
                 kwargs["_auto_resize"] = False
 
-        if cancelled is not None and cancelled():
-            raise JobCancelled()
-        kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
-        with torch.inference_mode():
-            images: list[Image.Image] = m.pipe(**kwargs).images
-        if (width, height) != (req.width, req.height):  # native area: resize to the request
-            images = [im.resize((req.width, req.height), Image.Resampling.LANCZOS) for im in images]
-        return images
+    def _inpaint_kwargs(
+        self, m: LoadedPipeline, req: EngineRequest, width: int, height: int, kwargs: dict[str, Any]
+    ) -> Any:
+        """Set up a masked edit: the first input image is repainted where the mask is white
+        (FLUX.1 Kontext through its inpainting pipeline, the other inputs as its reference;
+        FLUX.1 through FluxInpaintPipeline). Returns the pipeline to call (sharing the loaded
+        modules, made once)."""
+        import diffusers
+
+        assert req.mask is not None
+        kind = INPAINT_PIPELINES.get(m.family.name)
+        if kind is None:
+            raise ValueError(
+                f"this model's checkpoint ({m.family.pipeline}) cannot take a mask (no inpainting)"
+            )
+        if not req.images:
+            raise ValueError("a mask needs the image to edit")
+        if m.inpaint is None:
+            m.inpaint = getattr(diffusers, kind).from_pipe(m.pipe)
+            m.inpaint.set_progress_bar_config(disable=True)
+        kwargs["image"] = req.images[0].convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        kwargs["mask_image"] = req.mask.convert("L").resize((width, height), Image.Resampling.BILINEAR)
+        kwargs["strength"] = 1.0
+        if kind == "FluxKontextInpaintPipeline":
+            kwargs["max_area"] = width * height
+            kwargs["_auto_resize"] = False
+            if len(req.images) > 1:
+                kwargs["image_reference"] = self._fit_reference(stitch_horizontally(req.images[1:]), m)
+        return m.inpaint
 
     @staticmethod
     def _fit_reference(image: Image.Image, m: LoadedPipeline) -> Image.Image:

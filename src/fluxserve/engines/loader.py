@@ -43,6 +43,8 @@ class LoadedPipeline:
     max_sequence_length: int
     true_cfg: bool
     """Guided against the empty prompt (checkpoints without a guidance embedding)."""
+    inpaint: Any = None
+    """The inpainting pipeline over the same modules, made on the first masked edit."""
 
 
 def _file_tensor_names(path: Path) -> list[str]:

@@ -92,9 +92,10 @@ class JobService:
         owner: str | None = None,
         idempotency: IdempotencyClaim | None = None,
         base_url: str = "",
+        mask: bytes | None = None,
     ) -> Job:
-        """Moderate, upsample, then persist a job (inputs first, then the row) and wake the
-        worker. A moderated request is still a job, ended at once as Request Moderated.
+        """Moderate, upsample, then persist a job (inputs and ``mask`` first, then the row) and
+        wake the worker. A moderated request is still a job, ended at once as Request Moderated.
 
         With ``idempotency``, a key already used by ``owner`` with the same body returns that
         job instead (and nothing new is kept); raises ``IdempotencyConflict`` for another body
@@ -123,10 +124,14 @@ class JobService:
                 key = f"inputs/{job_id}/{i}.png"
                 await asyncio.to_thread(self.storage.put, key, data)
                 keys.append(key)
+            mask_key = None
+            if mask is not None:
+                mask_key = f"inputs/{job_id}/mask.png"
+                await asyncio.to_thread(self.storage.put, mask_key, mask)
             job = Job(
                 id=job_id,
                 status=JobStatus.QUEUED,
-                spec=replace(spec, input_images=tuple(keys)),
+                spec=replace(spec, input_images=tuple(keys), mask_image=mask_key),
                 created_at=time.time(),
                 moderation=audit,
                 owner=owner,

@@ -187,6 +187,11 @@ class Worker:
         images = [
             Image.open(io.BytesIO(self.service.storage.get(key))).convert("RGB") for key in spec.input_images
         ]
+        mask = (
+            Image.open(io.BytesIO(self.service.storage.get(spec.mask_image))).convert("L")
+            if spec.mask_image
+            else None
+        )
         last = [0.0]
         partials = partial_steps(spec.steps, spec.partial_images)
         preview_every = max(1, spec.steps // 5)
@@ -242,6 +247,7 @@ class Worker:
                 num_images=spec.num_images,
                 images=images,
                 loras=spec.loras,
+                mask=mask,
             ),
             on_step=on_step,
             cancelled=lambda: store.cancel_requested(job.id),

@@ -195,6 +195,29 @@ def test_generate_aspect_ratio_seed_previews_and_same_seed_same_image(page: Any)
     assert pixels(image_bytes(page, img)) != pixels(first)
 
 
+def test_n_images_on_both_apis(page: Any) -> None:
+    page.fill("#prompt", "a green square")
+    page.fill("#seed", "100")
+    page.check("#seed-lock")
+    open_advanced(page, steps=4)
+    page.fill("#n", "2")
+    page.click("#submit")  # a BFL route: one job per image, seeds counting up
+    page.wait_for_selector("body[data-busy=false]", timeout=WAIT_MS)
+    page.wait_for_selector(".run:nth-child(2)[data-state=ready]", timeout=WAIT_MS)
+    metas = page.eval_on_selector_all(".run dl.meta", "ds => ds.map(d => d.textContent)")
+    assert len(metas) == 2 and "Seed100" in metas[0] and "Seed101" in metas[1]
+    assert len({page.get_attribute(f".run:nth-child({i}) img", "src") for i in (1, 2)}) == 2
+
+    page.select_option("#model", "dall-e-2")  # only on the OpenAI API: one streamed request
+    assert "Estimated cost: $0.04 (2 images × $0.02)" in page.inner_text("#cost")
+    page.click("#submit")
+    page.wait_for_selector("body[data-busy=false]", timeout=WAIT_MS)
+    page.wait_for_selector(".run:nth-child(2)[data-state=ready]", timeout=WAIT_MS)
+    types = [e["type"] for e in events(page)]
+    assert types.count("image_generation.completed") == 2 and "image_generation.partial_image" in types
+    assert types.index("image_generation.partial_image") < types.index("image_generation.completed")
+
+
 def test_bad_values_and_moderation_in_words(page: Any) -> None:
     page.fill("#prompt", "a green square")
     open_advanced(page, steps=99)
@@ -325,6 +348,12 @@ def test_dark_theme(browser: Any, server: Server) -> None:
     background = pg.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(20, 22, 26)"
     shot(pg, "dark")
+    pg.focus("#tab-generate")  # the tabs work with the keyboard
+    pg.keyboard.press("ArrowRight")
+    assert pg.get_attribute("#tab-edit", "aria-selected") == "true" and pg.is_visible("#drop-zone")
+    assert pg.evaluate("document.activeElement.id") == "tab-edit"
+    pg.keyboard.press("End")
+    assert pg.is_visible("#panel-gallery") and pg.is_hidden("#panel-studio")
     pg.click("#theme-toggle")  # the toggle overrides the system, and is remembered
     assert pg.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(246, 247, 249)"
     pg.reload()

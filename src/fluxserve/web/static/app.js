@@ -211,7 +211,7 @@ function modelChanged() {
   $("loras-box").hidden = state.loras.length === 0 || !takes(m, "loras");
   $("steps").placeholder = `${m.steps} (default)`;
   $("guidance").placeholder = `${m.guidance} (default)`;
-  $("output-format").options[0].textContent = `model default (${m.default_output_format.toUpperCase()})`;
+  $("output-format").options[0].textContent = `default (${m.default_output_format.toUpperCase()})`;
   renderAspects();
   updateCost();
 }
@@ -587,7 +587,7 @@ class Run {
     this.req = req;
     this.body = body;
     this.ended = false;
-    this.card = el("article", { class: "run", dataset: { state: "queued", jobId: id || "" }, "aria-label": "Job" });
+    this.card = el("article", { class: "run", dataset: { state: "submitted", jobId: id || "" }, "aria-label": "Job" });
     this.img = el("img", { alt: "The image, as it forms", hidden: true });
     this.frame = el("div", { class: "frame" }, this.img);
     this.caption = el("figcaption", { text: "Waiting for the first preview…" });
@@ -623,7 +623,7 @@ class Run {
   }
 
   setProgress({ step, steps, fraction }) {
-    if (this.card.dataset.state === "queued") this.setState("running");
+    if (["submitted", "queued"].includes(this.card.dataset.state)) this.setState("running");
     this.progress.value = fraction;
     this.status.textContent = `Generating: step ${step} of ${steps}.`;
   }
@@ -706,6 +706,10 @@ class Run {
       this.caption.textContent = `Result: ${w} × ${h} px`;
       this.setState("ready");
       note("shown", this.id);
+    };
+    this.img.onerror = () => {
+      this.setState("error");
+      this.status.textContent = "The image could not be loaded: its URL may have expired (see the gallery).";
     };
     this.img.src = src;
     this.status.textContent = "Done.";

@@ -192,7 +192,9 @@ def main() -> None:
             time.sleep(0.2)
 
         print(f"# fluxserve dispatch bench  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}")
-        print(f"# {os.cpu_count()} CPUs, Python {platform.python_version()}, PostgreSQL on loopback")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"# {os.cpu_count()} CPUs (load average {load}), Python {platform.python_version()}")
+        print("# PostgreSQL on loopback; API node, stub worker and clients share the machine")
         secs, lat = asyncio.run(submit_all(base, args.jobs, args.concurrency))
         print(
             f"accept: {args.jobs} BFL submissions from {args.concurrency} clients to one API node, no worker"

@@ -257,3 +257,65 @@ def test_prices_route(srv: Server) -> None:
     with FluxClient(srv.base_url) as client:
         table, source = client.prices()
     assert source == "server" and table["flux-2-max"] == 0.07
+
+
+# -- the rules behind the routes, called directly ---------------------------------------------
+
+
+def test_request_cost_per_image_and_per_megapixel() -> None:
+    from fluxserve.prices import LIST_PRICES_USD, MEGAPIXEL_PRICES_USD, request_cost
+
+    assert request_cost(0.04, None, 1024, 1024, 0.5, 3).usd == pytest.approx(0.12)  # per image
+    pro = MEGAPIXEL_PRICES_USD["flux-2-pro"]
+    assert request_cost(0.03, pro, 512, 512).usd == pytest.approx(0.03)  # under 1 MP: flat
+    two = request_cost(0.03, pro, 2000, 1000, input_mp=0.5)  # 2 MP out, 0.5 MP in
+    assert (two.output_mp, two.input_mp) == (2.0, 0.5)
+    assert two.usd == pytest.approx(0.03 + 1.0 * 0.015 + 0.5 * 0.015)
+    assert two.credits == pytest.approx(5.25)
+    assert request_cost(0.03, pro, 2000, 1000, 0.5, num_images=2).usd == pytest.approx(2 * two.usd)
+    for model, price in MEGAPIXEL_PRICES_USD.items():  # the flat table is the first megapixel
+        assert LIST_PRICES_USD[model] == price.first
+
+
+def test_catalog_limits_and_price_overrides() -> None:
+    from fluxserve.catalog import ModelCatalog
+    from fluxserve.settings import ModelOverride, Settings
+
+    catalog = ModelCatalog.from_settings(Settings())
+    limits = {e.id: e.input_limit for e in catalog}
+    assert limits["flux-2-pro"] == limits["flux-2-flex"] == 8
+    assert limits["flux-2-klein-4b"] == limits["flux-kontext-max"] == 4
+    assert limits["gpt-image-1"] == 16 and limits["flux-dev"] == 0
+    assert catalog.get("flux-2-max").megapixel_price is not None  # type: ignore[union-attr]
+    overrides = {"flux-2-pro": ModelOverride(price=0.0), "flux-kontext-pro": ModelOverride(family="pro")}
+    custom = ModelCatalog.from_settings(Settings(models=overrides))
+    free = custom.get("flux-2-pro")
+    assert free is not None and free.megapixel_price is None and free.input_limit == 8  # per image now
+    kontext = custom.get("flux-kontext-pro")
+    assert kontext is not None and not kontext.takes_images  # a new family brings its own limit
+
+
+def test_spec_rules_for_flux2() -> None:
+    from fluxserve.catalog import ModelCatalog
+    from fluxserve.settings import Settings
+    from fluxserve.spec import SpecError, SpecOptions, build_spec, check_input_count
+
+    catalog = ModelCatalog.from_settings(Settings())
+    pro, klein, kontext = (catalog.get(m) for m in ("flux-2-pro", "flux-2-klein-9b", "flux-kontext-pro"))
+    assert pro is not None and klein is not None and kontext is not None
+    check_input_count(pro, 8)
+    with pytest.raises(SpecError, match="'flux-2-klein-9b' takes at most 4 input images, got 5"):
+        check_input_count(klein, 5)
+    with pytest.raises(SpecError, match="takes at most 8"):
+        build_spec(pro, SpecOptions(prompt="p"), [(64, 64)] * 9)
+    # the first input image's size, scaled down to 1 MP, sides multiples of 16
+    spec = build_spec(pro, SpecOptions(prompt="p"), [(2000, 1000), (64, 64)])
+    assert (spec.width, spec.height) == (1440, 720) and spec.width * spec.height <= 1024 * 1024
+    small = build_spec(pro, SpecOptions(prompt="p"), [(200, 40)])  # rounded down, at least 64
+    assert (small.width, small.height) == (192, 64)
+    assert build_spec(pro, SpecOptions(prompt="p", guidance=10.0)).guidance == 10.0
+    with pytest.raises(SpecError, match="guidance"):
+        build_spec(kontext, SpecOptions(prompt="p", guidance=10.0))
+    assert build_spec(pro, SpecOptions(prompt="p", width=64, height=4096)).height == 4096
+    with pytest.raises(SpecError, match="at least 64"):
+        build_spec(pro, SpecOptions(prompt="p", width=48, height=64))

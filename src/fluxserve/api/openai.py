@@ -19,7 +19,14 @@ from fluxserve.api.auth import openai_auth
 from fluxserve.api.common import idempotency_claim, idempotency_key_header, image_size, load_inputs, load_mask
 from fluxserve.api.errors import NESTED_TOO_DEEPLY, OpenAIError, first_error
 from fluxserve.api.loras import lora_pairs
-from fluxserve.api.openai_render import render
+from fluxserve.api.openai_render import (
+    Finish,
+    check_gpt_image_options,
+    default_response_format,
+    input_limits,
+    quality_steps,
+    render,
+)
 from fluxserve.api.openai_schemas import (
     DEFAULT_MODEL,
     EditJSON,
@@ -67,7 +74,7 @@ def _entry(state: AppState, model: str | None) -> ModelEntry:
     return entry
 
 
-def _options(opts: ImageOptions) -> SpecOptions:
+def _options(opts: ImageOptions, entry: ModelEntry) -> SpecOptions:
     """OpenAI field names → the spec builder's (OpenAI's default output format is PNG)."""
     return SpecOptions(
         prompt=opts.prompt,
@@ -77,14 +84,14 @@ def _options(opts: ImageOptions) -> SpecOptions:
         aspect_ratio=opts.aspect_ratio,
         size=opts.size,
         seed=opts.seed,
-        steps=opts.steps,
+        steps=opts.steps if opts.steps is not None else quality_steps(opts.quality, entry.steps),
         guidance=opts.guidance,
         output_format=opts.output_format or "png",
         output_compression=opts.output_compression,
         safety_tolerance=opts.safety_tolerance,
         prompt_upsampling=opts.prompt_upsampling,
         num_images=opts.n or 1,
-        response_format=opts.response_format or "url",
+        response_format=opts.response_format or default_response_format(entry.id),
         user=opts.user,
         partial_images=(opts.partial_images or 0) if opts.stream else 0,
         loras=lora_pairs(opts.loras),
@@ -120,11 +127,12 @@ async def _run(
             f"model '{entry.id}' does not take input images; use a Kontext model such as flux-kontext-pro",
             param="model",
         )
-    options = _options(opts)
+    check_gpt_image_options(entry.id, opts, len(refs))
+    options = _options(opts, entry)
     try:
         loras = state.loras.names()
         build_spec(entry, options, loras=loras)  # cheap checks first: no image is fetched
-        inputs = await load_inputs(refs, state.limits)
+        inputs = await load_inputs(refs, input_limits(state.limits, entry.id, opts.input_fidelity))
         spec = build_spec(entry, options, [image_size(i) for i in inputs], loras)
         mask = await load_mask(mask_ref, image_size(inputs[0]), state.limits) if mask_ref else None
         digests = [hashlib.sha256(i).hexdigest() for i in [*inputs, *([mask] if mask else [])]]
@@ -153,12 +161,12 @@ async def _run(
         ) from exc
     if opts.stream:
         return StreamingResponse(
-            stream_events(request, state, job.id, kind),
+            stream_events(request, state, job.id, kind, Finish.of(opts)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     done = await _wait_or_cancel(request, state, job)
-    return render(request, state, done)
+    return render(request, state, done, Finish.of(opts))
 
 
 async def _wait_or_cancel(request: Request, state: AppState, job: Job) -> Job:

@@ -37,13 +37,18 @@ class ImageOptions(BaseModel):
     model: str | None = Field(default=None, max_length=200)
     n: int | None = Field(default=1, ge=1, le=MAX_IMAGES)
     size: str | None = Field(default="auto", max_length=32)
-    response_format: Literal["url", "b64_json"] | None = "url"
+    response_format: Literal["url", "b64_json"] | None = None
+    """Default: ``b64_json`` for the GPT-image names (as OpenAI answers), ``url`` for the others."""
     output_format: Literal["png", "jpeg", "webp"] | None = None
     output_compression: int | None = Field(default=None, ge=0, le=100)
     user: str | None = Field(default=None, max_length=1024)
-    quality: str | None = None
+    quality: Literal["low", "medium", "high", "auto", "standard", "hd"] | None = None
+    """Without ``steps``: low takes half the model's steps, medium three quarters, the others all."""
     style: str | None = None
-    background: str | None = None
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    """``transparent`` (png or webp): the plain background around the subject becomes alpha."""
+    input_fidelity: Literal["high", "low"] | None = None
+    """Edits: ``low`` scales input images to at most 1 MP first, ``high`` keeps up to 4 MP."""
     moderation: str | None = None
     # FLUX options (extra_body)
     aspect_ratio: str | None = Field(default=None, max_length=16)
@@ -122,13 +127,41 @@ class ImageData(BaseModel):
     revised_prompt: str | None = None
 
 
+class InputTokensDetails(BaseModel):
+    """The input tokens by kind (OpenAI's ``input_tokens_details``)."""
+
+    text_tokens: int
+    image_tokens: int
+
+
+class OutputTokensDetails(BaseModel):
+    """The output tokens by kind (OpenAI's ``output_tokens_details``)."""
+
+    image_tokens: int
+    text_tokens: int = 0
+
+
+class ImagesUsage(BaseModel):
+    """Token counts, in FLUX's own units: one text token per word of the prompt, one image
+    token per 16x16 pixels (a FLUX latent token), for input images and generated images alike."""
+
+    total_tokens: int
+    input_tokens: int
+    output_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens_details: OutputTokensDetails | None = None
+
+
 class ImagesResponse(BaseModel):
-    """The answer to a generation or an edit."""
+    """The answer to a generation or an edit; it echoes the settings used, as OpenAI's does."""
 
     created: int
     data: list[ImageData]
+    background: Literal["transparent", "opaque"] | None = None
     output_format: str | None = None
+    quality: Literal["low", "medium", "high"] | None = None
     size: str | None = None
+    usage: ImagesUsage | None = None
 
 
 class ModelObject(BaseModel):

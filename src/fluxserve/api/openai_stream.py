@@ -1,34 +1,32 @@
-"""OpenAI image streaming: ``<kind>.partial_image`` events, then ``<kind>.completed`` per image."""
+"""OpenAI image streaming: ``<kind>.partial_image`` events, then ``<kind>.completed`` per image.
+
+``kind`` is ``image_generation`` for ``/v1/images/generations`` and ``image_edit`` for
+``/v1/images/edits``, as OpenAI names the events. Every event echoes the request's settings
+(``size``, ``quality``, ``background``, ``output_format``); each completed event carries the
+job's ``usage``. Partial images are previews of the denoising, shown opaque.
+"""
 
 from __future__ import annotations
 
 import base64
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import Request
 
 from fluxserve.api.common import sse_frame
 from fluxserve.api.errors import OpenAIError
-from fluxserve.api.openai_render import render
+from fluxserve.api.openai_render import Finish, finished_image, render, usage
 from fluxserve.api.state import AppState
-from fluxserve.jobs import Job, JobStatus
+from fluxserve.jobs import JobStatus
 
 
-def _usage(job: Job) -> dict[str, Any]:
-    text_tokens = len(job.spec.prompt.split())
-    return {
-        "total_tokens": text_tokens,
-        "input_tokens": text_tokens,
-        "output_tokens": 0,
-        "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0},
-    }
-
-
-async def stream_events(request: Request, state: AppState, job_id: str, kind: str) -> AsyncIterator[bytes]:
+async def stream_events(
+    request: Request, state: AppState, job_id: str, kind: str, finish: Finish | None = None
+) -> AsyncIterator[bytes]:
     """The stream of one job (or an ``error`` event). The job is cancelled if the client goes
     away before it ends."""
+    finish = finish or Finish()
     service = state.service
     finished = False
     job = service.store.get(job_id)
@@ -38,8 +36,8 @@ async def stream_events(request: Request, state: AppState, job_id: str, kind: st
     try:
         common = {
             "size": f"{job.spec.width}x{job.spec.height}",
-            "quality": "auto",
-            "background": "opaque",
+            "quality": finish.quality,
+            "background": finish.background,
             "output_format": job.spec.output_format,
         }
         if not job.terminal:
@@ -62,19 +60,20 @@ async def stream_events(request: Request, state: AppState, job_id: str, kind: st
             return
         if job.status != JobStatus.READY or job.result is None:
             try:
-                render(request, state, job)
+                render(request, state, job, finish)
             except OpenAIError as exc:
                 yield sse_frame("error", exc.body)
             return
+        job_usage = usage(job).model_dump(exclude_none=True)
         for key in job.result["files"]:
-            b64 = base64.b64encode(state.storage.get(key)).decode()
+            _, image = finished_image(state, job, key, finish)
             yield sse_frame(
                 f"{kind}.completed",
                 {
                     "type": f"{kind}.completed",
-                    "b64_json": b64,
+                    "b64_json": base64.b64encode(image).decode(),
                     "created_at": int(time.time()),
-                    "usage": _usage(job),
+                    "usage": job_usage,
                     **common,
                 },
             )

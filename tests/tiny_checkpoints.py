@@ -302,3 +302,26 @@ def lay_out_hub_cache(hub_cache: Path, repo_id: str, files_from: Path, revision:
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(revision)
     return snapshot
+
+
+def save_gguf_transformer(pipeline_dir: Path, file: Path) -> Path:
+    """The pipeline's FLUX.2 transformer as one GGUF file (original layout), as GGUF model
+    sites ship them: matrices whose rows divide into blocks in Q8_0, the rest in F16/F32."""
+    import gguf  # type: ignore[import-untyped]
+    import numpy as np
+    from diffusers import Flux2Transformer2DModel
+
+    model = Flux2Transformer2DModel.from_pretrained(str(pipeline_dir), subfolder="transformer")
+    writer = gguf.GGUFWriter(str(file), "flux")
+    for name, tensor in flux2_original_state_dict(model.state_dict()).items():
+        array = tensor.float().numpy()
+        if array.ndim == 2 and array.shape[1] % 32 == 0:
+            q8 = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(name, q8, raw_shape=q8.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, array.astype(np.float16 if array.ndim >= 2 else np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return file

@@ -105,8 +105,6 @@ def _load_transformer_file(
         )
     cls = getattr(diffusers, family.transformer)
     if file.suffix == ".gguf":
-        if quant is not None:
-            raise CheckpointError("a GGUF file is already quantized: leave quantize = 'none'")
         from diffusers import GGUFQuantizationConfig
 
         quant = GGUFQuantizationConfig(compute_dtype=dtype)
@@ -137,6 +135,11 @@ def load_pipeline(source: CheckpointSource, device: torch.device, dtype: torch.d
         memory.mode,
         memory.reason,
     )
+    gguf = files.transformer_file is not None and files.transformer_file.suffix == ".gguf"
+    if gguf and source.quantize != "none":
+        raise CheckpointError(
+            f"{files.transformer_file} is a GGUF file, quantized already: leave quantize = 'none' for it"
+        )
     quant = quantization_config(source.quantize, device, dtype)
     components: dict[str, Any] = {}
     if files.transformer_file is not None:

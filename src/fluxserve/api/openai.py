@@ -35,7 +35,6 @@ from fluxserve.api.openai_schemas import (
     ImagesResponse,
     ModelList,
     ModelObject,
-    PriceList,
     request_body,
 )
 from fluxserve.api.openai_stream import stream_events
@@ -44,7 +43,7 @@ from fluxserve.backends.interfaces import IdempotencyConflict
 from fluxserve.catalog import ModelEntry
 from fluxserve.images import InputImageError
 from fluxserve.jobs import Job, QueueFull
-from fluxserve.spec import SpecError, SpecOptions, build_spec
+from fluxserve.spec import MAX_EDIT_IMAGES, SpecError, SpecOptions, build_spec, check_input_count
 
 router = APIRouter(tags=["OpenAI Images API"])
 IMAGE_FIELDS = ("image", "image[]")
@@ -132,6 +131,7 @@ async def _run(
     try:
         loras = state.loras.names()
         build_spec(entry, options, loras=loras)  # cheap checks first: no image is fetched
+        check_input_count(entry, len(refs), "image")  # the model's limit, before any fetch
         inputs = await load_inputs(refs, input_limits(state.limits, entry.id, opts.input_fidelity))
         spec = build_spec(entry, options, [image_size(i) for i in inputs], loras)
         mask = await load_mask(mask_ref, image_size(inputs[0]), state.limits) if mask_ref else None
@@ -208,7 +208,8 @@ EditParts = tuple[dict[str, Any], list[tuple[str, str | bytes]], tuple[str, str 
 
 
 async def _multipart_edit(request: Request, state: AppState) -> EditParts:
-    form = await request.form(max_files=8, max_fields=64)
+    # One file more than any model takes, so that the count check can name the model's limit.
+    form = await request.form(max_files=MAX_EDIT_IMAGES + 1, max_fields=64)
     fields: dict[str, Any] = {}
     refs: list[tuple[str, str | bytes]] = []
     mask: tuple[str, str | bytes] | None = None
@@ -312,12 +313,3 @@ async def list_models(
     return ModelList(
         data=[ModelObject(id=e.id, created=created, owned_by="fluxserve") for e in state.catalog]
     )
-
-
-@router.get("/v1/prices", response_model=PriceList, tags=["Service"])
-async def list_prices(
-    owner: str | None = Depends(openai_auth), state: AppState = Depends(get_state)
-) -> PriceList:
-    """What one image of each model costs on this server (the catalog's prices), so that
-    clients can estimate the cost of a batch before running it."""
-    return PriceList(prices={e.id: e.price for e in state.catalog})

@@ -35,10 +35,17 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's LoRA directory: empty until a test puts an adapter in it."""
+    return tmp_path_factory.mktemp("loras")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, lora_dir: Path) -> Iterator[Server]:
     """One server for the module, on loopback, with no key and the embedded model."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
     env["FLUXSERVE_LOG_LEVEL"] = "warning"
+    env["FLUXSERVE_LORA_DIRS"] = str(lora_dir)
     s = Server(data_dir=tmp_path_factory.mktemp("playground"), env=env)
     s.start()
     yield s
@@ -162,7 +169,7 @@ def test_generate_aspect_ratio_seed_previews_and_same_seed_same_image(page: Any)
     assert page.inner_text("#size-out") == "Output: 1392 × 784 px"
     page.fill("#seed", "7")
     page.check("#seed-lock")
-    open_advanced(page, steps=8, fmt="png")  # a preview after every step
+    open_advanced(page, steps=5, fmt="png")  # a preview after every step
     assert "Estimated cost: $0.04" in page.inner_text("#cost")
     page.fill("#n", "2")
     assert "Estimated cost: $0.08 (2 images × $0.04)" in page.inner_text("#cost")
@@ -216,6 +223,35 @@ def test_n_images_on_both_apis(page: Any) -> None:
     types = [e["type"] for e in events(page)]
     assert types.count("image_generation.completed") == 2 and "image_generation.partial_image" in types
     assert types.index("image_generation.partial_image") < types.index("image_generation.completed")
+
+
+def test_lora_picker_only_when_the_server_has_loras(page: Any, server: Server, lora_dir: Path) -> None:
+    from test_loras import make_peft_lora
+
+    from fluxserve.embedded import embedded_checkpoint
+
+    assert page.is_hidden("#loras-box")  # none yet
+    checkpoint = embedded_checkpoint()
+    assert checkpoint is not None
+    make_peft_lora(checkpoint, lora_dir / "vivid.safetensors", seed=3)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+    assert page.is_visible("#loras-box") and "vivid" in page.inner_text("#lora-list")
+
+    page.fill("#prompt", "a red circle")
+    page.fill("#seed", "5")
+    page.check("#seed-lock")
+    open_advanced(page, steps=4, fmt="png")
+    page.click("#submit")
+    page.wait_for_selector(".run[data-state=ready]", timeout=WAIT_MS)
+    plain = image_bytes(page, ".run img[data-kind=final]")
+    page.check("#lora-list input[type=checkbox]")
+    page.fill("#lora-list input[type=number]", "1.5")
+    page.click("#submit")
+    page.wait_for_selector(".run[data-state=ready]", timeout=WAIT_MS)
+    assert pixels(image_bytes(page, ".run img[data-kind=final]")) != pixels(plain)
+    job = httpx.get(f"{server.base_url}/v1/jobs", params={"limit": 1}).json()["data"][0]
+    assert job["loras"] == [{"name": "vivid", "scale": 1.5}] and job["seed"] == 5
 
 
 def test_bad_values_and_moderation_in_words(page: Any) -> None:

@@ -156,6 +156,17 @@ def test_flux2_reference_limits_are_checked_before_any_request() -> None:
             flux.edit([tiny] * 5, "x", "flux-2-klein-9b")
 
 
+@pytest.mark.parametrize("protocol", ["bfl", "openai"])
+def test_flux2_edit_with_six_references(server, protocol: str) -> None:  # type: ignore[no-untyped-def]
+    # More references than Kontext takes: FLUX.2 pro takes eight (input_image ... _8 on BFL).
+    refs = [_png((40 * i, 0, 255 - 40 * i), (96, 96)) for i in range(6)]
+    with FluxClient(server.base_url, protocol=protocol) as flux:
+        res = flux.edit(refs, "put them side by side", "flux-2-pro", width=256, height=256, seed=4)
+        assert res.to_pil().size == (256, 256) and res.model == "flux-2-pro"
+        with pytest.raises(ValidationError):  # klein takes four, checked before any request
+            flux.edit(refs, "x", "flux-2-klein-4b")
+
+
 def test_cost_estimates(server) -> None:  # type: ignore[no-untyped-def]
     with FluxClient(server.base_url) as flux:
         est = flux.estimate_cost("flux-kontext-pro", 100)

@@ -5,6 +5,7 @@ import { curl, pythonBFL, pythonOpenAI, ratioOf } from "./codegen.js";
 const $ = (id) => document.getElementById(id);
 const MAX_SAFE_SEED = Number.MAX_SAFE_INTEGER;
 const PAGE = 24;
+const QUEUE_REFRESH_MS = 2500;
 
 const state = {
   config: null,
@@ -638,20 +639,33 @@ class Run {
 
   /** Follow the job's events (fetch, so the key stays in a header); poll if the stream breaks. */
   async follow() {
-    this.ctrl = new AbortController();
-    try {
-      const response = await request(`/v1/jobs/${encodeURIComponent(this.id)}/events`, { signal: this.ctrl.signal });
-      if (response.ok && response.status !== 204) {
-        for await (const ev of readEvents(response)) {
-          if (ev.event !== "result") note(ev.event, this.id, ev.event === "queued" ? { position: ev.data.position } : {});
-          if (ev.event === "queued") this.setQueued(ev.data.position);
-          else if (ev.event === "progress") this.setProgress(ev.data);
-          else if (ev.event === "preview") this.setPreview(ev.data);
-          else if (ev.event === "result") { this.finish(ev.data); return; }
+    // A stream tells the queue position when it opens: while the job waits, open a fresh one
+    // every few seconds, so the position shown stays current.
+    for (let again = true; again;) {
+      again = false;
+      const ctrl = new AbortController();
+      let timer = null;
+      try {
+        const response = await request(`/v1/jobs/${encodeURIComponent(this.id)}/events`, { signal: ctrl.signal });
+        if (response.ok && response.status !== 204) {
+          for await (const ev of readEvents(response)) {
+            if (ev.event !== "result") note(ev.event, this.id, ev.event === "queued" ? { position: ev.data.position } : {});
+            if (ev.event === "queued") {
+              this.setQueued(ev.data.position);
+              timer = setTimeout(() => {
+                if (this.card.dataset.state === "queued") { again = true; ctrl.abort(); }
+              }, QUEUE_REFRESH_MS);
+            } else if (ev.event === "progress") this.setProgress(ev.data);
+            else if (ev.event === "preview") this.setPreview(ev.data);
+            else if (ev.event === "result") { this.finish(ev.data); return; }
+          }
         }
+      } catch (exc) {
+        if (exc.name === "AbortError" && !again) return;
+        if (exc.name !== "AbortError") again = false;
+      } finally {
+        clearTimeout(timer);
       }
-    } catch (exc) {
-      if (exc.name === "AbortError") return;
     }
     for (;;) {
       try {

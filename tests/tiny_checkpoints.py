@@ -325,3 +325,41 @@ def save_gguf_transformer(pipeline_dir: Path, file: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return file
+
+
+def make_peft_lora(checkpoint: Path, out: Path, seed: int) -> None:
+    """A random LoRA on the attention projections, saved as diffusers saves trained LoRAs."""
+    from diffusers import FluxKontextPipeline, FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = FluxTransformer2DModel.from_pretrained(str(checkpoint / "transformer"))
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False)
+    transformer.add_adapter(config)
+    layers = get_peft_model_state_dict(transformer)
+    for key in layers:  # strong enough to show in a few steps
+        layers[key] = layers[key] * 3
+    tmp = out.parent / f".{out.stem}"
+    FluxKontextPipeline.save_lora_weights(str(tmp), transformer_lora_layers=layers)
+    (tmp / "pytorch_lora_weights.safetensors").rename(out)
+    tmp.rmdir()
+
+
+def make_kohya_lora(checkpoint: Path, out: Path, seed: int) -> None:
+    """A random LoRA in kohya's layout (original FLUX module names), as model sites ship them."""
+    import json
+
+    config = json.loads((checkpoint / "transformer" / "config.json").read_text())
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    g = torch.Generator().manual_seed(seed)
+    weights: dict[str, torch.Tensor] = {}
+    for block in range(config["num_layers"]):
+        for name, (fan_in, fan_out) in {"img_attn_qkv": (dim, 3 * dim), "img_attn_proj": (dim, dim)}.items():
+            key = f"lora_unet_double_blocks_{block}_{name}"
+            weights[f"{key}.lora_down.weight"] = torch.randn(4, fan_in, generator=g) * 0.5
+            weights[f"{key}.lora_up.weight"] = torch.randn(fan_out, 4, generator=g) * 0.5
+            weights[f"{key}.alpha"] = torch.tensor(4.0)
+    from safetensors.torch import save_file
+
+    save_file(weights, str(out))

@@ -14,6 +14,7 @@ from fluxserve import __version__
 from fluxserve.api.bfl import make_router, render_result
 from fluxserve.api.credits import router as credits_router
 from fluxserve.api.errors import install_error_handlers
+from fluxserve.api.finetunes import make_finetune_router
 from fluxserve.api.jobs import router as jobs_router
 from fluxserve.api.loras import router as loras_router
 from fluxserve.api.middleware import BodyLimit
@@ -184,6 +185,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(credits_router)
+    app.include_router(make_finetune_router(list(catalog)))  # before the catch-all POST /v1/{model}
     app.include_router(make_router(list(catalog)))
     app.include_router(jobs_router)
     app.include_router(service_router)

@@ -65,9 +65,10 @@ def _options(body: Inputs) -> SpecOptions:
     )
 
 
-async def _submit(
+async def submit(
     entry: ModelEntry, body: Inputs, request: Request, state: AppState, owner: str | None
 ) -> AsyncResponse | JSONResponse:
+    """Check a BFL request and submit it as a job: the async answer, or a BFL-shaped error."""
     unavailable = state.catalog.unavailable(entry.id)
     if unavailable is not None:  # refused before any work; the other models serve
         raise HTTPException(503, f"{unavailable}. Fix its checkpoint setting and restart the server.")
@@ -142,7 +143,7 @@ def make_router(models: list[ModelEntry]) -> APIRouter:
                 state: AppState = Depends(get_state),
             ) -> AsyncResponse | JSONResponse:
                 current = state.catalog.get(entry.id) or entry
-                return await _submit(current, body, request, state, owner)
+                return await submit(current, body, request, state, owner)
 
             # The body type is chosen per model at runtime; give FastAPI the class itself.
             endpoint.__annotations__["body"] = inputs_cls

@@ -743,9 +743,10 @@ class Run {
     if (this.ended) return;
     this.ended = true;
     this.setState(kind);
-    this.progress.value = 0;
+    this.progress.hidden = true;
     this.status.textContent = message;
-    if (this.img.dataset.kind !== "preview") this.caption.textContent = "";
+    // No image came: drop the empty frame (a preview, if one came, stays in view).
+    if (this.img.hidden) this.frame.closest("figure").hidden = true;
   }
 }
 

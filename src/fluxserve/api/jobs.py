@@ -76,7 +76,6 @@ def _summary(state: AppState, job: Job, base_url: str) -> JobSummary:
     spec = job.spec
     rendered = render_result(state, job, base_url)
     entry = state.catalog.get(spec.model)
-    loras = getattr(spec, "loras", ())  # a field of newer specs
     return JobSummary(
         id=job.id,
         status=rendered.status,
@@ -94,7 +93,7 @@ def _summary(state: AppState, job: Job, base_url: str) -> JobSummary:
         prompt_upsampling=spec.prompt_upsampling,
         num_images=spec.num_images,
         input_images=len(spec.input_images),
-        loras=[{"name": r.name, "scale": r.scale} for r in loras],
+        loras=[{"name": r.name, "scale": r.scale} for r in spec.loras],
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

@@ -145,7 +145,8 @@ def test_flux2_reference_limits_are_checked_before_any_request() -> None:
 
     assert max_input_images("flux-2-pro") == max_input_images("flux-2-flex") == 8
     assert max_input_images("flux-2-klein-4b") == max_input_images("flux-kontext-pro") == 4
-    assert max_input_images("my-own-model") == 8  # the server checks ids it alone knows
+    assert max_input_images("gpt-image-1") == 16
+    assert max_input_images("my-own-model") == 16  # the server checks ids it alone knows
     assert "flux-2-max" in FLUX2_MODELS
     tiny = _png((1, 2, 3), (8, 8))
     # Nothing listens on port 9: the limit is the client's own, so no connection is tried.

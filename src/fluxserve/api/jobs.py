@@ -57,7 +57,7 @@ class JobSummary(BaseModel):
     started_at: float | None
     finished_at: float | None
     cost: float | None
-    """USD: the model's price on this server times the number of images."""
+    """USD at the model's price on this server (per image, or per megapixel for FLUX.2)."""
     progress: float | None
     result: Any | None
     """As ``get_result``'s: freshly signed ``sample`` (and ``samples``), timings."""
@@ -97,7 +97,7 @@ def _summary(state: AppState, job: Job, base_url: str) -> JobSummary:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        cost=round(entry.price * spec.num_images, 6) if entry is not None else None,
+        cost=entry.cost(spec).usd if entry is not None else None,
         progress=rendered.progress,
         result=rendered.result,
         details=rendered.details,

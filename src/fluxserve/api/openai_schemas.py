@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fluxserve.api.loras import LoraInput
 from fluxserve.spec import (
+    MAX_EDIT_IMAGES,
     MAX_GUIDANCE,
     MAX_IMAGES,
-    MAX_INPUT_IMAGES,
     MAX_LORAS,
     MAX_PARTIAL_IMAGES,
     MAX_SEED,
@@ -100,7 +100,7 @@ class ImageReference(BaseModel):
 class EditJSON(ImageOptions):
     """``images.edit`` as JSON: ``images`` instead of uploads."""
 
-    images: list[ImageReference] = Field(min_length=1, max_length=MAX_INPUT_IMAGES)
+    images: list[ImageReference] = Field(min_length=1, max_length=MAX_EDIT_IMAGES)
     mask: ImageReference | None = Field(
         default=None,
         description="A PNG whose fully transparent pixels mark where to edit the first image "
@@ -111,7 +111,7 @@ class EditJSON(ImageOptions):
 class EditMultipart(ImageOptions):
     """``images.edit`` as multipart/form-data: one to four ``image`` (or ``image[]``) files."""
 
-    image: list[bytes] = Field(min_length=1, max_length=MAX_INPUT_IMAGES)
+    image: list[bytes] = Field(min_length=1, max_length=MAX_EDIT_IMAGES)
     mask: bytes | None = Field(
         default=None,
         description="A PNG whose fully transparent pixels mark where to edit the first image "
@@ -178,14 +178,6 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelObject]
-
-
-class PriceList(BaseModel):
-    """``GET /v1/prices``: what one image of each model costs here."""
-
-    currency: Literal["USD"] = "USD"
-    prices: dict[str, float]
-    """Price of one image, per model id."""
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

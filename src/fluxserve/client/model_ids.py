@@ -24,14 +24,18 @@ they take ``width`` and ``height`` (multiples of 16), not ``aspect_ratio``."""
 KONTEXT_MODELS: Final[tuple[str, ...]] = ("flux-kontext-pro", "flux-kontext-max")
 """FLUX.1 Kontext: text to image and editing with up to four input images."""
 
-MAX_REFERENCE_IMAGES: Final = 8
-"""The most input images any model takes (FLUX.2 pro, max and flex)."""
+GPT_IMAGE_MODELS: Final[tuple[str, ...]] = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2")
+"""OpenAI's GPT image names (OpenAI protocol): editing with up to 16 input images."""
+
+MAX_REFERENCE_IMAGES: Final = 16
+"""The most input images any model takes (OpenAI's GPT image names)."""
 
 _LIMITS: Final[dict[str, int]] = {
     **dict.fromkeys(FLUX2_MODELS, 8),
     # klein takes four references, as on the BFL API.
     **dict.fromkeys((m for m in FLUX2_MODELS if "klein" in m), 4),
     **dict.fromkeys(KONTEXT_MODELS, 4),
+    **dict.fromkeys(GPT_IMAGE_MODELS, 16),
 }
 
 

@@ -271,7 +271,8 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
     # A slow job submitted on A, streamed from B while it runs on a worker. Its input image is
     # fetched once, at submission, and kept with the job: the re-run below does not fetch it.
     image_server, image_url, fetches = serve_image()
-    slow = {"steps": 12, "aspect_ratio": "1:1"}
+    slow = {"steps": 16, "aspect_ratio": "1:1"}
+    longer = {**slow, "steps": 50}  # for jobs that are stopped before they end
     workers = {str(w.proc.pid): w for w in (w1, w2, w3)}
 
     def worker_of(job_id: str) -> Proc:
@@ -300,7 +301,7 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
     image_server.shutdown()
 
     # Cancel from the other node stops the worker at its next step.
-    job2 = submit(api_b.base_url, "a yellow moon", model="flux-kontext-max", seed=8, **slow)
+    job2 = submit(api_b.base_url, "a yellow moon", model="flux-kontext-max", seed=8, **longer)
     wait_until(
         lambda: rows(url, "SELECT progress FROM fluxserve_jobs WHERE id = %s", job2)[0][0] > 0,
         what="job2 running",
@@ -310,10 +311,10 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
     cancelled = poll_result(api_b.base_url, job2, timeout=30)
     assert cancelled["status"] == "Error"
     steps_done = rows(url, "SELECT details FROM fluxserve_jobs WHERE id = %s", job2)[0][0]["steps_done"]
-    assert steps_done < 12
+    assert steps_done < 50
 
     # Attempts are capped: a job whose worker dies twice (max_attempts = 2) ends as Error.
-    job3 = submit(api_a.base_url, "a white cloud", model="flux-kontext-max", seed=9, **slow)
+    job3 = submit(api_a.base_url, "a white cloud", model="flux-kontext-max", seed=9, **longer)
     running = "SELECT 1 FROM fluxserve_jobs WHERE id = %s AND status = 'running' AND attempts = %s"
     for attempt in (1, 2):
         wait_until(
@@ -324,3 +325,54 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
     assert gave_up["status"] == "Error"
     (details,) = rows(url, "SELECT details FROM fluxserve_jobs WHERE id = %s", job3)[0]
     assert "2 times" in details["error"], details
+
+    # Retention: an API node whose retention time has passed sweeps ended jobs, rows and objects.
+    s3 = s3_server.client()
+    assert s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=f"scaleout/results/{ids[1]}/")["KeyCount"] == 1
+    short = {**env, "FLUXSERVE_RETENTION_S": "1", "FLUXSERVE_SWEEP_INTERVAL_S": "0.5"}
+    sweeper = ApiNode(short, tmp_path / "c", "--no-worker")
+    procs.append(sweeper)
+    sweeper.ready()
+    wait_until(lambda: not rows(url, "SELECT 1 FROM fluxserve_jobs WHERE id = %s", ids[1]), what="swept")
+    assert s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=f"scaleout/results/{ids[1]}/")["KeyCount"] == 0
+    assert httpx.get(sample).status_code == 404
+
+
+def test_dispatch_follows_the_queue_policy_and_upgrades_keep_waiting_jobs(
+    postgres_server: PostgresServer,
+) -> None:
+    """The procrastinate task is deferred with its job (same transaction), on its model's queue,
+    placed by the queue policy; jobs queued before ``db upgrade`` to the dispatch schema get theirs."""
+    from fluxserve.backends.postgres import PostgresDatabase, PostgresJobStore
+    from fluxserve.backends.postgres.db import MIGRATIONS
+    from fluxserve.backends.postgres.dispatch import DispatchingJobStore
+    from fluxserve.jobs.models import Job, JobStatus
+    from fluxserve.spec import GenerationSpec
+
+    def job(job_id: str, protocol: str, created_at: float, model: str = "flux-dev") -> Job:
+        spec = GenerationSpec(
+            model=model, prompt="a red circle", width=256, height=256, seed=1, steps=2, guidance=3.0,
+            output_format="png", protocol=protocol,
+        )  # fmt: skip
+        return Job(job_id, JobStatus.QUEUED, spec, created_at)
+
+    url = postgres_server.new_database()
+    old = PostgresDatabase(url)
+    with old.transaction() as c:  # a database at schema 1, before dispatch existed
+        c.execute("CREATE TABLE fluxserve_schema (version INTEGER NOT NULL)")
+        c.execute(MIGRATIONS[0])  # type: ignore[arg-type]
+        c.execute("INSERT INTO fluxserve_schema (version) VALUES (1)")
+    now = time.time()
+    PostgresJobStore(old, batch_delay_s=60).create(job("waiting", "bfl", now - 100, "flux-kontext-pro"))
+    assert old.upgrade() == [2]
+    store = DispatchingJobStore(old, batch_delay_s=60)
+    store.create(job("batch", "bfl", now))  # a BFL job queues 60 s behind its creation ...
+    store.create(job("sync", "openai", now + 1))  # ... so a later OpenAI call overtakes it
+    order = "SELECT args->>'job_id', queue_name FROM procrastinate_jobs ORDER BY priority DESC, id"
+    dispatched = rows(url, order)
+    assert dispatched == [
+        ("waiting", "fluxserve.flux-kontext-pro"),
+        ("sync", "fluxserve.flux-dev"),
+        ("batch", "fluxserve.flux-dev"),
+    ]
+    old.close()

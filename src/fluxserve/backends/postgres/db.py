@@ -93,6 +93,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX fluxserve_job_events_at ON fluxserve_job_events (at);
     ALTER TABLE fluxserve_jobs ADD COLUMN worker TEXT;
+    -- jobs waiting from before the upgrade get their dispatch (as DispatchingJobStore defers it)
+    INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args)
+        SELECT 'fluxserve.' || model, 'fluxserve.run_job', -round(sort_at - 1735689600)::integer,
+               jsonb_build_object('job_id', id)
+        FROM fluxserve_jobs WHERE status IN ('queued', 'running') ORDER BY sort_at, seq;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -346,7 +346,7 @@ def test_dispatch_follows_the_queue_policy_and_upgrades_keep_waiting_jobs(
     from fluxserve.backends.postgres import PostgresDatabase, PostgresJobStore
     from fluxserve.backends.postgres.db import MIGRATIONS
     from fluxserve.backends.postgres.dispatch import DispatchingJobStore
-    from fluxserve.jobs.models import Job, JobStatus
+    from fluxserve.jobs.models import Job, JobStatus, Recovery
     from fluxserve.spec import GenerationSpec
 
     def job(job_id: str, protocol: str, created_at: float, model: str = "flux-dev") -> Job:
@@ -375,4 +375,21 @@ def test_dispatch_follows_the_queue_policy_and_upgrades_keep_waiting_jobs(
         ("sync", "fluxserve.flux-dev"),
         ("batch", "fluxserve.flux-dev"),
     ]
+    # A node that starts takes back nothing another node's worker runs (stalled jobs come back
+    # through the heartbeat reaper only).
+    assert store.claim("sync", "gpu#0@elsewhere:1") is not None
+    assert store.recover(max_attempts=3) == Recovery([], [])
+    running = store.get("sync")
+    assert running is not None and running.status == JobStatus.RUNNING and running.attempts == 1
     old.close()
+
+
+def test_worker_command_needs_postgres(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    env = base_env(tiny_checkpoint)
+    done = subprocess.run(
+        [sys.executable, "-m", "fluxserve", "worker", "--data-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "database_url" in done.stderr and "--gpus" in done.stderr

@@ -120,6 +120,8 @@ class Settings(BaseModel):
     (env ``FLUXSERVE_LORA_DIRS``: ``:``-separated). A name is a file's stem."""
     lora_cache_size: int = Field(default=8, ge=1)
     """LoRA adapters kept loaded per model; the least recently used is unloaded beyond it."""
+    prompt_cache_size: int = Field(default=32, ge=0)
+    """Text-encoder outputs kept for repeated prompts (FLUX.1 and Kontext); 0 turns it off."""
 
     moderation_enabled: bool = True
     """Prompt, input-image and output moderation. Off only per deployment, never per request."""

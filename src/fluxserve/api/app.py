@@ -88,6 +88,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             settings.dtype,
             loras=loras,
             lora_cache_size=settings.lora_cache_size,
+            prompt_cache_size=settings.prompt_cache_size,
         )
 
     # One engine worker per device (``gpus``); none on a stateless API node (``--no-worker``).

@@ -21,6 +21,7 @@ from PIL import Image
 from fluxserve.engines import EngineRequest, JobCancelled, PreviewCallback, StepCallback
 from fluxserve.engines.adapters import AdapterSet, activate
 from fluxserve.engines.loader import LoadedPipeline, load_pipeline
+from fluxserve.engines.prompts import FLUX1_FAMILIES, PromptCache
 from fluxserve.engines.sources import CheckpointError, CheckpointSource
 from fluxserve.images import stitch_horizontally
 from fluxserve.loras import LoraLibrary
@@ -56,11 +57,14 @@ class DiffusersFluxEngine:
         dtype: str = "auto",
         loras: LoraLibrary | None = None,
         lora_cache_size: int = 8,
+        prompt_cache_size: int = 32,
     ) -> None:
         self._resolve = resolve
         self._loras = loras or LoraLibrary([])
         self._lora_cache_size = lora_cache_size
         self._adapters: dict[str, AdapterSet] = {}
+        self.prompt_cache = PromptCache(prompt_cache_size)
+        """Text-encoder outputs of recent prompts (``hits``/``misses`` count its use)."""
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self._pipes: dict[str, LoadedPipeline] = {}
@@ -165,6 +169,16 @@ class DiffusersFluxEngine:
             raise JobCancelled()
         kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
         with torch.inference_mode():
+            if m.family.name in FLUX1_FAMILIES:  # the text encoders run once per distinct prompt
+                key = (req.checkpoint, m.max_sequence_length, tuple(r for r in req.loras if r.scale))
+                del kwargs["prompt"]
+                kwargs.pop("negative_prompt", None)
+                kwargs["num_images_per_prompt"] = 1
+                kwargs.update(
+                    self.prompt_cache.pipeline_kwargs(
+                        pipe, key, req.prompt, req.num_images, m.max_sequence_length, negative=m.true_cfg
+                    )
+                )
             images: list[Image.Image] = pipe(**kwargs).images
         if (width, height) != (req.width, req.height):  # native area: resize to the request
             images = [im.resize((req.width, req.height), Image.Resampling.LANCZOS) for im in images]

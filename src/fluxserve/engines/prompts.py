@@ -1,0 +1,76 @@
+"""Prompt-embedding cache: a repeated prompt (batch jobs, retries, n > 1, the empty negative
+prompt of true-CFG checkpoints) skips the text encoders.
+
+The text encoders' outputs depend only on the prompt, the checkpoint, the sequence length and
+the LoRA adapters that are active (an adapter may patch a text encoder), so those are the key.
+Embeddings are computed once for one image and repeated for ``n`` images, which is exactly
+what the pipelines do themselves: a cached run gives the same bytes as an uncached one.
+FLUX.1 and Kontext pipelines (and their inpainting variants) take precomputed embeddings this
+way; FLUX.2 pipelines are called with the prompt as before.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+FLUX1_FAMILIES = ("flux1", "flux1-kontext")
+"""Families whose pipelines take ``prompt_embeds`` + ``pooled_prompt_embeds``."""
+
+
+class PromptCache:
+    """The text-encoder outputs of the last ``size`` prompts (0: no cache), least recently used
+    out first."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[Hashable, tuple[Any, Any]] = OrderedDict()
+
+    def _embeddings(self, pipe: Any, key: Hashable, prompt: str, max_sequence_length: int) -> tuple[Any, Any]:
+        cached = self._entries.get(key)
+        if cached is not None:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return cached
+        self.misses += 1
+        embeds, pooled, _ = pipe.encode_prompt(
+            prompt=prompt,
+            prompt_2=None,
+            device=pipe._execution_device,
+            num_images_per_prompt=1,
+            max_sequence_length=max_sequence_length,
+        )
+        if self.size > 0:
+            self._entries[key] = (embeds, pooled)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return embeds, pooled
+
+    def pipeline_kwargs(
+        self,
+        pipe: Any,
+        key: Hashable,
+        prompt: str,
+        num_images: int,
+        max_sequence_length: int,
+        negative: bool,
+    ) -> dict[str, Any]:
+        """Keyword arguments that replace ``prompt`` (and the empty ``negative_prompt`` when
+        ``negative``) in a FLUX.1 pipeline call for ``num_images`` images."""
+        embeds, pooled = self._embeddings(pipe, (key, prompt), prompt, max_sequence_length)
+        kwargs = {
+            "prompt_embeds": embeds.repeat(num_images, 1, 1),
+            "pooled_prompt_embeds": pooled.repeat(num_images, 1),
+        }
+        if negative:
+            neg, neg_pooled = self._embeddings(pipe, (key, ""), "", max_sequence_length)
+            kwargs["negative_prompt_embeds"] = neg.repeat(num_images, 1, 1)
+            kwargs["negative_pooled_prompt_embeds"] = neg_pooled.repeat(num_images, 1)
+        return kwargs
+
+    def clear(self) -> None:
+        """Forget every entry (the counters stay)."""
+        self._entries.clear()

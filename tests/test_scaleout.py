@@ -5,6 +5,7 @@ one server (``serve --gpus cpu,cpu``) on SQLite."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import psycopg
 import pytest
 from PIL import Image
@@ -257,6 +259,20 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
     hook_server.shutdown()
     assert len(received) == 1 and received[0][1]["id"] == hooked and received[0][1]["status"] == "Ready"
     assert received[0][0] == httpx.get(f"{api_a.base_url}/v1/jobs/{hooked}/webhooks").json()["delivery_id"]
+
+    # OpenAI calls on an API node, run by a worker: a synchronous one returns when the worker
+    # ends the job; a streaming one gets its partial images (too big for a NOTIFY payload).
+    client = openai.OpenAI(base_url=api_a.base_url + "/v1", api_key="unused-on-loopback")
+    opts = {"model": "flux-dev", "size": "512x512"}
+    made = client.images.generate(prompt="a pink flower", **opts, extra_body={"steps": 2, "seed": 3})
+    assert made.data and made.data[0].url and httpx.get(made.data[0].url).status_code == 200
+    stream = client.images.generate(
+        prompt="a grey stone", stream=True, partial_images=2, **opts, extra_body={"steps": 6, "seed": 4}
+    )
+    events = list(stream)
+    assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    partial = Image.open(io.BytesIO(base64.b64decode(events[0].b64_json)))  # type: ignore[union-attr]
+    assert partial.size == (512, 512)
 
     # A result made on a worker is in S3, and its signed URL works from either API node.
     result = poll_result(api_a.base_url, ids[1])  # submitted through B

@@ -52,6 +52,9 @@ class ModelOverride(BaseModel):
     """This model's memory mode (default: the top-level ``memory``)."""
     quantize: Literal["none", "fp8", "int8", "nf4"] | None = None
     """This model's transformer quantization (default: the top-level ``quantize``)."""
+    cache: Literal["none", "fbcache", "magcache", "taylorseer"] | None = None
+    """This model's step caching (default: the top-level ``cache``)."""
+    cache_threshold: float | None = Field(default=None, ge=0)
 
 
 class Settings(BaseModel):
@@ -122,6 +125,18 @@ class Settings(BaseModel):
     """LoRA adapters kept loaded per model; the least recently used is unloaded beyond it."""
     prompt_cache_size: int = Field(default=32, ge=0)
     """Text-encoder outputs kept for repeated prompts (FLUX.1 and Kontext); 0 turns it off."""
+    fuse_qkv: bool | None = None
+    """Fused QKV projections; unset: on CUDA when there are no ``lora_dirs``."""
+    compile: bool = False
+    """Regional ``torch.compile`` of the transformer's repeated blocks."""
+    channels_last: bool | None = None
+    """Channels-last VAE; unset: on CUDA."""
+    attention_backend: str | None = None
+    """A diffusers attention backend (``flash``, ``_native_cudnn`` ...); unset: PyTorch SDPA."""
+    cache: Literal["none", "fbcache", "magcache", "taylorseer"] = "none"
+    """Opt-in, lossy step caching for every model (per model: ``models.<id>.cache``)."""
+    cache_threshold: float | None = Field(default=None, ge=0)
+    """fbcache/magcache: the change below which a step is reused; taylorseer: the interval."""
 
     moderation_enabled: bool = True
     """Prompt, input-image and output moderation. Off only per deployment, never per request."""

@@ -11,6 +11,7 @@ from fluxserve.catalog import BUILTIN_CHECKPOINT, ModelCatalog
 from fluxserve.engines.families import checkpoint_defaults
 from fluxserve.engines.memory import MemoryMode, Quantize
 from fluxserve.engines.sources import CheckpointSource, is_repo_id, is_single_file
+from fluxserve.engines.speed import SpeedOptions
 from fluxserve.settings import Settings
 
 
@@ -25,6 +26,7 @@ def checkpoint_resolver(
         entry = next((e for e in catalog if e.checkpoint == name), None)
         memory = cast(MemoryMode, entry.memory if entry else settings.memory)
         quantize = cast(Quantize, entry.quantize if entry else settings.quantize)
+        speed = speed_options(settings, entry.id if entry else None)
         if name == BUILTIN_CHECKPOINT:
             from fluxserve.embedded import embedded_checkpoint
 
@@ -34,10 +36,27 @@ def checkpoint_resolver(
                 from fluxserve.embedded.builder import ensure_tiny_checkpoint
 
                 shipped = ensure_tiny_checkpoint(settings.data_dir / "models")
-            return CheckpointSource(str(shipped), memory=memory, quantize=quantize)
-        return CheckpointSource(name, base=entry.base if entry else None, memory=memory, quantize=quantize)
+            return CheckpointSource(str(shipped), memory=memory, quantize=quantize, speed=speed)
+        return CheckpointSource(
+            name, base=entry.base if entry else None, memory=memory, quantize=quantize, speed=speed
+        )
 
     return resolve
+
+
+def speed_options(settings: Settings, model_id: str | None) -> SpeedOptions:
+    """The speed options of a model: the top-level settings, its own ``cache`` over them."""
+    own = settings.models.get(model_id) if model_id else None
+    return SpeedOptions(
+        fuse_qkv=settings.fuse_qkv,
+        compile=settings.compile,
+        channels_last=settings.channels_last,
+        cache=(own.cache if own and own.cache else settings.cache),
+        cache_threshold=(
+            own.cache_threshold if own and own.cache_threshold is not None else settings.cache_threshold
+        ),
+        attention_backend=settings.attention_backend,
+    )
 
 
 def _local_pipeline_dir(name: str) -> Path | None:

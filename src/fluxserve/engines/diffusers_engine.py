@@ -76,6 +76,10 @@ class DiffusersFluxEngine:
         with self._lock:
             self._load_locked(checkpoint)
 
+    def loaded(self, checkpoint: str) -> LoadedPipeline | None:
+        """The pipeline of ``checkpoint`` once it has loaded (for inspection), else None."""
+        return self._pipes.get(checkpoint)
+
     def unavailable(self, checkpoint: str) -> str | None:
         """Why ``checkpoint`` failed to load, or None (loaded, or not tried yet)."""
         return self._failed.get(checkpoint)
@@ -93,7 +97,7 @@ class DiffusersFluxEngine:
         try:
             where = self._resolve(checkpoint)
             source = where if isinstance(where, CheckpointSource) else CheckpointSource(str(where))
-            loaded = load_pipeline(source, self.device, self.dtype)
+            loaded = load_pipeline(source, self.device, self.dtype, has_loras=bool(self._loras.dirs))
         except Exception as exc:
             cause = str(exc) if isinstance(exc, CheckpointError) else f"{exc.__class__.__name__}: {exc}"
             self._failed[checkpoint] = f"checkpoint {checkpoint!r}: {cause}"

@@ -26,6 +26,7 @@ from fluxserve.engines.memory import (
     quantized_bytes,
 )
 from fluxserve.engines.sources import CheckpointError, CheckpointSource, ResolvedCheckpoint, resolve
+from fluxserve.engines.speed import apply_speed
 
 log = logging.getLogger("fluxserve.engine")
 
@@ -118,8 +119,12 @@ def _load_transformer_file(
     )
 
 
-def load_pipeline(source: CheckpointSource, device: torch.device, dtype: torch.dtype) -> LoadedPipeline:
-    """Load ``source`` onto ``device``; raises with the path and the cause when it cannot."""
+def load_pipeline(
+    source: CheckpointSource, device: torch.device, dtype: torch.dtype, has_loras: bool = False
+) -> LoadedPipeline:
+    """Load ``source`` onto ``device`` and apply its speed options (``has_loras``: requests may
+    name LoRAs, so nothing may hide their layers); raises with the path and the cause when it
+    cannot."""
     import diffusers
 
     files = resolve(source)
@@ -160,6 +165,9 @@ def load_pipeline(source: CheckpointSource, device: torch.device, dtype: torch.d
         str(files.pipeline_dir), dtype=dtype, local_files_only=True, **components
     )
     apply_memory(pipe, memory.mode, device)
+    applied = apply_speed(pipe, source.speed, device, has_loras, steps=family.steps)
+    if applied:
+        log.info("speed options for %s: %s", files.transformer_file or files.pipeline_dir, ", ".join(applied))
     pipe.set_progress_bar_config(disable=True)
     extra_path = files.pipeline_dir / "fluxserve.json"
     extra = json.loads(extra_path.read_text()) if extra_path.exists() else {}

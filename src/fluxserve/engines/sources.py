@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fluxserve.engines.memory import MemoryMode, Quantize
+from fluxserve.engines.speed import SpeedOptions
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".gguf", ".sft")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -40,6 +41,7 @@ class CheckpointSource:
     """Directory or repo id with the other components, for a single-file transformer."""
     memory: MemoryMode = "auto"
     quantize: Quantize = "none"
+    speed: SpeedOptions = SpeedOptions()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,87 @@
+"""Speed options on CPU: fused QKV keeps the image (within float error), step caching skips
+transformer work, options come from settings per model, and fused QKV refuses to hide LoRAs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fluxserve.engines import EngineRequest
+from fluxserve.engines.checkpoints import speed_options
+from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+from fluxserve.engines.sources import CheckpointError, CheckpointSource
+from fluxserve.engines.speed import SpeedOptions
+from fluxserve.loras import LoraLibrary
+from fluxserve.settings import Settings
+
+
+def engine(checkpoint: Path, speed: SpeedOptions, loras: LoraLibrary | None = None) -> DiffusersFluxEngine:
+    return DiffusersFluxEngine(
+        lambda _: CheckpointSource(str(checkpoint), speed=speed), "cpu", "float32", loras=loras
+    )
+
+
+def image(e: DiffusersFluxEngine, steps: int = 8) -> np.ndarray:
+    req = EngineRequest("ckpt", "a red cat on a blue square", 64, 64, seed=5, steps=steps, guidance=3.0)
+    return np.asarray(e.generate(req)[0]).astype(float)
+
+
+def test_fused_qkv_gives_the_same_image_within_float_error(tiny_checkpoint: Path) -> None:
+    plain, fused = (
+        engine(tiny_checkpoint, SpeedOptions()),
+        engine(tiny_checkpoint, SpeedOptions(fuse_qkv=True)),
+    )
+    a, b = image(plain), image(fused)
+    loaded = fused.loaded("ckpt")
+    assert loaded is not None and loaded.pipe.transformer.transformer_blocks[0].attn.fused_projections
+    assert np.abs(a - b).max() <= 2  # 8-bit pixels: at most a rounding step or two apart
+
+
+def test_first_block_cache_skips_transformer_blocks(tiny_flux_checkpoint: Path) -> None:
+    def last_block_calls(e: DiffusersFluxEngine) -> int:
+        e.load("ckpt")
+        loaded = e.loaded("ckpt")
+        assert loaded is not None
+        calls = [0]
+        loaded.pipe.transformer.single_transformer_blocks[-1].proj_out.register_forward_hook(
+            lambda *_: calls.__setitem__(0, calls[0] + 1)
+        )
+        image(e, steps=12)
+        return calls[0]
+
+    assert last_block_calls(engine(tiny_flux_checkpoint, SpeedOptions())) == 12
+    # A lenient threshold: steps whose first block barely changed reuse the cached residual.
+    assert (
+        0
+        < last_block_calls(engine(tiny_flux_checkpoint, SpeedOptions(cache="fbcache", cache_threshold=0.5)))
+        < 12
+    )
+
+
+def test_step_caching_needs_a_pipeline_that_supports_it(tiny_checkpoint: Path) -> None:
+    e = engine(tiny_checkpoint, SpeedOptions(cache="fbcache"))  # FLUX.1 Kontext
+    with pytest.raises(CheckpointError, match="FluxKontextPipeline does not"):
+        e.load("ckpt")
+
+
+def test_fused_qkv_refuses_to_hide_loras(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    e = engine(tiny_checkpoint, SpeedOptions(fuse_qkv=True), LoraLibrary([tmp_path]))
+    with pytest.raises(CheckpointError, match="fuse_qkv hides the LoRA layers"):
+        e.load("ckpt")
+
+
+def test_speed_options_come_from_settings_per_model() -> None:
+    settings = Settings.load(
+        environ={"FLUXSERVE_CACHE": "fbcache", "FLUXSERVE_CACHE_THRESHOLD": "0.08", "FLUXSERVE_COMPILE": "1"},
+        models={"flux-dev": {"cache": "taylorseer", "cache_threshold": 4}},
+    )
+    assert speed_options(settings, "flux-kontext-pro") == SpeedOptions(
+        compile=True, cache="fbcache", cache_threshold=0.08
+    )
+    assert speed_options(settings, "flux-dev") == SpeedOptions(
+        compile=True, cache="taylorseer", cache_threshold=4
+    )
+    with pytest.raises(ValueError):
+        Settings.load(environ={"FLUXSERVE_CACHE": "teacache"})

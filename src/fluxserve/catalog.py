@@ -17,6 +17,16 @@ FAMILY_INPUT_LIMITS: dict[str, int] = {"kontext": 4, "pro": 0, "ultra": 0, "flux
 
 BUILTIN_CHECKPOINT = "builtin:tiny"
 """Placeholder for the checkpoint that ships with fluxserve (resolved by the engine)."""
+UPSTREAM_PREFIX = "upstream:"
+"""Checkpoints ``upstream:<upstream>:<model>`` name a model run by an upstream provider."""
+
+
+def parse_upstream_checkpoint(checkpoint: str) -> tuple[str, str] | None:
+    """``upstream:bfl:flux-2-max`` → ``("bfl", "flux-2-max")``; None for a local checkpoint."""
+    if not checkpoint.startswith(UPSTREAM_PREFIX):
+        return None
+    name, sep, model = checkpoint[len(UPSTREAM_PREFIX) :].partition(":")
+    return (name, model) if sep and name and model else None
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,13 @@ class ModelEntry:
     """Input images the model takes; None: its family's number (:data:`FAMILY_INPUT_LIMITS`)."""
     megapixel_price: MegapixelPrice | None = None
     """Priced per megapixel (FLUX.2) rather than per image."""
+    upstream_price: float | None = None
+    """Forwarded models: what the upstream charges per image (USD) when it reports no cost."""
+
+    @property
+    def upstream(self) -> tuple[str, str] | None:
+        """(upstream name, model name there) for a model forwarded to an upstream provider."""
+        return parse_upstream_checkpoint(self.checkpoint)
 
     @property
     def input_limit(self) -> int:
@@ -169,6 +186,12 @@ class ModelCatalog:
             k: replace(e, memory=settings.memory, quantize=settings.quantize) for k, e in entries.items()
         }
         for model_id, o in settings.models.items():
+            if o.upstream is not None and o.upstream not in settings.upstreams:
+                raise ValueError(
+                    f"models.{model_id}.upstream names {o.upstream!r}: no [upstreams.{o.upstream}]"
+                )
+            if o.upstream is not None and o.checkpoint is not None:
+                raise ValueError(f"models.{model_id}: set upstream or checkpoint, not both")
             base = entries.get(model_id)
             if base is None:
                 if o.family is None:
@@ -190,7 +213,12 @@ class ModelCatalog:
             entries[model_id] = replace(
                 base,
                 family=o.family or base.family,
-                checkpoint=o.checkpoint or base.checkpoint,
+                checkpoint=(
+                    f"{UPSTREAM_PREFIX}{o.upstream}:{o.upstream_model or model_id}"
+                    if o.upstream
+                    else o.checkpoint or base.checkpoint
+                ),
+                upstream_price=o.upstream_price if o.upstream_price is not None else base.upstream_price,
                 steps=o.steps or base.steps,
                 guidance=o.guidance if o.guidance is not None else base.guidance,
                 price=o.price if o.price is not None else base.price,

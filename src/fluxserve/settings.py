@@ -55,6 +55,41 @@ class ModelOverride(BaseModel):
     cache: Literal["none", "fbcache", "magcache", "taylorseer"] | None = None
     """This model's step caching (default: the top-level ``cache``)."""
     cache_threshold: float | None = Field(default=None, ge=0)
+    upstream: str | None = None
+    """Forward this model to the upstream provider of that name (``[upstreams.NAME]``) instead
+    of running a checkpoint here."""
+    upstream_model: str | None = None
+    """The model's name at the upstream (default: the model id)."""
+    upstream_price: float | None = Field(default=None, ge=0.0)
+    """What the upstream charges us per image, in USD, when its answer gives no cost (default:
+    ``price``). Recorded with each result; users are charged ``price``."""
+
+
+class UpstreamSettings(BaseModel):
+    """An upstream provider that models may be forwarded to (``[upstreams.NAME]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["bfl", "openai"]
+    """``bfl``: BFL's async API (submit, poll); ``openai``: an OpenAI-compatible Images API."""
+    base_url: str
+    """``https://api.bfl.ai``, or an OpenAI-compatible base URL such as ``https://api.openai.com/v1``."""
+    api_key_env: str | None = None
+    """The environment variable holding the API key (read once, when the settings load)."""
+    api_key: str | None = Field(default=None, repr=False)
+    """The key itself; filled from ``api_key_env`` (prefer that over writing keys in files)."""
+    response_format: Literal["b64_json", "url"] | None = "b64_json"
+    """OpenAI kind: the ``response_format`` asked for (None: send none, as GPT image models want)."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Each HTTP call to the upstream (an OpenAI call that generates: ``max_wait_s``)."""
+    max_wait_s: float = Field(default=600.0, gt=0)
+    """Bound on one job's whole upstream time (submit, polls, back-offs, download): Error beyond."""
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    """First wait between polls; it grows by half each poll up to ``max_poll_interval_s``."""
+    max_poll_interval_s: float = Field(default=5.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    """Retries of a call that failed to connect or got a 5xx, with back-off (429s wait their
+    ``Retry-After`` instead, within ``max_wait_s``)."""
 
 
 class Settings(BaseModel):
@@ -111,6 +146,8 @@ class Settings(BaseModel):
     default_checkpoint: str | None = None
     """Checkpoint for every model id without its own. Default: the built-in tiny model."""
     models: dict[str, ModelOverride] = Field(default_factory=dict)
+    upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
+    """Upstream providers (``[upstreams.NAME]``) that ``models.ID.upstream`` forwards to."""
     memory: Literal["auto", "gpu", "model_offload", "group_offload", "sequential_offload"] = "auto"
     """How pipelines fit the device: ``auto`` picks the fastest mode that fits its free memory
     (everything on the GPU, then whole-model, group, then layer-by-layer CPU offload)."""
@@ -227,7 +264,11 @@ class Settings(BaseModel):
             else:
                 values[name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)
+        settings = cls.model_validate(values)
+        for upstream in settings.upstreams.values():  # upstream API keys: read here, once
+            if upstream.api_key is None and upstream.api_key_env:
+                upstream.api_key = env.get(upstream.api_key_env)
+        return settings
 
     @property
     def db_path(self) -> Path:

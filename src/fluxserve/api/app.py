@@ -32,6 +32,7 @@ from fluxserve.loras import LoraLibrary
 from fluxserve.safety import Moderator, OpenNSFWClassifier
 from fluxserve.settings import Settings
 from fluxserve.upsampling import BuiltinUpsampler, ChatUpsampler, PromptUpsampler
+from fluxserve.upstreams import with_upstreams
 
 log = logging.getLogger("fluxserve")
 
@@ -96,7 +97,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     if settings.run_worker:
         devices = worker_devices(settings.gpus, settings.device)
         engines = [
-            (worker_name(d, i), engine or make_engine(d))
+            (worker_name(d, i), with_upstreams(engine or make_engine(d), settings, catalog))
             for i, d in enumerate(devices[: 1 if engine else None])
         ]
         workers = EngineWorkers(service, catalog, engines, backends.dispatch, settings.worker_models)

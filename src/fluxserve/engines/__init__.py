@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from PIL import Image
 
@@ -13,6 +13,17 @@ from fluxserve.spec import LoraRef
 
 class JobCancelled(Exception):
     """Raised inside a run when its job was cancelled; the run stops at the next step."""
+
+
+class EngineModerated(Exception):
+    """Raised by an engine whose provider refused the request or its output (an upstream's
+    moderation): the job ends as Request Moderated or Content Moderated, not as Error."""
+
+    def __init__(self, stage: Literal["request", "content"], category: str, source: str) -> None:
+        super().__init__(f"{stage} moderated by {source} ({category})")
+        self.stage = stage
+        self.category = category
+        self.source = source
 
 
 @dataclass
@@ -31,6 +42,8 @@ class EngineRequest:
     loras: tuple[LoraRef, ...] = ()
     mask: Image.Image | None = None
     """Inpainting: repaint the first input image where this is white (keep it where black)."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Filled by the engine: facts the job's result records (an upstream's id and cost)."""
 
 
 StepCallback = Callable[[int, int], None]

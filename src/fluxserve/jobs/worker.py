@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from PIL import Image
 
 from fluxserve.catalog import ModelCatalog
-from fluxserve.engines import Engine, EngineRequest, JobCancelled
+from fluxserve.engines import Engine, EngineModerated, EngineRequest, JobCancelled
 from fluxserve.images import encode_image
 from fluxserve.jobs.models import Job, JobStatus
 from fluxserve.jobs.service import JobService
@@ -157,6 +157,14 @@ class Worker:
             await self._store_call(
                 lambda: store.finish(job.id, job.attempts, JobStatus.ERROR, details=details)
             )
+        except EngineModerated as mod:  # an upstream provider's moderation: as our own would end
+            status = JobStatus.REQUEST_MODERATED if mod.stage == "request" else JobStatus.CONTENT_MODERATED
+            public = {"moderation": {"category": mod.category, "source": mod.source}}
+            blocked = {"allowed": False, "source": mod.source, "category": mod.category}
+            audit = [*(job.moderation or []), blocked]
+            await self._store_call(
+                lambda: store.finish(job.id, job.attempts, status, details=public, moderation=audit)
+            )
         except Exception as exc:
             log.error("job %s failed: %s", job.id, "".join(traceback.format_exception(exc)))
             error = {"error": f"{exc.__class__.__name__}: {exc}"}
@@ -235,6 +243,7 @@ class Worker:
                 )
 
         t0 = time.time()
+        extras: dict[str, Any] = {}  # what the engine tells us to record (an upstream's cost)
         outputs = self.engine.generate(
             EngineRequest(
                 checkpoint=entry.checkpoint,
@@ -248,6 +257,7 @@ class Worker:
                 images=images,
                 loras=spec.loras,
                 mask=mask,
+                extras=extras,
             ),
             on_step=on_step,
             cancelled=lambda: store.cancel_requested(job.id),
@@ -274,6 +284,7 @@ class Worker:
             "engine_s": round(t1 - t0, 4),
             "encode_s": round(t2 - t1, 4),
             "worker": self.name,
+            **extras,
         }, decision
 
 
@@ -375,6 +386,7 @@ async def _worker_main(settings: Settings) -> int:
     from fluxserve.jobs.service import JobPolicy
     from fluxserve.loras import LoraLibrary
     from fluxserve.safety import Moderator, OpenNSFWClassifier
+    from fluxserve.upstreams import with_upstreams
 
     backends = open_backends(settings)
     dispatch = backends.dispatch
@@ -403,8 +415,12 @@ async def _worker_main(settings: Settings) -> int:
     engines: list[tuple[str, Engine]] = [
         (
             worker_name(device, i),
-            DiffusersFluxEngine(
-                resolver, device, settings.dtype, loras=loras, lora_cache_size=settings.lora_cache_size
+            with_upstreams(
+                DiffusersFluxEngine(
+                    resolver, device, settings.dtype, loras=loras, lora_cache_size=settings.lora_cache_size
+                ),
+                settings,
+                catalog,
             ),
         )
         for i, device in enumerate(worker_devices(settings.gpus, settings.device))

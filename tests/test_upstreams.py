@@ -47,6 +47,7 @@ def upstream_settings(standin: Standin) -> tuple[dict[str, Any], dict[str, Any]]
             "response_format": "url",
             "poll_interval_s": 0.05,
         },
+        "nokey": {"kind": "bfl", "base_url": standin.base_url, "api_key_env": "STANDIN_MISSING_KEY"},
         "oaib64": {
             "kind": "openai",
             "base_url": standin.base_url + "/openai/v1",
@@ -64,6 +65,7 @@ def upstream_settings(standin: Standin) -> tuple[dict[str, Any], dict[str, Any]]
             "price": 0.05,
         },
         "dall-e-3": {"upstream": "oaib64", "upstream_model": "gpt-image-1-mini"},
+        "flux-2-klein-4b": {"upstream": "nokey"},
     }
     return upstreams, models
 
@@ -242,6 +244,12 @@ def test_cancel_stops_waiting_on_the_upstream(gateway: Server) -> None:
     assert r.status_code == 200, r.text
     body = poll_result(gateway.base_url, job_id, timeout=10)
     assert body["status"] == "Error" and body["details"]["error"] == "cancelled"
+
+
+def test_a_bfl_upstream_without_its_key_leaves_only_its_models_unavailable(gateway: Server) -> None:
+    r = httpx.post(f"{gateway.base_url}/v1/flux-2-klein-4b", json={"prompt": "a fern"})
+    assert r.status_code == 503
+    assert "upstream 'nokey' has no API key: set STANDIN_MISSING_KEY" in r.json()["detail"]
 
 
 def test_a_local_model_still_runs_beside_the_upstreams(gateway: Server) -> None:

@@ -24,13 +24,14 @@ def _png_b64(image: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def submit_body(request: EngineRequest) -> dict[str, Any]:
+def submit_body(request: EngineRequest, index: int = 0) -> dict[str, Any]:
     """The BFL request body for ``request``: prompt, seed, size (as width/height and as an
-    aspect ratio, for the models that take one), PNG output, input images as base64."""
+    aspect ratio, for the models that take one), PNG output, input images as base64; image
+    ``index`` of several gets ``seed + index``."""
     g = math.gcd(request.width, request.height)
     body: dict[str, Any] = {
         "prompt": request.prompt,
-        "seed": request.seed,
+        "seed": request.seed + index,
         "width": request.width,
         "height": request.height,
         "aspect_ratio": f"{request.width // g}:{request.height // g}",
@@ -50,13 +51,13 @@ def _detail(response_json: Any) -> str:
 
 
 async def run_one(
-    call: UpstreamCall, model: str, request: EngineRequest, on_progress: ProgressCallback
+    call: UpstreamCall, model: str, request: EngineRequest, on_progress: ProgressCallback, index: int = 0
 ) -> tuple[bytes, str, float | None]:
     """Make one image at BFL: (its bytes, the upstream task id, its cost in credits or None)."""
     key = call.settings.api_key or ""
     headers = {"x-key": key, "accept": "application/json"}
     base = call.settings.base_url.rstrip("/")
-    resp = await call.request("POST", f"{base}/v1/{model}", json=submit_body(request), headers=headers)
+    resp = await call.request("POST", f"{base}/v1/{model}", json=submit_body(request, index), headers=headers)
     if resp.status_code != 200:
         raise UpstreamError(_refusal(call.name, resp.status_code, resp))
     submitted = resp.json()
@@ -121,7 +122,7 @@ async def run(
     """``request.num_images`` images from BFL (one task each, run together), and what to
     record: the task ids and the cost BFL reported (credits → USD), if it reported one."""
     outcomes = await asyncio.gather(
-        *(run_one(call, model, request, on_progress) for _ in range(max(1, request.num_images)))
+        *(run_one(call, model, request, on_progress, i) for i in range(max(1, request.num_images)))
     )
     costs = [c for _, _, c in outcomes]
     extras: dict[str, Any] = {"upstream_ids": [t for _, t, _ in outcomes]}

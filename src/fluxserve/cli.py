@@ -28,6 +28,8 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 db_app = typer.Typer(help="The PostgreSQL database (database_url).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+accounts_app = typer.Typer(help="Accounts: credits, limits and the keys they own.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -192,17 +194,168 @@ def db_upgrade(config: ConfigFile = None) -> None:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "default",
+    account: Annotated[
+        str | None, typer.Option("--account", help="The account that owns the key (default: 'default').")
+    ] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option("--scope", help="Comma-separated generate,read,admin (with --account: generate,read)."),
+    ] = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
     """Create a key. It is printed once; only its hash is stored."""
     with server_imports():
+        from fluxserve.accounts import open_account_store, parse_scopes
+        from fluxserve.accounts.models import DEFAULT_GRANT_SCOPES
         from fluxserve.backends import open_key_store
 
     settings = _settings(config, data_dir=data_dir)
+    scopes = None
+    if account is not None or scope is not None:
+        try:
+            scopes = parse_scopes(scope) if scope else DEFAULT_GRANT_SCOPES
+        except ValueError as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        store = open_account_store(settings)
+        if store.get_account(account or "default") is None:
+            err_console.print(
+                f"[red]error:[/red] no account named {account!r} (see: fluxserve accounts create)"
+            )
+            raise typer.Exit(1)
     key, secret = open_key_store(settings).create(name)
+    if scopes is not None:
+        store.grant(key.id, account or "default", scopes)
     err_console.print(f"Created key [bold]{key.id}[/bold] ({name}). Store it now: it is not shown again.")
     print(secret)
+
+
+def _account_store(data_dir: Path | None, config: Path | None) -> tuple[Settings, Any]:
+    with server_imports():
+        from fluxserve.accounts import open_account_store
+
+    settings = _settings(config, data_dir=data_dir)
+    if settings.backend == "memory" and not settings.database_url:
+        err_console.print("[red]error:[/red] the memory backend keeps no accounts between processes")
+        raise typer.Exit(2)
+    return settings, open_account_store(settings)
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: str,
+    credits: Annotated[
+        float | None, typer.Option("--credits", help="Initial credits in USD (default: unlimited).", min=0)
+    ] = None,
+    max_active: Annotated[
+        int | None, typer.Option("--max-active", help="Active tasks (default: account_max_active).", min=1)
+    ] = None,
+    rpm: Annotated[int | None, typer.Option("--rpm", help="Requests per minute per key.", min=1)] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Create an account; then give it keys with: fluxserve keys create --account NAME."""
+    from fluxserve.accounts.store import AccountError
+
+    settings, store = _account_store(data_dir, config)
+    try:
+        initial = None if credits is None else round(credits * 100, 4)
+        store.create_account(name, initial, max_active or settings.account_max_active, rpm)
+    except AccountError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    err_console.print(f"Created account [bold]{name}[/bold].")
+
+
+@accounts_app.command("topup")
+def accounts_topup(
+    name: str,
+    usd: Annotated[float, typer.Argument(help="USD to add (the bonus rule applies).", min=0.01)],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Add credits to an account (1 USD = 100 credits), plus the top-up bonus."""
+    from fluxserve.accounts import BonusRule
+    from fluxserve.accounts.store import AccountError
+
+    settings, store = _account_store(data_dir, config)
+    try:
+        rule = BonusRule(settings.topup_bonus_min_usd, settings.topup_bonus_percent)
+        added, bonus = store.topup(name, usd, rule)
+    except AccountError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    account = store.get_account(name)
+    extra = f" + {bonus:g} bonus" if bonus else ""
+    err_console.print(f"Added {added:g} credits{extra} to {name}: balance {account.balance:g} credits.")
+
+
+@accounts_app.command("list")
+def accounts_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Accounts with their balance, limits, active tasks and keys."""
+    with server_imports():
+        from fluxserve.accounts import DEFAULT_ACCOUNT
+        from fluxserve.backends import open_key_store
+
+    settings, store = _account_store(data_dir, config)
+    keys = open_key_store(settings).list()
+    granted = {k: a.name for a in store.list_accounts() for k in store.keys_of(a.name)}
+    table = Table("account", "credits", "usd", "max active", "rpm", "active", "keys")
+    for a in store.list_accounts():
+        mine = [
+            f"{k.id} ({','.join(store.grant_of(k.id).scopes)}{', revoked' if k.revoked_at else ''})"
+            for k in keys
+            if granted.get(k.id, DEFAULT_ACCOUNT) == a.name
+        ]
+        table.add_row(
+            a.name,
+            "unlimited" if a.balance is None else f"{a.balance:g}",
+            "" if a.balance is None else f"{a.balance / 100:.2f}",
+            "-" if a.max_active is None else str(a.max_active),
+            "-" if a.rpm is None else str(a.rpm),
+            str(store.active(a.name)),
+            "\n".join(mine),
+        )
+    console.print(table)
+
+
+@app.command()
+def usage(
+    from_: Annotated[str | None, typer.Option("--from", help="Start: ISO date/time or unix seconds.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="End (exclusive).")] = None,
+    group_by: Annotated[str, typer.Option("--group-by", help="model, key or day.")] = "model",
+    account: Annotated[str | None, typer.Option("--account", help="One account (default: all).")] = None,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Charged jobs and their cost, grouped by model, key or day (reads the server's database)."""
+    from fluxserve.accounts.usage import parse_time, to_csv
+    from fluxserve.accounts.usage import usage as usage_rows
+
+    if group_by not in ("model", "key", "day"):
+        err_console.print("[red]error:[/red] --group-by is model, key or day")
+        raise typer.Exit(2)
+    _, store = _account_store(data_dir, config)
+    try:
+        rows = usage_rows(store, account, parse_time(from_), parse_time(to), group_by)  # type: ignore[arg-type]
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] --from/--to: {exc}")
+        raise typer.Exit(2) from exc
+    if csv_out:
+        sys.stdout.write(to_csv(rows, group_by))  # type: ignore[arg-type]
+        return
+    table = Table(group_by, "jobs", "credits", "usd")
+    for r in rows:
+        table.add_row(r.group, str(r.jobs), f"{r.credits:g}", f"{r.usd:.2f}")
+    table.add_row(
+        "total",
+        str(sum(r.jobs for r in rows)),
+        f"{sum(r.credits for r in rows):g}",
+        f"{sum(r.usd for r in rows):.2f}",
+    )
+    console.print(table)
 
 
 @keys_app.command("list")

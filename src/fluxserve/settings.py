@@ -198,6 +198,17 @@ class Settings(BaseModel):
 
     max_queued_jobs: int = Field(default=1000, ge=1)
     """Submissions beyond this many queued jobs are refused with 429 and ``Retry-After``."""
+    account_max_active: int = Field(default=24, ge=1)
+    """Active (queued + running) tasks per named account, when ``fluxserve accounts create``
+    gives no ``--max-active`` (the default account has no such limit unless set)."""
+    account_max_active_max_models: int = Field(default=6, ge=1)
+    """Active tasks per account on ``*-max`` models (as BFL), for accounts with a limit."""
+    topup_bonus_min_usd: float = Field(default=100.0, ge=0)
+    """Top-ups of at least this many USD get ``topup_bonus_percent`` extra credits."""
+    topup_bonus_percent: float = Field(default=10.0, ge=0)
+    """The top-up bonus in percent (0: none)."""
+    metrics_enabled: bool = False
+    """Serve Prometheus metrics at ``/metrics`` (admin scope when keys exist)."""
     batch_delay_s: float = Field(default=60.0, ge=0)
     """Queue policy: a job nobody waits on (BFL) takes its place in the queue this many seconds
     after it was made, so synchronous OpenAI calls overtake recent BFL jobs but not old ones."""

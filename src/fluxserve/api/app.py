@@ -11,6 +11,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from fluxserve import __version__
+from fluxserve.accounts import Accounting, open_account_store
+from fluxserve.accounts.ledger import AccountLimits
+from fluxserve.api.admin import router as admin_router
 from fluxserve.api.bfl import make_router, render_result
 from fluxserve.api.credits import router as credits_router
 from fluxserve.api.errors import install_error_handlers
@@ -21,6 +24,7 @@ from fluxserve.api.middleware import BodyLimit
 from fluxserve.api.openai import router as openai_router
 from fluxserve.api.service_routes import router as service_router
 from fluxserve.api.state import AppState
+from fluxserve.api.usage import router as usage_router
 from fluxserve.backends import open_backends
 from fluxserve.catalog import BUILTIN_CHECKPOINT, ModelCatalog
 from fluxserve.engines import Engine
@@ -74,6 +78,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         policy=JobPolicy(settings.max_queued_jobs, settings.max_attempts, settings.retention_s),
         bus=backends.bus,
     )
+    accounts = open_account_store(settings)
+    service.accounting = Accounting(
+        accounts, catalog, AccountLimits(max_active_max_models=settings.account_max_active_max_models)
+    )
     loras = LoraLibrary(settings.lora_dirs)
     for directory in settings.lora_dirs:
         if not directory.is_dir():
@@ -121,6 +129,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             max_working_pixels=settings.max_input_working_pixels,
         ),
         loras=loras,
+        accounting=service.accounting,
     )
 
     def render_for_webhook(job_id: str, base_url: str) -> dict[str, Any] | None:
@@ -176,6 +185,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             if backends.dispatch is not None:
                 await backends.dispatch.close()
             backends.close()
+            accounts.close()
 
     app = FastAPI(
         title="fluxserve",
@@ -195,5 +205,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     app.include_router(web_router)  # the playground page at /
     app.include_router(loras_router)
+    app.include_router(admin_router)
+    app.include_router(usage_router)
+    if settings.metrics_enabled:
+        from fluxserve.api.metrics import install_metrics
+
+        install_metrics(app, state)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app

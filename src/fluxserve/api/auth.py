@@ -17,11 +17,24 @@ CREATE_HINT = "create one with: fluxserve keys create"
 
 class AuthFailed(Exception):
     """The request may not proceed. ``no_keys``: the server has no active key at all (the
-    message says so); otherwise the key is missing or wrong."""
+    message says so); ``status`` 403: the key lacks the route's scope; 429: the key's requests
+    per minute are used up (``retry_after_s``); otherwise the key is missing or wrong."""
 
-    def __init__(self, message: str = "", no_keys: bool = False) -> None:
+    def __init__(
+        self, message: str = "", no_keys: bool = False, status: int = 401, retry_after_s: int = 0
+    ) -> None:
         super().__init__(message)
         self.no_keys = no_keys
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def required_scope(request: Request) -> str:
+    """The scope a route needs: ``admin`` under ``/v1/admin``, ``generate`` to submit or
+    cancel (POST, DELETE), ``read`` for everything else."""
+    if request.url.path.startswith("/v1/admin"):
+        return "admin"
+    return "generate" if request.method in ("POST", "PUT", "PATCH", "DELETE") else "read"
 
 
 def presented_key(request: Request) -> str | None:
@@ -52,6 +65,25 @@ def authenticate(request: Request) -> str | None:
     key_id = state.keys.verify(key) if key else None
     if key_id is None:
         raise AuthFailed()
+    accounting = state.accounting
+    if accounting is not None:
+        grant = accounting.grant(key_id)
+        scope = required_scope(request)
+        if scope not in grant.scopes:
+            raise AuthFailed(
+                f"This API key lacks the '{scope}' scope that this route needs "
+                f"(it has: {', '.join(grant.scopes)}).",
+                status=403,
+            )
+        account = accounting.store.get_account(grant.account)
+        if account is not None and account.rpm is not None:
+            wait = state.rate_limiter.admit(key_id, account.rpm)
+            if wait is not None:
+                raise AuthFailed(
+                    f"Rate limit reached: {account.rpm} requests per minute per key; retry in {wait} s.",
+                    status=429,
+                    retry_after_s=wait,
+                )
     return key_id
 
 
@@ -60,6 +92,9 @@ def bfl_auth(request: Request) -> str | None:
     try:
         return authenticate(request)
     except AuthFailed as exc:
+        if exc.status != 401:
+            headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+            raise HTTPException(exc.status, str(exc), headers=headers) from exc
         message = (
             str(exc)
             if exc.no_keys
@@ -73,6 +108,16 @@ def openai_auth(request: Request) -> str | None:
     try:
         return authenticate(request)
     except AuthFailed as exc:
+        if exc.status == 403:
+            raise OpenAIError(403, str(exc), type="invalid_request_error", code="insufficient_scope") from exc
+        if exc.status == 429:
+            raise OpenAIError(
+                429,
+                str(exc),
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from exc
         message = (
             str(exc)
             if exc.no_keys

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
+from fluxserve.accounts import InsufficientCredits, LimitReached
 from fluxserve.api.auth import bfl_auth
 from fluxserve.api.bfl_schemas import (
     INPUTS,
@@ -110,6 +111,10 @@ async def submit(
             "idempotency_conflict",
         )
     except QueueFull as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
+    except InsufficientCredits as exc:
+        raise HTTPException(402, f"Insufficient credits: {exc}.") from exc
+    except LimitReached as exc:
         raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
     return _async_response(job, entry, request, state)
 

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from fluxserve.accounts import InsufficientCredits, LimitReached
 from fluxserve.api.auth import openai_auth
 from fluxserve.api.common import idempotency_claim, idempotency_key_header, image_size, load_inputs, load_mask
 from fluxserve.api.errors import NESTED_TOO_DEEPLY, OpenAIError, first_error
@@ -157,6 +158,21 @@ async def _run(
             f"The server is busy: {exc}.",
             type="rate_limit_error",
             code="queue_full",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from exc
+    except InsufficientCredits as exc:
+        raise OpenAIError(
+            402,
+            f"You exceeded your current quota: {exc}. Top up the account's credits.",
+            type="insufficient_quota",
+            code="insufficient_quota",
+        ) from exc
+    except LimitReached as exc:
+        raise OpenAIError(
+            429,
+            f"Rate limit reached: {exc}.",
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
             headers={"Retry-After": str(exc.retry_after_s)},
         ) from exc
     if opts.stream:

@@ -28,6 +28,7 @@ from fluxserve.storage import Storage
 from fluxserve.upsampling import BuiltinUpsampler, PromptUpsampler
 
 if TYPE_CHECKING:  # the backends import the job models; only types are needed here
+    from fluxserve.accounts import Accounting
     from fluxserve.backends.interfaces import EventBus, JobQueue, JobStore, WebhookStore
 
 log = logging.getLogger("fluxserve.jobs")
@@ -80,10 +81,13 @@ class JobService:
         self.policy = policy or JobPolicy()
         self.work_available = asyncio.Event()
         self.events = JobEvents(bus)
-        self.events.on_end = self._wake  # a job ended in another process (PostgreSQL dispatch)
+        self.events.on_end = self._ended_elsewhere  # a job ended in another process (PostgreSQL)
         self.on_webhook: Callable[[], None] | None = None
         """Called when a webhook becomes due (the dispatcher's wake-up)."""
         self._waiters: dict[str, list[asyncio.Event]] = {}
+        self.accounting: Accounting | None = None
+        """Credits and limits (set by the app factory): a hold at submit, settled or released
+        when the job ends; None: no accounting, jobs visible to their own key only."""
 
     async def submit(
         self,
@@ -104,7 +108,13 @@ class JobService:
         if depth >= self.policy.max_queued:
             raise QueueFull(depth)
         job_id = str(uuid.uuid4())
-        spec, audit, blocked = await self._moderate(spec, input_images or [])
+        if self.accounting is not None:  # 402/429 before any work
+            self.accounting.hold(owner, job_id, spec)
+        try:
+            spec, audit, blocked = await self._moderate(spec, input_images or [])
+        except BaseException:
+            self._release(job_id)
+            raise
         webhook = WebhookTarget(spec.webhook_url, spec.webhook_secret, base_url) if spec.webhook_url else None
         if blocked is not None:
             now = time.time()
@@ -139,9 +149,11 @@ class JobService:
         try:
             stored = self.store.create(job, idempotency, webhook)
         except BaseException:
+            self._release(job_id)
             await asyncio.to_thread(self.storage.delete_prefix, f"inputs/{job_id}")
             raise
         if stored.id != job_id:  # an earlier request with this Idempotency-Key made it
+            self._release(job_id)
             await asyncio.to_thread(self.storage.delete_prefix, f"inputs/{job_id}")
             return stored
         if stored.terminal:
@@ -177,10 +189,21 @@ class JobService:
         return spec, audit, None if decision.allowed else decision.public()
 
     def get(self, job_id: str, owner: str | None) -> Job | None:
-        """The job if ``owner`` made it (None is the owner of jobs made with no key configured);
-        None otherwise, exactly as for a job that does not exist."""
+        """The job if ``owner`` made it (None is the owner of jobs made with no key configured)
+        or, with accounting, another key of the same named account did; None otherwise, exactly
+        as for a job that does not exist."""
         job = self.store.get(job_id)
-        return job if job is not None and job.owner == owner else None
+        if job is None:
+            return None
+        if job.owner == owner:
+            return job
+        if self.accounting is not None and self.accounting.same_account(job.owner, owner):
+            return job
+        return None
+
+    def _release(self, job_id: str) -> None:
+        if self.accounting is not None:
+            self.accounting.release(job_id)
 
     def cancel(self, job_id: str, owner: str | None) -> Job | None:
         """Cancel a job of ``owner``: a queued one ends now and never runs; a running one stops
@@ -213,9 +236,25 @@ class JobService:
         """Everything that follows the end of a job: wake waiters, publish the terminal event,
         release its webhook. Called on the event loop."""
         self._wake(job_id)
+        self._settle(job_id)
         self.events.publish(job_id, "end")
         if self.webhooks.activate(job_id) and self.on_webhook is not None:
             self.on_webhook()
+
+    def _ended_elsewhere(self, job_id: str) -> None:
+        self._wake(job_id)
+        self._settle(job_id)  # once: a second node's try finds the hold ended already
+
+    def _settle(self, job_id: str) -> None:
+        """Settle or release the credits held for an ended job (accounting only)."""
+        if self.accounting is None:
+            return
+        try:
+            job = self.store.get(job_id)
+            if job is not None and job.terminal:
+                self.accounting.job_ended(job)
+        except Exception:  # the job's end stands; the hold stays open (logged)
+            log.exception("could not settle the credits of job %s", job_id)
 
     def _wake(self, job_id: str) -> None:
         for ev in self._waiters.pop(job_id, []):

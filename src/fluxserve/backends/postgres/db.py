@@ -99,6 +99,34 @@ MIGRATIONS: tuple[str, ...] = (
                jsonb_build_object('job_id', id)
         FROM fluxserve_jobs WHERE status IN ('queued', 'running') ORDER BY sort_at, seq;
     """,
+    # 3: accounts, key grants (account, scopes) and the credit ledger (fluxserve.accounts)
+    """
+    CREATE TABLE fluxserve_accounts (
+        name       TEXT PRIMARY KEY,
+        balance    DOUBLE PRECISION,
+        max_active INTEGER,
+        rpm        INTEGER,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE fluxserve_account_keys (
+        key_id  TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        scopes  TEXT NOT NULL
+    );
+    CREATE TABLE fluxserve_ledger (
+        id      BIGSERIAL PRIMARY KEY,
+        account TEXT NOT NULL,
+        key_id  TEXT,
+        job_id  TEXT,
+        model   TEXT,
+        kind    TEXT NOT NULL,
+        amount  DOUBLE PRECISION NOT NULL,
+        cost    DOUBLE PRECISION NOT NULL DEFAULT 0,
+        at      DOUBLE PRECISION NOT NULL
+    );
+    CREATE UNIQUE INDEX fluxserve_ledger_job_kind ON fluxserve_ledger (job_id, kind);
+    CREATE INDEX fluxserve_ledger_by_account ON fluxserve_ledger (account, kind, at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

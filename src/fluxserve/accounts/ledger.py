@@ -1,0 +1,151 @@
+"""Accounting: the hold at submit, the settle or release at a job's end, and the limits checked
+before any work.
+
+Rules (also in the README):
+
+- A submission holds the request's cost (``ModelEntry.cost(spec)``, in credits) before any
+  work; not enough credits: :class:`InsufficientCredits` (402).
+- A job that ends Ready or Content Moderated (the image was made, then withheld) is settled:
+  the held credits are spent.
+- A job that ends as Error is released (credits back), except a job cancelled after at least
+  one denoising step, which is settled. A job cancelled while queued is released.
+- A Request Moderated job (refused before any work) is released: moderated requests cost
+  nothing.
+- Accounts with an unlimited balance record holds and settlements of 0 credits with the cost
+  beside them, so usage reports work for them too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fluxserve.accounts.models import Grant
+from fluxserve.accounts.store import AccountStore
+from fluxserve.jobs.models import Job, JobStatus
+
+if TYPE_CHECKING:
+    from fluxserve.catalog import ModelCatalog
+    from fluxserve.spec import GenerationSpec
+
+log = logging.getLogger("fluxserve.accounts")
+
+MAX_MODEL_SUFFIX = "-max"
+"""Models whose ids end so have their own, lower, active-task limit (as BFL's ``*-max``)."""
+
+
+class InsufficientCredits(Exception):
+    """The account's balance is below the request's cost."""
+
+    def __init__(self, cost: float, balance: float) -> None:
+        super().__init__(
+            f"not enough credits: this request costs {cost:g} credits and the balance is {balance:g}"
+        )
+        self.cost = cost
+        self.balance = balance
+
+
+class LimitReached(Exception):
+    """Too many active tasks or requests: retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class AccountLimits:
+    """Limits of the accounting that come from settings."""
+
+    max_active_max_models: int = 6
+    """Active tasks per account for ``*-max`` models (for accounts with an active limit)."""
+    retry_after_s: int = 5
+    """``Retry-After`` at the active-task limit."""
+
+
+class Accounting:
+    """What the job service calls around a job's life; one per server."""
+
+    def __init__(
+        self, store: AccountStore, catalog: ModelCatalog, limits: AccountLimits | None = None
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.limits = limits or AccountLimits()
+        self.on_end: list[Callable[[Job, bool, float], None]] = []
+        """Called once per job whose hold ended: (job, charged, its cost in credits)."""
+
+    def cost(self, spec: GenerationSpec) -> float:
+        """A request's cost in credits (0 for a model the catalog does not price)."""
+        entry = self.catalog.get(spec.model)
+        return float(entry.cost(spec).credits) if entry is not None else 0.0
+
+    def hold(self, owner: str | None, job_id: str, spec: GenerationSpec) -> None:
+        """Hold the cost of ``spec`` for ``job_id``; raises :class:`InsufficientCredits` or
+        :class:`LimitReached` and holds nothing when the account may not run it now."""
+        grant = self.store.grant_of(owner)
+        cost = self.cost(spec)
+        why = self.store.hold(
+            grant, job_id, spec.model, cost, (MAX_MODEL_SUFFIX, self.limits.max_active_max_models)
+        )
+        if why == "credits":
+            account = self.store.get_account(grant.account)
+            raise InsufficientCredits(cost, account.balance or 0.0 if account else 0.0)
+        if why == "active":
+            account = self.store.get_account(grant.account)
+            limit = account.max_active if account else 0
+            raise LimitReached(
+                f"account {grant.account!r} has {limit} active tasks (its limit); "
+                "retry when one of them has finished",
+                self.limits.retry_after_s,
+            )
+        if why == "active_model":
+            raise LimitReached(
+                f"account {grant.account!r} has {self.limits.max_active_max_models} active tasks "
+                f"of *{MAX_MODEL_SUFFIX} models (their limit); retry when one of them has finished",
+                self.limits.retry_after_s,
+            )
+
+    def release(self, job_id: str) -> None:
+        """Give back a hold for a job that was never made (a failed create, an idempotent
+        replay)."""
+        self.store.end(job_id, charge=False)
+
+    def job_ended(self, job: Job) -> bool:
+        """Settle or release the job's hold by the rules above; True if the ledger changed."""
+        charge = charged(job)
+        changed = self.store.end(job.id, charge=charge)
+        if changed and self.on_end:
+            cost = self.cost(job.spec)
+            for observer in self.on_end:
+                try:
+                    observer(job, charge, cost)
+                except Exception:
+                    log.exception("an observer of job ends failed")
+        return changed
+
+    def grant(self, owner: str | None) -> Grant:
+        """The caller's grant."""
+        return self.store.grant_of(owner)
+
+    def same_account(self, job_owner: str | None, caller: str | None) -> bool:
+        """Whether ``caller`` may see a job made by ``job_owner``: the same key, or two keys of
+        one named account (keys of the default account see only their own jobs)."""
+        if job_owner == caller:
+            return True
+        if job_owner is None or caller is None:
+            return False
+        mine = self.store.grant_of(caller)
+        return mine.shared and self.store.grant_of(job_owner).account == mine.account
+
+
+def charged(job: Job) -> bool:
+    """Whether a job that ended is charged (see the module's rules)."""
+    if job.status in (JobStatus.READY, JobStatus.CONTENT_MODERATED):
+        return True
+    if job.status == JobStatus.ERROR:
+        details = job.details or {}
+        return details.get("error") == "cancelled" and int(details.get("steps_done") or 0) > 0
+    return False

@@ -1,0 +1,89 @@
+"""The records of the accounts package: accounts, key grants, ledger entries, the bonus rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_ACCOUNT = "default"
+"""The account of keys made without ``--account`` (and of requests on an open loopback
+server): unlimited credits, no active-task limit, each key sees only its own jobs."""
+
+ALL_SCOPES = ("generate", "read", "admin")
+"""``generate``: submit and cancel jobs; ``read``: results, events, jobs, models, prices,
+credits, usage; ``admin``: the ``/v1/admin/...`` routes."""
+
+DEFAULT_GRANT_SCOPES = ("generate", "read")
+"""Scopes of a key created with ``--account`` and no ``--scope``."""
+
+
+def parse_scopes(text: str) -> tuple[str, ...]:
+    """``"generate,read"`` as a tuple of scopes; raises ValueError for an unknown one."""
+    scopes = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    unknown = [s for s in scopes if s not in ALL_SCOPES]
+    if unknown or not scopes:
+        raise ValueError(f"scopes are a comma-separated subset of {', '.join(ALL_SCOPES)}; got {text!r}")
+    return scopes
+
+
+@dataclass(frozen=True)
+class Account:
+    """One account. ``balance`` is in credits (1 credit = 0.01 USD); None: unlimited (no
+    accounting). ``max_active``: queued + running jobs at once (None: no limit).
+    ``rpm``: requests per minute per key (None: no limit)."""
+
+    name: str
+    balance: float | None
+    max_active: int | None
+    rpm: int | None
+    created_at: float
+
+    @property
+    def unlimited(self) -> bool:
+        """True when the account's credits are not counted."""
+        return self.balance is None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a key may do: its account and scopes. Keys without a grant row belong to
+    :data:`DEFAULT_ACCOUNT` with every scope (as every key had before accounts existed)."""
+
+    key_id: str | None
+    account: str
+    scopes: tuple[str, ...]
+
+    @property
+    def shared(self) -> bool:
+        """Whether the key sees its account's other keys' jobs (named accounts only)."""
+        return self.account != DEFAULT_ACCOUNT
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One append-only ledger row. ``amount``: the change to the balance in credits (negative
+    for holds); ``cost``: the job's price in credits (also for unlimited accounts, where
+    ``amount`` is 0). Kinds: ``topup``, ``bonus``, ``hold``, ``settle``, ``release``."""
+
+    id: int
+    account: str
+    key_id: str | None
+    job_id: str | None
+    model: str | None
+    kind: str
+    amount: float
+    cost: float
+    at: float
+
+
+@dataclass(frozen=True)
+class BonusRule:
+    """Top-up bonus: ``percent`` extra credits on a top-up of at least ``min_usd`` (0: none)."""
+
+    min_usd: float = 100.0
+    percent: float = 10.0
+
+    def bonus_credits(self, usd: float) -> float:
+        """The bonus in credits for a top-up of ``usd``."""
+        if self.percent <= 0 or usd < self.min_usd:
+            return 0.0
+        return round(usd * 100 * self.percent / 100, 4)

@@ -1,0 +1,205 @@
+"""``/v1/admin/...``: accounts, keys, limits and top-ups over HTTP (keys with the ``admin``
+scope; on an open loopback server with no key, anyone on this machine).
+
+Errors are answered in BFL's ``{"detail": ...}`` shape.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from fluxserve.accounts import ALL_SCOPES, DEFAULT_ACCOUNT, Account, BonusRule, parse_scopes
+from fluxserve.accounts.ledger import Accounting
+from fluxserve.accounts.models import DEFAULT_GRANT_SCOPES
+from fluxserve.accounts.store import AccountError
+from fluxserve.api.auth import bfl_auth
+from fluxserve.api.state import AppState, get_state
+
+router = APIRouter(prefix="/v1/admin", tags=["Admin"], dependencies=[Depends(bfl_auth)])
+
+
+class KeyInfo(BaseModel):
+    """A key as an account lists it."""
+
+    id: str
+    name: str
+    scopes: list[str]
+    revoked: bool
+
+
+class AccountInfo(BaseModel):
+    """An account: balance (credits; None: unlimited), limits, active tasks, keys."""
+
+    name: str
+    credits: float | None = Field(description="Balance in credits (1 credit = 0.01 USD); null: unlimited.")
+    max_active: int | None
+    rpm: int | None
+    active: int
+    keys: list[KeyInfo]
+
+
+class AccountCreate(BaseModel):
+    """``POST /v1/admin/accounts``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    credits_usd: float | None = Field(
+        default=None, ge=0, description="Initial credits in USD; omit: unlimited."
+    )
+    max_active: int | None = Field(
+        default=None, ge=1, description="Default: the server's account_max_active."
+    )
+    rpm: int | None = Field(default=None, ge=1)
+
+
+class Limits(BaseModel):
+    """``PUT /v1/admin/accounts/{name}/limits``: null removes a limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_active: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1)
+
+
+class Topup(BaseModel):
+    """``POST /v1/admin/accounts/{name}/topup``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    usd: float = Field(gt=0, le=1_000_000)
+
+
+class TopupResult(BaseModel):
+    """Credits added, bonus included, and the balance after."""
+
+    credits: float
+    bonus: float
+    balance: float | None
+
+
+class KeyCreate(BaseModel):
+    """``POST /v1/admin/keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str
+    name: str = Field(default="", max_length=200)
+    scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_GRANT_SCOPES))
+
+
+class KeyCreated(BaseModel):
+    """A new key: the secret is shown this once."""
+
+    id: str
+    secret: str
+    account: str
+    scopes: list[str]
+
+
+def _accounting(state: AppState) -> Accounting:
+    if state.accounting is None:
+        raise HTTPException(404, "This server keeps no accounts.")
+    return state.accounting
+
+
+def account_info(state: AppState, account: Account) -> AccountInfo:
+    """An account as the admin API and ``fluxserve accounts list`` show it."""
+    accounting = _accounting(state)
+    granted = set(accounting.store.keys_of(account.name))
+    keys = []
+    for k in state.keys.list():
+        if k.id in granted or (account.name == DEFAULT_ACCOUNT and k.id not in _all_granted(accounting)):
+            grant = accounting.store.grant_of(k.id)
+            keys.append(
+                KeyInfo(id=k.id, name=k.name, scopes=list(grant.scopes), revoked=k.revoked_at is not None)
+            )
+    return AccountInfo(
+        name=account.name,
+        credits=account.balance,
+        max_active=account.max_active,
+        rpm=account.rpm,
+        active=accounting.store.active(account.name),
+        keys=keys,
+    )
+
+
+def _all_granted(accounting: Accounting) -> set[str]:
+    return {k for a in accounting.store.list_accounts() for k in accounting.store.keys_of(a.name)}
+
+
+@router.get("/accounts", response_model=list[AccountInfo])
+async def list_accounts(state: AppState = Depends(get_state)) -> list[AccountInfo]:
+    """Every account with its balance, limits and keys."""
+    return [account_info(state, a) for a in _accounting(state).store.list_accounts()]
+
+
+@router.post("/accounts", response_model=AccountInfo, status_code=201)
+async def create_account(body: AccountCreate, state: AppState = Depends(get_state)) -> AccountInfo:
+    """Create an account (credits in USD; none: unlimited)."""
+    store = _accounting(state).store
+    credits = None if body.credits_usd is None else round(body.credits_usd * 100, 4)
+    max_active = body.max_active or state.settings.account_max_active
+    try:
+        account = store.create_account(body.name, credits, max_active, body.rpm)
+    except AccountError as exc:
+        raise HTTPException(409 if "exists" in str(exc) else 422, str(exc)) from exc
+    return account_info(state, account)
+
+
+@router.get("/accounts/{name}", response_model=AccountInfo)
+async def get_account(name: str, state: AppState = Depends(get_state)) -> AccountInfo:
+    """One account."""
+    account = _accounting(state).store.get_account(name)
+    if account is None:
+        raise HTTPException(404, f"No account named {name!r}.")
+    return account_info(state, account)
+
+
+@router.put("/accounts/{name}/limits", response_model=AccountInfo)
+async def set_limits(name: str, body: Limits, state: AppState = Depends(get_state)) -> AccountInfo:
+    """Replace an account's limits."""
+    try:
+        account = _accounting(state).store.set_limits(name, body.max_active, body.rpm)
+    except AccountError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return account_info(state, account)
+
+
+@router.post("/accounts/{name}/topup", response_model=TopupResult)
+async def topup(name: str, body: Topup, state: AppState = Depends(get_state)) -> TopupResult:
+    """Add credits, with the server's bonus rule."""
+    store = _accounting(state).store
+    rule = BonusRule(state.settings.topup_bonus_min_usd, state.settings.topup_bonus_percent)
+    try:
+        credits, bonus = store.topup(name, body.usd, rule)
+    except AccountError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    account = store.get_account(name)
+    return TopupResult(credits=credits, bonus=bonus, balance=account.balance if account else None)
+
+
+@router.post("/keys", response_model=KeyCreated, status_code=201)
+async def create_key(body: KeyCreate, state: AppState = Depends(get_state)) -> KeyCreated:
+    """Create a key for an account; the secret is in this answer only."""
+    store = _accounting(state).store
+    try:
+        scopes = parse_scopes(",".join(body.scopes))
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    if store.get_account(body.account) is None:
+        raise HTTPException(404, f"No account named {body.account!r}.")
+    key, secret = state.keys.create(body.name or body.account)
+    store.grant(key.id, body.account, scopes)
+    return KeyCreated(id=key.id, secret=secret, account=body.account, scopes=list(scopes))
+
+
+@router.delete("/keys/{key_id}", status_code=204)
+async def revoke_key(key_id: str, state: AppState = Depends(get_state)) -> None:
+    """Revoke a key."""
+    if not state.keys.revoke(key_id):
+        raise HTTPException(404, f"No active key {key_id!r}.")
+
+
+__all__ = ["ALL_SCOPES", "router"]

@@ -31,7 +31,7 @@ from fluxserve.engines import Engine
 from fluxserve.images import ImageLimits
 from fluxserve.jobs import JobPolicy, JobService, Worker
 from fluxserve.jobs.webhooks import WebhookDispatcher
-from fluxserve.jobs.worker import EngineWorkers, NoEngine, worker_devices, worker_name
+from fluxserve.jobs.worker import EngineWorkers, NoEngine, diffusers_engine, worker_devices, worker_name
 from fluxserve.loras import LoraLibrary
 from fluxserve.safety import Moderator, OpenNSFWClassifier
 from fluxserve.settings import Settings
@@ -88,17 +88,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             log.warning("lora_dirs: %s is not a directory; it holds no LoRAs", directory)
 
     def make_engine(device: str) -> Engine:
-        from fluxserve.engines.checkpoints import checkpoint_resolver
-        from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
-
-        return DiffusersFluxEngine(
-            checkpoint_resolver(settings, catalog),
-            device,
-            settings.dtype,
-            loras=loras,
-            lora_cache_size=settings.lora_cache_size,
-            prompt_cache_size=settings.prompt_cache_size,
-        )
+        return diffusers_engine(settings, catalog, device, loras)
 
     # One engine worker per device (``gpus``); none on a stateless API node (``--no-worker``).
     workers: EngineWorkers | None = None

@@ -31,6 +31,7 @@ from fluxserve.safety import Decision
 
 if TYPE_CHECKING:
     from fluxserve.backends.interfaces import JobDispatch
+    from fluxserve.loras import LoraLibrary
     from fluxserve.settings import Settings
 
 log = logging.getLogger("fluxserve.worker")
@@ -370,6 +371,22 @@ class NoEngine:
         raise RuntimeError("this process runs no engine (an API node started with --no-worker)")
 
 
+def diffusers_engine(settings: Settings, catalog: ModelCatalog, device: str, loras: LoraLibrary) -> Engine:
+    """The diffusers FLUX engine for one device, as the settings describe it: the server's
+    workers and ``fluxserve worker``'s are made here alike."""
+    from fluxserve.engines.checkpoints import checkpoint_resolver
+    from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+
+    return DiffusersFluxEngine(
+        checkpoint_resolver(settings, catalog),
+        device,
+        settings.dtype,
+        loras=loras,
+        lora_cache_size=settings.lora_cache_size,
+        prompt_cache_size=settings.prompt_cache_size,
+    )
+
+
 def run_worker_process(settings: Settings) -> int:
     """``fluxserve worker``: engine workers (one per device in ``gpus``) that take jobs from the
     shared PostgreSQL database, with live events and the stalled-job reaper, and no HTTP API.
@@ -381,8 +398,6 @@ async def _worker_main(settings: Settings) -> int:
     import signal
 
     from fluxserve.backends import open_backends
-    from fluxserve.engines.checkpoints import checkpoint_resolver
-    from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
     from fluxserve.jobs.service import JobPolicy
     from fluxserve.loras import LoraLibrary
     from fluxserve.safety import Moderator, OpenNSFWClassifier
@@ -411,17 +426,10 @@ async def _worker_main(settings: Settings) -> int:
         bus=backends.bus,
     )
     loras = LoraLibrary(settings.lora_dirs)
-    resolver = checkpoint_resolver(settings, catalog)
     engines: list[tuple[str, Engine]] = [
         (
             worker_name(device, i),
-            with_upstreams(
-                DiffusersFluxEngine(
-                    resolver, device, settings.dtype, loras=loras, lora_cache_size=settings.lora_cache_size
-                ),
-                settings,
-                catalog,
-            ),
+            with_upstreams(diffusers_engine(settings, catalog, device, loras), settings, catalog),
         )
         for i, device in enumerate(worker_devices(settings.gpus, settings.device))
     ]

@@ -211,6 +211,31 @@ def test_openai_upstream_through_the_openai_client(gateway: Server, standin: Sta
     )
 
 
+def test_input_images_are_forwarded_to_edits_and_as_bfl_input_images(
+    gateway: Server, standin: Standin
+) -> None:
+    import base64
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (0, 90, 200)).save(buf, format="PNG")
+    client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key="unused", max_retries=0)
+    edited = client.images.edit(
+        model="gpt-image-1",
+        image=("in.png", buf.getvalue(), "image/png"),
+        prompt="paint it red",
+        size="1024x1024",
+    )
+    assert edited.data[0].url or edited.data[0].b64_json
+    sent = next(s for s in standin.submissions if s.get("prompt") == "paint it red")
+    assert sent["edit"] is True and sent["images"] == 1 and sent["model"] == "gpt-image-1"
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    job_id = submit(gateway, "flux-2-max", "recolour it", input_image=b64, width=512, height=512)
+    assert poll_result(gateway.base_url, job_id, timeout=30)["status"] == "Ready"
+    sent = next(s for s in standin.submissions if s.get("prompt") == "recolour it")
+    forwarded = Image.open(io.BytesIO(base64.b64decode(sent["input_image"])))
+    assert forwarded.convert("RGB").getpixel((32, 32)) == (0, 90, 200)
+
+
 def test_openai_upstream_moderation_and_failure(gateway: Server) -> None:
     client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as refused:
@@ -321,5 +346,5 @@ def test_upstream_engine_records_the_configured_price_when_none_is_reported(stan
         "upstream_cost_usd": pytest.approx(0.06),
     }
     wrong = UpstreamSettings(kind="openai", base_url=standin.base_url + "/openai/v1", api_key="wrong")
-    with pytest.raises(UpstreamError, match="refused our API key \\(HTTP 401"):
+    with pytest.raises(UpstreamError, match="refused our API key \\(HTTP 401\\)$"):
         UpstreamEngine({"oai": wrong}).generate(EngineRequest("upstream:oai:m", "x", 64, 64, 1, 1, 1.0))

@@ -106,6 +106,8 @@ async def run_one(
 
 
 def _refusal(name: str, status: int, resp: Any) -> str:
+    if status in (401, 403):  # its message may quote (part of) our key: not shown
+        return f"upstream {name!r} refused our API key (HTTP {status})"
     try:
         detail = _detail(resp.json())
     except ValueError:

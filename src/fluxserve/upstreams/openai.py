@@ -79,8 +79,9 @@ async def run(call: UpstreamCall, model: str, request: EngineRequest) -> tuple[l
         code, message = _error(body)
         if resp.status_code == 400 and code in MODERATION_CODES:
             raise EngineModerated("request", code or "unspecified", f"upstream:{call.name}")
-        what = {401: "refused our API key", 403: "refused our API key"}.get(resp.status_code, "refused")
-        raise UpstreamError(f"upstream {call.name!r} {what} (HTTP {resp.status_code}, {code}): {message}")
+        if resp.status_code in (401, 403):  # its message may quote (part of) our key: not shown
+            raise UpstreamError(f"upstream {call.name!r} refused our API key (HTTP {resp.status_code})")
+        raise UpstreamError(f"upstream {call.name!r} refused (HTTP {resp.status_code}, {code}): {message}")
     images: list[bytes] = []
     for item in body.get("data") or []:
         if item.get("b64_json"):

@@ -348,3 +348,66 @@ def test_upstream_engine_records_the_configured_price_when_none_is_reported(stan
     wrong = UpstreamSettings(kind="openai", base_url=standin.base_url + "/openai/v1", api_key="wrong")
     with pytest.raises(UpstreamError, match="refused our API key \\(HTTP 401\\)$"):
         UpstreamEngine({"oai": wrong}).generate(EngineRequest("upstream:oai:m", "x", 64, 64, 1, 1, 1.0))
+
+
+def test_scale_out_worker_takes_forwarded_models_without_loading_anything(
+    standin: Standin, postgres_server: Any, tmp_path: Any
+) -> None:
+    """PostgreSQL dispatch: a ``fluxserve worker`` that takes only a forwarded model loads no
+    checkpoint, and a stateless API node serves its result from the shared storage."""
+    import os
+    import subprocess
+    import sys
+
+    upstreams, models = upstream_settings(standin)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLUXSERVE_", "AWS_"))}
+    env.update(
+        FLUXSERVE_DATABASE_URL=postgres_server.new_database(),
+        FLUXSERVE_DATA_DIR=str(tmp_path),  # shared local storage and URL secret
+        FLUXSERVE_LOG_LEVEL="warning",
+        FLUXSERVE_UPSTREAMS=json.dumps(upstreams),
+        FLUXSERVE_MODELS=json.dumps(models),
+        STANDIN_BFL_KEY=BFL_KEY,
+        STANDIN_OPENAI_KEY=OPENAI_KEY,
+    )
+    assert subprocess.run([sys.executable, "-m", "fluxserve", "db", "upgrade"], env=env).returncode == 0
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fluxserve", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for args in (["serve", "--no-worker", "--port", str(port)], ["worker", "--models", "flux-2-max"])
+    ]
+    try:
+        worker = procs[1]
+        assert worker.stdout is not None
+        line = worker.stdout.readline()
+        while line and "fluxserve worker ready" not in line:
+            line = worker.stdout.readline()
+        assert line.strip().endswith("take flux-2-max"), line
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "API node not ready"
+            time.sleep(0.1)
+        r = httpx.post(
+            f"{base}/v1/flux-2-max", json={"prompt": "a scaled-out fox", "width": 320, "height": 240}
+        )
+        assert r.status_code == 200, r.text
+        body = poll_result(base, r.json()["id"], timeout=30)
+        assert body["status"] == "Ready", body
+        image = httpx.get(body["result"]["sample"])
+        assert image.status_code == 200 and is_standin_image(image.content, (320, 240))
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=30)

@@ -120,7 +120,8 @@ def test_another_accounts_job_is_invisible_everywhere(team) -> None:  # type: ig
 def test_credits_are_held_settled_and_refused_before_any_work(team) -> None:  # type: ignore[no-untyped-def]
     srv, keys = team
     h = {"x-key": keys["team"]}
-    assert httpx.get(f"{srv.base_url}/v1/credits", headers=h).json() == {"credits": 1000.0, "unlimited": False}
+    credits = httpx.get(f"{srv.base_url}/v1/credits", headers=h).json()
+    assert credits == {"credits": 1000.0, "unlimited": False}
     r = submit(srv, keys["team"])
     assert r.status_code == 200, r.text
     cost = r.json()["cost"]

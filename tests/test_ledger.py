@@ -1,0 +1,170 @@
+"""The credit ledger: append-only, and its sum always equals the balance, also under
+concurrency (threads on two connections to one SQLite file; 200 concurrent submissions to a
+real server with random cancels and jobs failed by a crash)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_accounts import cli, new_key
+
+from conftest import Server
+from fluxserve.accounts import AccountStore, BonusRule, Grant
+from fluxserve.accounts.ledger import charged
+from fluxserve.accounts.store import SQLITE_SCHEMA
+from fluxserve.backends.sqlite import Database
+from fluxserve.jobs.models import Job, JobStatus
+from fluxserve.spec import GenerationSpec
+
+
+def _store(path: Path) -> AccountStore:
+    db = Database(path)
+    with db.transaction() as c:
+        for statement in SQLITE_SCHEMA.split(";"):
+            if statement.strip():
+                c.execute(statement)
+    return AccountStore(db, "", "?")
+
+
+def test_ledger_sum_equals_balance_under_concurrent_holds_ends_and_topups(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    stores = [_store(path), _store(path)]  # two connections, as two server processes have
+    stores[0].create_account("team", credits=300.0, max_active=None)
+    grant = Grant("k1", "team", ("generate",))
+    outcomes: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        rng = random.Random(n)
+        store = stores[n % 2]
+        for i in range(25):
+            job = f"job-{n}-{i}"
+            why = store.hold(grant, job, "flux-dev", rng.choice([2.5, 5.0, 40.0]))
+            if why is not None:
+                assert why == "credits"
+                with lock:
+                    outcomes[job] = "refused"
+                continue
+            charge = rng.random() < 0.5
+            assert store.end(job, charge=charge)
+            assert not stores[(n + 1) % 2].end(job, charge=not charge)  # a second end: no change
+            with lock:
+                outcomes[job] = "settled" if charge else "released"
+            if rng.random() < 0.05:
+                store.topup("team", 1.0, BonusRule())
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 200
+    balance, total = stores[0].balance_check("team")
+    assert balance == pytest.approx(total)
+    assert balance is not None and balance >= 0
+    entries = stores[0].entries("team")
+    spent = sum(e.cost for e in entries if e.kind == "settle")
+    added = sum(e.amount for e in entries if e.kind in ("topup", "bonus"))
+    assert balance == pytest.approx(added - spent)
+    assert {"settled", "released", "refused"} <= set(outcomes.values())
+
+
+def _job(status: JobStatus, details: dict[str, Any] | None = None) -> Job:
+    spec = GenerationSpec(
+        model="flux-dev",
+        prompt="p",
+        width=256,
+        height=256,
+        steps=4,
+        guidance=3.5,
+        seed=1,
+        output_format="png",
+    )
+    return Job(id="j", status=status, spec=spec, created_at=0.0, details=details)
+
+
+def test_the_charging_rule() -> None:
+    assert charged(_job(JobStatus.READY))
+    assert charged(_job(JobStatus.CONTENT_MODERATED))  # made, then withheld: the work was done
+    assert not charged(_job(JobStatus.REQUEST_MODERATED))  # refused before any work
+    assert not charged(_job(JobStatus.ERROR, {"error": "boom"}))
+    assert not charged(_job(JobStatus.ERROR, {"error": "cancelled", "steps_done": 0}))
+    assert charged(_job(JobStatus.ERROR, {"error": "cancelled", "steps_done": 1, "steps": 4}))
+
+
+async def _submit_all(base: str, key: str, n: int) -> list[httpx.Response]:
+    h = {"x-key": key}
+    rng = random.Random(7)
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def one(i: int) -> httpx.Response:
+            body = {"prompt": "a red circle", "seed": i, "steps": rng.choice([2, 3])}
+            r = await client.post(f"{base}/v1/flux-dev", json=body, headers=h)
+            if r.status_code == 200 and rng.random() < 0.25:  # a random cancel, queued or running
+                await client.post(f"{base}/v1/jobs/{r.json()['id']}/cancel", headers=h)
+            return r
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def _final(srv: Server, key: str, job: str) -> dict[str, Any]:
+    for _ in range(2400):
+        r = httpx.get(f"{srv.base_url}/v1/get_result", params={"id": job}, headers={"x-key": key}).json()
+        if r["status"] != "Pending":
+            return dict(r)
+        threading.Event().wait(0.05)
+    raise TimeoutError(job)
+
+
+def test_200_concurrent_submissions_with_cancels_and_failures_keep_the_ledger_whole(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server(start=False)
+    # flux-dev at 256x256 costs 2.5 credits: 3.75 USD pays for 150 of the 200.
+    cli(srv, "accounts", "create", "team", "--credits", "3.75", "--max-active", "1000")
+    key = new_key(srv, "team")
+    srv.start()
+    answers = asyncio.run(_submit_all(srv.base_url, key, 200))
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 402}, {r.text for r in answers if r.status_code not in (200, 402)}
+    accepted = [r.json()["id"] for r in answers if r.status_code == 200]
+    assert 150 <= len(accepted) <= 200 and codes.count(402) == 200 - len(accepted)
+    # Failures: the server dies mid-run; after a restart with max_attempts 1, the jobs it was
+    # running end as Error (and are released).
+    srv.kill()
+    srv.env["FLUXSERVE_MAX_ATTEMPTS"] = "1"
+    srv.start()
+    finals = {job: _final(srv, key, job) for job in accepted}
+    statuses = {f["status"] for f in finals.values()}
+    assert "Ready" in statuses and "Error" in statuses
+    crashed = [
+        f for f in finals.values() if f["status"] == "Error" and f["details"].get("error") != "cancelled"
+    ]
+    assert crashed, "the job running when the server died ends as Error"
+    srv.stop()
+
+    db = sqlite3.connect(srv.data_dir / "fluxserve.sqlite3")
+    (balance,) = db.execute("SELECT balance FROM accounts WHERE name = 'team'").fetchone()
+    (total,) = db.execute("SELECT SUM(amount) FROM ledger WHERE account = 'team'").fetchone()
+    assert balance == pytest.approx(total) and balance >= 0
+    rows = db.execute(
+        "SELECT job_id, kind FROM ledger WHERE account = 'team' AND job_id IS NOT NULL"
+    ).fetchall()
+    kinds: dict[str, list[str]] = {}
+    for job_id, kind in rows:
+        kinds.setdefault(job_id, []).append(kind)
+    assert set(kinds) == set(accepted)  # refused submissions left no trace
+    for job, f in finals.items():
+        ends = sorted(kinds[job])
+        assert len(ends) == 2 and ends[0] == "hold", (job, ends)
+        if f["status"] == "Ready":
+            assert ends[1] == "settle"
+        elif f["details"] and f["details"].get("error") != "cancelled":
+            assert ends[1] == "release", (job, f)
+    settled = sum(1 for k in kinds.values() if "settle" in k)
+    assert balance == pytest.approx(375.0 - 2.5 * settled)

@@ -352,6 +352,27 @@ def test_api_nodes_and_workers_share_postgres_and_s3(
     wait_until(lambda: not rows(url, "SELECT 1 FROM fluxserve_jobs WHERE id = %s", ids[1]), what="swept")
     assert s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=f"scaleout/results/{ids[1]}/")["KeyCount"] == 0
     assert httpx.get(sample).status_code == 404
+    sweeper.stop()
+
+    # Credits: a job that ends on a worker settles its hold there, so an account limited to one
+    # active task can submit again (its first job's hold does not stay open).
+    fresh = Proc(["worker", "--models", "flux-dev"], env)
+    procs.append(fresh)
+    for args in ("accounts create acme --max-active 1", "keys create --account acme"):
+        made = subprocess.run(
+            [sys.executable, "-m", "fluxserve", *args.split()], env=env, capture_output=True, text=True
+        )
+        assert made.returncode == 0, made.stderr
+    key = {"x-key": made.stdout.strip()}
+    fresh.wait_for("fluxserve worker ready")
+    for n in range(2):
+        r = httpx.post(
+            f"{api_a.base_url}/v1/flux-dev",
+            json={"prompt": f"a paid square {n}", "width": 256, "height": 256, "steps": 1},
+            headers=key,
+        )
+        assert r.status_code == 200, r.text
+        assert poll_result(api_b.base_url, r.json()["id"], headers=key)["status"] == "Ready"
 
 
 def test_dispatch_follows_the_queue_policy_and_upgrades_keep_waiting_jobs(

@@ -397,6 +397,8 @@ def run_worker_process(settings: Settings) -> int:
 async def _worker_main(settings: Settings) -> int:
     import signal
 
+    from fluxserve.accounts import Accounting, open_account_store
+    from fluxserve.accounts.ledger import AccountLimits
     from fluxserve.backends import open_backends
     from fluxserve.jobs.service import JobPolicy
     from fluxserve.loras import LoraLibrary
@@ -425,6 +427,10 @@ async def _worker_main(settings: Settings) -> int:
         policy=JobPolicy(settings.max_queued_jobs, settings.max_attempts, settings.retention_s),
         bus=backends.bus,
     )
+    # Jobs end here: their credit holds are settled or released here too (as on a server).
+    accounts = open_account_store(settings)
+    limits = AccountLimits(max_active_max_models=settings.account_max_active_max_models)
+    service.accounting = Accounting(accounts, catalog, limits)
     loras = LoraLibrary(settings.lora_dirs)
     engines: list[tuple[str, Engine]] = [
         (
@@ -438,6 +444,7 @@ async def _worker_main(settings: Settings) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         backends.close()
+        accounts.close()
         return 2
     loop = asyncio.get_running_loop()
     service.events.bind(loop)
@@ -467,4 +474,5 @@ async def _worker_main(settings: Settings) -> int:
         await asyncio.gather(*side, return_exceptions=True)
         await dispatch.close()
         backends.close()
+        accounts.close()
     return status

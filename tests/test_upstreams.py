@@ -411,3 +411,47 @@ def test_scale_out_worker_takes_forwarded_models_without_loading_anything(
         for p in procs:
             p.terminate()
             p.wait(timeout=30)
+
+
+def test_a_submission_cut_off_after_it_was_sent_is_not_repeated() -> None:
+    """A POST whose connection dies after sending may have run at the upstream: no retry (no
+    second charge there); the same failure on a GET poll is retried."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            seen.append(conn.recv(65536).split(b" ", 1)[0])
+            conn.close()  # read the request, answer nothing
+
+    threading.Thread(target=serve, daemon=True).start()
+    settings = UpstreamSettings(
+        kind="bfl", base_url=f"http://127.0.0.1:{port}", poll_interval_s=0.01, max_retries=2
+    )
+
+    async def go(method: str) -> None:
+        call = UpstreamCall("cut", settings, False, 1 << 20)
+        try:
+            await call.request(method, f"http://127.0.0.1:{port}/v1/flux-dev", json={})
+        finally:
+            await call.aclose()
+
+    try:
+        with pytest.raises(UpstreamError, match="the connection failed during POST"):
+            asyncio.run(go("POST"))
+        assert seen == [b"POST"]
+        with pytest.raises(UpstreamError, match="unreachable .*3 attempts"):
+            asyncio.run(go("GET"))
+        assert seen == [b"POST", b"GET", b"GET", b"GET"]
+    finally:
+        listener.close()

@@ -93,8 +93,9 @@ class UpstreamCall:
     async def request(
         self, method: str, url: str, *, timeout: float | None = None, **kwargs: Any
     ) -> httpx.Response:
-        """One call to the upstream, retried as described above. Returns any response below
-        500 other than 429 (the caller maps it); raises :class:`UpstreamError` otherwise."""
+        """One call to the upstream, retried as described above (a submission only when it never
+        reached the upstream: a failed connect, a 429 or a 5xx). Returns any response below 500
+        other than 429 (the caller maps it); raises :class:`UpstreamError` otherwise."""
         if not self.trusted(url):
             raise UpstreamError(f"upstream {self.name!r} pointed us at another host ({httpx.URL(url).host})")
         failures = 0
@@ -108,6 +109,11 @@ class UpstreamCall:
             except httpx.TransportError as exc:
                 failures += 1
                 reason = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+                sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if method != "GET" and sent:  # it may have run there: no second one (no double charge)
+                    raise UpstreamError(
+                        f"upstream {self.name!r}: the connection failed during {method} {url} ({reason})"
+                    ) from exc
                 if failures > self.settings.max_retries:
                     raise UpstreamError(
                         f"upstream {self.name!r} is unreachable at {self.settings.base_url} "

@@ -455,3 +455,16 @@ def test_a_submission_cut_off_after_it_was_sent_is_not_repeated() -> None:
         assert seen == [b"POST", b"GET", b"GET", b"GET"]
     finally:
         listener.close()
+
+
+def test_several_bfl_images_are_several_tasks_with_successive_seeds(standin: Standin) -> None:
+    upstream = UpstreamSettings(kind="bfl", base_url=standin.base_url, api_key=BFL_KEY, poll_interval_s=0.05)
+    request = EngineRequest("upstream:bfl:flux-2-pro", "three herons", 96, 64, 40, 1, 1.0, num_images=3)
+    steps: list[tuple[int, int]] = []
+    images = UpstreamEngine({"bfl": upstream}).generate(request, on_step=lambda d, t: steps.append((d, t)))
+    assert [img.size for img in images] == [(96, 64)] * 3
+    sent = [s for s in standin.submissions if s.get("prompt") == "three herons"]
+    assert sorted(s["seed"] for s in sent) == [40, 41, 42] and {s["model"] for s in sent} == {"flux-2-pro"}
+    assert len(set(request.extras["upstream_ids"])) == 3
+    assert request.extras["upstream_cost_usd"] == pytest.approx(0.21)  # 3 x 7 credits
+    assert steps[-1] == (100, 100)

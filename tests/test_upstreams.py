@@ -236,6 +236,18 @@ def test_input_images_are_forwarded_to_edits_and_as_bfl_input_images(
     assert forwarded.convert("RGB").getpixel((32, 32)) == (0, 90, 200)
 
 
+def test_streaming_a_forwarded_model_ends_with_the_completed_image(gateway: Server) -> None:
+    client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key="unused", max_retries=0)
+    stream = client.images.generate(
+        model="gpt-image-1", prompt="a streamed kite", size="1024x1024", stream=True, partial_images=1
+    )
+    events = list(stream)
+    assert events and events[-1].type == "image_generation.completed"
+    import base64
+
+    assert is_standin_image(base64.b64decode(events[-1].b64_json), (1024, 1024))
+
+
 def test_openai_upstream_moderation_and_failure(gateway: Server) -> None:
     client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as refused:

@@ -381,7 +381,7 @@ def test_dispatch_follows_the_queue_policy_and_upgrades_keep_waiting_jobs(
     """The procrastinate task is deferred with its job (same transaction), on its model's queue,
     placed by the queue policy; jobs queued before ``db upgrade`` to the dispatch schema get theirs."""
     from fluxserve.backends.postgres import PostgresDatabase, PostgresJobStore
-    from fluxserve.backends.postgres.db import MIGRATIONS
+    from fluxserve.backends.postgres.db import MIGRATIONS, SCHEMA_VERSION
     from fluxserve.backends.postgres.dispatch import DispatchingJobStore
     from fluxserve.jobs.models import Job, JobStatus, Recovery
     from fluxserve.spec import GenerationSpec
@@ -401,7 +401,7 @@ def test_dispatch_follows_the_queue_policy_and_upgrades_keep_waiting_jobs(
         c.execute("INSERT INTO fluxserve_schema (version) VALUES (1)")
     now = time.time()
     PostgresJobStore(old, batch_delay_s=60).create(job("waiting", "bfl", now - 100, "flux-kontext-pro"))
-    assert old.upgrade() == [2]
+    assert old.upgrade() == list(range(2, SCHEMA_VERSION + 1))
     store = DispatchingJobStore(old, batch_delay_s=60)
     store.create(job("batch", "bfl", now))  # a BFL job queues 60 s behind its creation ...
     store.create(job("sync", "openai", now + 1))  # ... so a later OpenAI call overtakes it

@@ -108,8 +108,8 @@ class ProcrastinateDispatch:
         self, name: str, models: Sequence[str], run: Callable[[str], Awaitable[None]]
     ) -> None:
         """Run one engine worker until cancelled (then it finishes its job and unregisters):
-        take jobs of ``models`` only, one at a time, and ``await run(job_id)`` for each. A
-        failing database restarts it after a pause."""
+        take jobs of ``models`` only, one at a time, and ``await run(job_id)`` for each. If it
+        stops otherwise (the database went away), it starts again after a pause."""
         queues = [queue_name(m) for m in models]
         while True:
             app = self._app(pool_size=4)
@@ -132,12 +132,14 @@ class ProcrastinateDispatch:
                         abort_job_polling_interval=2.0,
                         delete_jobs="successful",
                     )
-                return
+                # Only cancellation should end it: procrastinate stops a worker by itself when a
+                # side task (heartbeat, listener) fails, e.g. while the database is away.
+                log.error("engine worker %s stopped (database lost?); starting again in 2 s", name)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("engine worker %s lost the database; starting again in 2 s", name)
-                await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0)
 
     async def reap(self, max_attempts: int) -> Recovery:
         """Deal with the jobs of workers that are gone: retry each (another worker runs it),

@@ -195,3 +195,25 @@ def test_active_task_limit_is_a_429_with_retry_after_until_tasks_finish(slow_ser
     for job in first:
         assert poll_result(srv.base_url, job, headers=h, timeout=120)["status"] == "Ready"
     assert submit(srv, key, steps=2).status_code == 200  # cleared once they finished
+
+
+def test_requests_per_minute_per_key_and_limits_set_by_an_admin(team) -> None:  # type: ignore[no-untyped-def]
+    srv, keys = team
+    a = {"x-key": keys["admin"]}
+    r = httpx.put(
+        f"{srv.base_url}/v1/admin/accounts/other/limits", json={"max_active": 24, "rpm": 3}, headers=a
+    )
+    assert r.status_code == 200 and r.json()["rpm"] == 3, r.text
+    assert httpx.put(f"{srv.base_url}/v1/admin/accounts/nobody/limits", json={}, headers=a).status_code == 404
+    h = {"x-key": keys["other"]}
+    for _ in range(3):
+        assert httpx.get(f"{srv.base_url}/v1/models", headers=h).status_code == 200
+    r = httpx.get(f"{srv.base_url}/v1/credits", headers=h)
+    assert r.status_code == 429 and "per minute" in r.json()["detail"]
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key=keys["other"], max_retries=0)
+    with pytest.raises(openai.RateLimitError) as exc:
+        client.models.list()
+    assert exc.value.code == "rate_limit_exceeded"
+    # Per key: the account's other keys, and other accounts, are not slowed down.
+    assert httpx.get(f"{srv.base_url}/v1/models", headers={"x-key": keys["team"]}).status_code == 200

@@ -168,3 +168,20 @@ def test_200_concurrent_submissions_with_cancels_and_failures_keep_the_ledger_wh
             assert ends[1] == "release", (job, f)
     settled = sum(1 for k in kinds.values() if "settle" in k)
     assert balance == pytest.approx(375.0 - 2.5 * settled)
+
+
+def test_max_models_have_their_own_active_limit(tmp_path: Path) -> None:
+    store = _store(tmp_path / "ledger.sqlite3")
+    store.create_account("team", credits=None, max_active=24)
+    grant = Grant("k1", "team", ("generate",))
+    limit = ("-max", 6)
+    for i in range(6):
+        assert store.hold(grant, f"max-{i}", "flux-2-max", 7.0, limit) is None
+    assert store.hold(grant, "max-6", "flux-2-max", 7.0, limit) == "active_model"
+    assert store.hold(grant, "dev-0", "flux-dev", 2.5, limit) is None  # other models still run
+    assert store.active("team") == 7
+    assert store.end("max-0", charge=True)
+    assert store.hold(grant, "max-6", "flux-2-max", 7.0, limit) is None
+    balance, total = store.balance_check("team")
+    assert balance is None and total == 0  # unlimited: holds of 0 credits, the cost beside them
+    assert [e.cost for e in store.entries("team", kinds=("settle",))] == [7.0]

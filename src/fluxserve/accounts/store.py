@@ -87,7 +87,7 @@ class AccountStore:
         self, name: str, credits: float | None, max_active: int | None, rpm: int | None = None
     ) -> Account:
         """A new account; ``credits`` None: unlimited. Initial credits are a ``topup`` row."""
-        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+        if not valid_name(name):
             raise AccountError("account names are 1 to 64 letters, digits, '-' or '_'")
         now = time.time()
         with self._db.transaction() as c:
@@ -105,7 +105,9 @@ class AccountStore:
         return Account(name, credits, max_active, rpm, now)
 
     def get_account(self, name: str) -> Account | None:
-        """The account, or None."""
+        """The account, or None (also for a name no account could have)."""
+        if not valid_name(name):
+            return None
         rows = self._db.query(self._sql("SELECT * FROM {accounts} WHERE name = ?"), (name,))
         return _account(rows[0]) if rows else None
 
@@ -347,6 +349,11 @@ class AccountStore:
         """Jobs of the account holding credits now (queued or running)."""
         with self._db.transaction() as c:
             return self._open_holds(c, account)
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` can name an account: 1 to 64 ASCII letters, digits, '-' or '_'."""
+    return 0 < len(name) <= 64 and name.isascii() and name.replace("-", "").replace("_", "").isalnum()
 
 
 def _account(r: Any) -> Account:

@@ -160,8 +160,11 @@ async def get_account(name: str, state: AppState = Depends(get_state)) -> Accoun
 @router.put("/accounts/{name}/limits", response_model=AccountInfo)
 async def set_limits(name: str, body: Limits, state: AppState = Depends(get_state)) -> AccountInfo:
     """Replace an account's limits."""
+    store = _accounting(state).store
+    if store.get_account(name) is None:
+        raise HTTPException(404, f"No account named {name!r}.")
     try:
-        account = _accounting(state).store.set_limits(name, body.max_active, body.rpm)
+        account = store.set_limits(name, body.max_active, body.rpm)
     except AccountError as exc:
         raise HTTPException(404, str(exc)) from exc
     return account_info(state, account)
@@ -171,6 +174,8 @@ async def set_limits(name: str, body: Limits, state: AppState = Depends(get_stat
 async def topup(name: str, body: Topup, state: AppState = Depends(get_state)) -> TopupResult:
     """Add credits, with the server's bonus rule."""
     store = _accounting(state).store
+    if store.get_account(name) is None:
+        raise HTTPException(404, f"No account named {name!r}.")
     rule = BonusRule(state.settings.topup_bonus_min_usd, state.settings.topup_bonus_percent)
     try:
         credits, bonus = store.topup(name, body.usd, rule)
@@ -190,6 +195,8 @@ async def create_key(body: KeyCreate, state: AppState = Depends(get_state)) -> K
         raise HTTPException(422, str(exc)) from exc
     if store.get_account(body.account) is None:
         raise HTTPException(404, f"No account named {body.account!r}.")
+    if not body.name.isprintable() or body.name != body.name.encode("utf-8", "replace").decode():
+        raise HTTPException(422, "A key's name is printable text.")
     key, secret = state.keys.create(body.name or body.account)
     store.grant(key.id, body.account, scopes)
     return KeyCreated(id=key.id, secret=secret, account=body.account, scopes=list(scopes))
@@ -198,7 +205,7 @@ async def create_key(body: KeyCreate, state: AppState = Depends(get_state)) -> K
 @router.delete("/keys/{key_id}", status_code=204)
 async def revoke_key(key_id: str, state: AppState = Depends(get_state)) -> None:
     """Revoke a key."""
-    if not state.keys.revoke(key_id):
+    if not (key_id.isascii() and key_id.isprintable() and len(key_id) <= 64) or not state.keys.revoke(key_id):
         raise HTTPException(404, f"No active key {key_id!r}.")
 
 

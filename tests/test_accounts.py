@@ -217,3 +217,14 @@ def test_requests_per_minute_per_key_and_limits_set_by_an_admin(team) -> None:  
     assert exc.value.code == "rate_limit_exceeded"
     # Per key: the account's other keys, and other accounts, are not slowed down.
     assert httpx.get(f"{srv.base_url}/v1/models", headers={"x-key": keys["team"]}).status_code == 200
+
+
+def test_moderated_requests_cost_nothing(team) -> None:  # type: ignore[no-untyped-def]
+    srv, keys = team
+    h = {"x-key": keys["team"]}
+    r = submit(srv, keys["team"], prompt="a decapitated head, gore everywhere")
+    assert r.status_code == 200, r.text
+    assert r.json()["cost"] > 0  # quoted, held, then released when moderation refuses it
+    assert poll_result(srv.base_url, r.json()["id"], headers=h)["status"] == "Request Moderated"
+    assert httpx.get(f"{srv.base_url}/v1/credits", headers=h).json()["credits"] == 1000.0
+    assert httpx.get(f"{srv.base_url}/v1/usage", headers=h).json()["total_jobs"] == 0

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from fluxserve.backends.interfaces import EventBus
 
 MAX_HISTORY = 256
+RUN_IDS = 1_000_000
+"""Event ids one run of a job may use (a job's steps send far fewer)."""
 
 
 @dataclass
@@ -75,6 +77,14 @@ class JobEvents:
         """Whether anyone, here or on another node, is listening to ``job_id`` (previews are
         only made for listeners)."""
         return bool(self._subscribers.get(job_id)) or self.bus.watched(job_id)
+
+    def start_run(self, job_id: str, attempt: int) -> None:
+        """A run of the job begins here (call on the loop): a re-run's events get ids above
+        any of an earlier run's (attempt ``n`` counts from ``(n - 1) * RUN_IDS``), so a stream
+        that resumes with ``Last-Event-ID`` across a re-run on another worker misses nothing."""
+        base = (attempt - 1) * RUN_IDS
+        if self._seq.get(job_id, 0) < base:
+            self._seq[job_id] = base
 
     def publish(self, job_id: str, type: str, data: dict[str, Any] | None = None) -> None:
         """Publish from any thread."""

@@ -151,6 +151,7 @@ class Worker:
         """Run one claimed job to its end, and record that end whatever happens."""
         store = self.service.store
         progress: dict[str, int] = {"done": 0}
+        self.service.events.start_run(job.id, job.attempts)
         try:
             result, decision = await asyncio.to_thread(self._execute, job, progress)
         except JobCancelled:

@@ -147,19 +147,18 @@ class ProcrastinateDispatch:
         at a time (an advisory lock), so a stalled job is dealt with once."""
         app = await self._control_app()
         recovery = Recovery([], [])
-        async with app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (REAPER_LOCK,))
+        # The lock lives as long as this transaction: however the reap ends, it is let go.
+        pool = app.connector.pool  # type: ignore[attr-defined]
+        async with pool.connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (REAPER_LOCK,))
             got = await cur.fetchone()
             if not got or not got[0]:
                 return recovery
-            try:
-                stalled = await app.job_manager.get_stalled_jobs(
-                    task_name=TASK_NAME, seconds_since_heartbeat=self.stall_timeout_s
-                )
-                for pjob in stalled:
-                    await self._reap_one(app, pjob, max_attempts, recovery)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (REAPER_LOCK,))
+            stalled = await app.job_manager.get_stalled_jobs(
+                task_name=TASK_NAME, seconds_since_heartbeat=self.stall_timeout_s
+            )
+            for pjob in stalled:
+                await self._reap_one(app, pjob, max_attempts, recovery)
         if recovery.requeued:
             await asyncio.to_thread(self.store.requeue, recovery.requeued)
             log.warning("re-queued job(s) whose worker is gone: %s", ", ".join(recovery.requeued))

@@ -96,6 +96,8 @@ def test_another_accounts_job_is_invisible_everywhere(team) -> None:  # type: ig
     assert done["status"] == "Ready"
     # Another key of the same account sees it (accounts are teams) ...
     assert poll_result(srv.base_url, job, headers={"x-key": keys["team2"]})["status"] == "Ready"
+    listed = httpx.get(f"{srv.base_url}/v1/jobs", headers={"x-key": keys["team2"]}).json()["data"]
+    assert [j["id"] for j in listed] == [job]
     # ... another account's key, and a default-account key, see nothing anywhere.
     for outsider in (keys["other"], keys["legacy"]):
         h = {"x-key": outsider}

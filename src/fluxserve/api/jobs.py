@@ -114,8 +114,15 @@ async def list_jobs(
     owner: str | None = Depends(bfl_auth),
     state: AppState = Depends(get_state),
 ) -> JobList:
-    """The caller's jobs (made with this key), newest first, a page at a time."""
-    jobs = state.service.store.list_owned(owner, limit, before)
+    """The caller's jobs, newest first, a page at a time: those made with this key, or with
+    any key of its account for a named account (accounts share their jobs)."""
+    owners: list[str | None] = [owner]
+    if state.accounting is not None and owner is not None:
+        grant = state.accounting.grant(owner)
+        if grant.shared:
+            owners = list(dict.fromkeys([owner, *state.accounting.store.keys_of(grant.account)]))
+    found = [job for o in owners for job in state.service.store.list_owned(o, limit, before)]
+    jobs = sorted(found, key=lambda job: job.created_at, reverse=True)[:limit]
     base_url = state.base_url(request)
     return JobList(
         data=[_summary(state, job, base_url) for job in jobs],

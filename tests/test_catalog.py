@@ -49,6 +49,12 @@ def test_overrides_and_new_models() -> None:
     assert catalog.checkpoints() == {"/models/dev", "/models/flux"}
 
 
+def test_a_new_flux2_model() -> None:
+    catalog = ModelCatalog.from_settings(Settings(models={"my-flux2": ModelOverride(family="flux2")}))
+    mine = catalog.get("my-flux2")
+    assert mine is not None and mine.family == "flux2" and mine.input_limit == 8 and mine.takes_images
+
+
 def test_a_new_model_needs_a_family() -> None:
     with pytest.raises(ValueError, match="family"):
         ModelCatalog.from_settings(Settings(models={"mystery": ModelOverride()}))

@@ -197,7 +197,7 @@ class ModelCatalog:
                 if o.family is None:
                     raise ValueError(
                         f"model {model_id!r} is not built in: set models.{model_id}.family "
-                        "to 'kontext', 'pro' or 'ultra'"
+                        "to 'kontext', 'pro', 'ultra' or 'flux2'"
                     )
                 base = ModelEntry(
                     model_id,

@@ -44,7 +44,7 @@ class ModelOverride(BaseModel):
     guidance: float | None = Field(default=None, ge=0.0, le=20.0)
     price: float | None = Field(default=None, ge=0.0)
     # Needed only for model ids that are not in the built-in catalog.
-    family: Literal["kontext", "pro", "ultra"] | None = None
+    family: Literal["kontext", "pro", "ultra", "flux2"] | None = None
     base: str | None = None
     """For a single-file transformer checkpoint (``.safetensors``/``.gguf``): a directory or
     hub repo id holding the other components (VAE, text encoders, scheduler, transformer config)."""

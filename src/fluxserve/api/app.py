@@ -33,7 +33,7 @@ from fluxserve.jobs import JobPolicy, JobService, Worker
 from fluxserve.jobs.webhooks import WebhookDispatcher
 from fluxserve.jobs.worker import EngineWorkers, NoEngine, diffusers_engine, worker_devices, worker_name
 from fluxserve.loras import LoraLibrary
-from fluxserve.safety import Moderator, OpenNSFWClassifier
+from fluxserve.safety import Moderator
 from fluxserve.settings import Settings
 from fluxserve.upsampling import BuiltinUpsampler, ChatUpsampler, PromptUpsampler
 from fluxserve.upstreams import with_upstreams
@@ -56,17 +56,12 @@ def _upsampler(settings: Settings) -> PromptUpsampler:
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """Build the app. ``engine`` defaults to the diffusers FLUX engine."""
-    backends = open_backends(settings)
-    catalog = ModelCatalog.from_settings(settings)
     from fluxserve.engines.checkpoints import apply_checkpoint_defaults
 
+    backends = open_backends(settings)
+    catalog = ModelCatalog.from_settings(settings)
     apply_checkpoint_defaults(settings, catalog)  # family defaults, from files already here
-    moderator = Moderator(
-        enabled=settings.moderation_enabled,
-        thresholds=settings.moderation_thresholds,
-        image_thresholds=settings.moderation_image_thresholds,
-        classifier=OpenNSFWClassifier() if settings.moderation_enabled else None,
-    )
+    moderator = Moderator.from_settings(settings)
     service = JobService(
         backends.jobs,
         backends.queue,

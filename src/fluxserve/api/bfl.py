@@ -4,6 +4,7 @@ FastAPI generates) shows each model's own fields and defaults."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -131,6 +132,45 @@ def _async_response(job: Job, entry: ModelEntry, request: Request, state: AppSta
     )
 
 
+Prepare = Callable[[Any, AppState], JSONResponse | None]
+"""A route's own step before submission: adjust the body, or return an error to answer."""
+
+
+def add_model_route(
+    router: APIRouter,
+    path: str,
+    entry: ModelEntry,
+    inputs_cls: type[Inputs],
+    summary: str,
+    operation_id: str,
+    prepare: Prepare | None = None,
+) -> None:
+    """``POST path`` for one catalog model: the body validated as ``inputs_cls``, then
+    ``prepare`` (if any), then :func:`submit` with the model's current catalog entry."""
+
+    async def endpoint(
+        body: Any,
+        request: Request,
+        owner: str | None = Depends(bfl_auth),
+        state: AppState = Depends(get_state),
+    ) -> AsyncResponse | JSONResponse:
+        if prepare is not None and (refused := prepare(body, state)) is not None:
+            return refused
+        return await submit(state.catalog.get(entry.id) or entry, body, request, state, owner)
+
+    # The body type is chosen per model at runtime; give FastAPI the class itself.
+    endpoint.__annotations__["body"] = inputs_cls
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=["POST"],
+        response_model=AsyncResponse,
+        summary=summary,
+        operation_id=operation_id,
+        dependencies=[Depends(idempotency_key_header)],
+    )
+
+
 def make_router(models: list[ModelEntry]) -> APIRouter:
     """The BFL routes: one ``POST /v1/{id}`` per catalog model, then ``get_result``."""
     router = APIRouter(tags=["BFL API"])
@@ -138,30 +178,13 @@ def make_router(models: list[ModelEntry]) -> APIRouter:
     for entry in models:
         if not entry.bfl_route:
             continue
-        inputs_cls = INPUTS_BY_MODEL.get(entry.id) or INPUTS[entry.family]
-
-        def endpoint_for(entry: ModelEntry, inputs_cls: type[Inputs]):  # type: ignore[no-untyped-def]
-            async def endpoint(
-                body: inputs_cls,  # type: ignore[valid-type]
-                request: Request,
-                owner: str | None = Depends(bfl_auth),
-                state: AppState = Depends(get_state),
-            ) -> AsyncResponse | JSONResponse:
-                current = state.catalog.get(entry.id) or entry
-                return await submit(current, body, request, state, owner)
-
-            # The body type is chosen per model at runtime; give FastAPI the class itself.
-            endpoint.__annotations__["body"] = inputs_cls
-            return endpoint
-
-        router.add_api_route(
+        add_model_route(
+            router,
             f"/v1/{entry.id}",
-            endpoint_for(entry, inputs_cls),
-            methods=["POST"],
-            response_model=AsyncResponse,
+            entry,
+            INPUTS_BY_MODEL.get(entry.id) or INPUTS[entry.family],
             summary=f"Generate an image with {entry.id}",
             operation_id=f"generate_{entry.id.replace('-', '_').replace('.', '_')}",
-            dependencies=[Depends(idempotency_key_header)],
         )
 
     known = ", ".join(e.id for e in models if e.bfl_route)

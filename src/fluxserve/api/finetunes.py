@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, create_model
 
 from fluxserve.api.auth import bfl_auth
-from fluxserve.api.bfl import Inputs, submit
-from fluxserve.api.bfl_schemas import INPUTS, INPUTS_BY_MODEL, AsyncResponse
-from fluxserve.api.common import idempotency_key_header
+from fluxserve.api.bfl import Inputs, add_model_route
+from fluxserve.api.bfl_schemas import INPUTS, INPUTS_BY_MODEL
 from fluxserve.api.errors import bfl_validation_error
 from fluxserve.api.loras import LoraInput
 from fluxserve.api.state import AppState, get_state
@@ -58,6 +57,19 @@ def finetuned_inputs(inputs_cls: type[Inputs]) -> type[Inputs]:
     return model
 
 
+def apply_finetune(body: Any, state: AppState) -> JSONResponse | None:
+    """Turn ``finetune_id``/``finetune_strength`` into the body's first LoRA, or answer a 422
+    when the server has no such LoRA."""
+    finetune_id: str = body.finetune_id
+    strength: float = body.finetune_strength
+    try:
+        check_loras([(finetune_id, strength)], state.loras.names())
+    except SpecError as exc:
+        return bfl_validation_error(["body", "finetune_id"], exc.message)
+    body.loras = [LoraInput(name=finetune_id, scale=strength), *(body.loras or [])]
+    return None
+
+
 def make_finetune_router(models: list[ModelEntry]) -> APIRouter:
     """``POST /v1/{id}-finetuned`` for every BFL model, and the two finetune listing routes."""
     router = APIRouter(tags=["BFL API"])
@@ -65,35 +77,14 @@ def make_finetune_router(models: list[ModelEntry]) -> APIRouter:
     for entry in models:
         if not entry.bfl_route:
             continue
-        inputs_cls = finetuned_inputs(INPUTS_BY_MODEL.get(entry.id) or INPUTS[entry.family])
-
-        def endpoint_for(entry: ModelEntry, inputs_cls: type[Inputs]):  # type: ignore[no-untyped-def]
-            async def endpoint(
-                body: inputs_cls,  # type: ignore[valid-type]
-                request: Request,
-                owner: str | None = Depends(bfl_auth),
-                state: AppState = Depends(get_state),
-            ) -> AsyncResponse | JSONResponse:
-                finetune_id: str = body.finetune_id  # type: ignore[attr-defined]
-                strength: float = body.finetune_strength  # type: ignore[attr-defined]
-                try:
-                    check_loras([(finetune_id, strength)], state.loras.names())
-                except SpecError as exc:
-                    return bfl_validation_error(["body", "finetune_id"], exc.message)
-                body.loras = [LoraInput(name=finetune_id, scale=strength), *(body.loras or [])]  # type: ignore[attr-defined]
-                return await submit(state.catalog.get(entry.id) or entry, body, request, state, owner)
-
-            endpoint.__annotations__["body"] = inputs_cls
-            return endpoint
-
-        router.add_api_route(
+        add_model_route(
+            router,
             f"/v1/{entry.id}-finetuned",
-            endpoint_for(entry, inputs_cls),
-            methods=["POST"],
-            response_model=AsyncResponse,
+            entry,
+            finetuned_inputs(INPUTS_BY_MODEL.get(entry.id) or INPUTS[entry.family]),
             summary=f"Generate an image with {entry.id} and a finetune (a LoRA on this server)",
             operation_id=f"generate_{entry.id.replace('-', '_').replace('.', '_')}_finetuned",
-            dependencies=[Depends(idempotency_key_header)],
+            prepare=apply_finetune,
         )
 
     @router.get("/v1/my_finetunes", response_model=MyFinetunesResponse)

@@ -403,7 +403,7 @@ async def _worker_main(settings: Settings) -> int:
     from fluxserve.backends import open_backends
     from fluxserve.jobs.service import JobPolicy
     from fluxserve.loras import LoraLibrary
-    from fluxserve.safety import Moderator, OpenNSFWClassifier
+    from fluxserve.safety import Moderator
     from fluxserve.upstreams import with_upstreams
 
     backends = open_backends(settings)
@@ -413,12 +413,7 @@ async def _worker_main(settings: Settings) -> int:
         log.error("fluxserve worker needs database_url (PostgreSQL)")
         return 2
     catalog = ModelCatalog.from_settings(settings)
-    moderator = Moderator(
-        enabled=settings.moderation_enabled,
-        thresholds=settings.moderation_thresholds,
-        image_thresholds=settings.moderation_image_thresholds,
-        classifier=OpenNSFWClassifier() if settings.moderation_enabled else None,
-    )
+    moderator = Moderator.from_settings(settings)
     service = JobService(
         backends.jobs,
         backends.queue,

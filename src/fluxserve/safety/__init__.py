@@ -8,13 +8,16 @@ category, score and tolerance; what the API shows names the category only.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from fluxserve.safety.image import ImageClassifier, OpenNSFWClassifier
 from fluxserve.safety.terms import CATEGORIES, DEFAULT_IMAGE_THRESHOLDS, DEFAULT_THRESHOLDS
 from fluxserve.safety.text import match_terms
+
+if TYPE_CHECKING:
+    from fluxserve.settings import Settings
 
 SEXUAL = ("sexual_explicit", "sexual_suggestive")
 
@@ -67,6 +70,16 @@ class Moderator:
         self.thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
         self.image_thresholds = image_thresholds or list(DEFAULT_IMAGE_THRESHOLDS)
         self.classifier = classifier
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Moderator:
+        """The deployment's moderator: its switch, thresholds and (when on) the image classifier."""
+        return cls(
+            enabled=settings.moderation_enabled,
+            thresholds=settings.moderation_thresholds,
+            image_thresholds=settings.moderation_image_thresholds,
+            classifier=OpenNSFWClassifier() if settings.moderation_enabled else None,
+        )
 
     def check_prompt(self, prompt: str, tolerance: int) -> Decision:
         """Decide on a prompt at ``tolerance`` (0 strictest .. 6). Linear in the prompt's length

@@ -124,6 +124,23 @@ def test_claim_order_interactive_first_within_the_batch_delay(backend: dict[str,
     assert queue.position("new-bfl") is None
 
 
+def test_peek_leaves_jobs_queued_and_claim_queued_takes_one_job_once(backend: dict[str, Any]) -> None:
+    jobs, queue = backend["jobs"], backend["queue"]
+    now = time.time()
+    for i in range(3):
+        jobs.create(job(f"j{i}", created_at=now - 120 + i))
+    assert [j.id for j in queue.peek(2)] == ["j0", "j1"]
+    assert [j.id for j in queue.peek(10)] == ["j0", "j1", "j2"] and queue.depth() == 3
+    taken = queue.claim_queued("j1", "w#0")
+    assert taken is not None and taken.status == JobStatus.RUNNING and taken.attempts == 1
+    assert queue.claim_queued("j1", "w#1") is None  # already taken: never run twice
+    assert queue.claim_queued("nope", "w#0") is None
+    assert [j.id for j in queue.peek(10)] == ["j0", "j2"]
+    assert jobs.cancel_queued("j2")
+    assert queue.claim_queued("j2", "w#0") is None  # cancelled while queued
+    assert [c.id for c in (queue.claim_next(),) if c] == ["j0"] and queue.peek(10) == []
+
+
 def test_finish_only_under_the_current_attempt(backend: dict[str, Any]) -> None:
     jobs, queue = backend["jobs"], backend["queue"]
     jobs.create(job("j"))

@@ -112,6 +112,16 @@ class JobQueue(Protocol):
         """Mark the first queued job running (one more attempt) and return it."""
         ...
 
+    def peek(self, limit: int) -> list[Job]:
+        """The first ``limit`` queued jobs in queue order, left queued (for batching and for
+        preparing the next job while one runs)."""
+        ...
+
+    def claim_queued(self, job_id: str, worker: str) -> Job | None:
+        """Mark this job running (one more attempt, by ``worker``) if it is still queued;
+        None if it is not (another worker took it, or it was cancelled)."""
+        ...
+
     def position(self, job_id: str) -> int | None:
         """How many queued jobs run before this one; None if it is not queued."""
         ...

@@ -117,6 +117,26 @@ class MemoryJobStore:
             )
             return row.job
 
+    def peek(self, limit: int) -> list[Job]:
+        """The first ``limit`` queued jobs, left queued."""
+        with self._lock:
+            return [r.job for r in self._queued()[: max(0, limit)]]
+
+    def claim_queued(self, job_id: str, worker: str) -> Job | None:
+        """Mark this job running if it is still queued."""
+        with self._lock:
+            row = self._rows.get(job_id)
+            if row is None or row.job.status != JobStatus.QUEUED:
+                return None
+            row.job = replace(
+                row.job,
+                status=JobStatus.RUNNING,
+                attempts=row.job.attempts + 1,
+                started_at=time.time(),
+                progress=0.0,
+            )
+            return row.job
+
     def position(self, job_id: str) -> int | None:
         """Queued jobs ahead of this one."""
         with self._lock:

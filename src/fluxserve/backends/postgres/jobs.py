@@ -176,6 +176,24 @@ class PostgresJobStore:
             ).fetchone()
         return _row_to_job(row) if row else None
 
+    def peek(self, limit: int) -> list[Job]:
+        """The first ``limit`` queued jobs, left queued."""
+        rows = self._db.query(
+            "SELECT * FROM fluxserve_jobs WHERE status = 'queued' ORDER BY sort_at, seq LIMIT %s",
+            (max(0, limit),),
+        )
+        return [_row_to_job(r) for r in rows]
+
+    def claim_queued(self, job_id: str, worker: str) -> Job | None:
+        """Mark this job running under ``worker`` if it is still queued."""
+        with self._db.transaction() as c:
+            row = c.execute(
+                "UPDATE fluxserve_jobs SET status = 'running', attempts = attempts + 1, worker = %s,"
+                " started_at = %s, progress = 0 WHERE id = %s AND status = 'queued' RETURNING *",
+                (worker, time.time(), job_id),
+            ).fetchone()
+        return _row_to_job(row) if row else None
+
     def position(self, job_id: str) -> int | None:
         """Queued jobs ahead of this one."""
         rows = self._db.query(

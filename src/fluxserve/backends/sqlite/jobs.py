@@ -134,6 +134,27 @@ class SQLiteJobStore:
             r = c.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
         return _row_to_job(r)
 
+    def peek(self, limit: int) -> list[Job]:
+        """The first ``limit`` queued jobs, left queued."""
+        rows = self._db.query(
+            "SELECT * FROM jobs WHERE status = 'queued' ORDER BY COALESCE(sort_at, created_at), rowid LIMIT ?",
+            (max(0, limit),),
+        )
+        return [_row_to_job(r) for r in rows]
+
+    def claim_queued(self, job_id: str, worker: str) -> Job | None:
+        """Mark this job running if it is still queued."""
+        with self._db.transaction() as c:
+            cur = c.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
+                " progress = 0 WHERE id = ? AND status = 'queued'",
+                (time.time(), job_id),
+            )
+            if cur.rowcount != 1:
+                return None
+            r = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _row_to_job(r)
+
     def position(self, job_id: str) -> int | None:
         """Queued jobs ahead of this one."""
         rows = self._db.query(

@@ -121,14 +121,29 @@ def test_streaming_trainer_writes_state_and_checkpoint_and_resumes(
     assert meta["training"]["vae_blocks"] == "8,16,32" and meta["gpu_training"]["stage"] == "done"
 
     # The next command: the returned state carried back in, one more step, a new checkpoint
+    # (and --reuse 2: each scene of that step at two noise levels)
+    before = summary["samples"]["transformer"]
     main(
-        [*TOY, "--out", str(out2), "--resume", str(out1), "--steps", "3", "--export", str(tmp_path / "ckpt")]
+        [
+            *TOY,
+            "--out",
+            str(out2),
+            "--resume",
+            str(out1),
+            "--steps",
+            "3",
+            "--reuse",
+            "2",
+            "--export",
+            str(tmp_path / "ckpt"),
+        ]
     )
     log = capsys.readouterr().out
     assert "resuming transformer training at step 2" in log
     assert "[vae] step" not in log and "[text] step" not in log
     summary = read_summary(out2)
     assert summary is not None and summary["steps"]["transformer"] == 3 and summary["stage"] == "done"
+    assert summary["samples"]["transformer"] - before in (2 * 2, 2 * 4)  # an edit or a t2i batch, twice
     engine = DiffusersFluxEngine(lambda name: Path(name), device="cpu")
     engine.load(str(tmp_path / "ckpt"))
     img = engine.generate(EngineRequest(str(tmp_path / "ckpt"), "a red circle", 112, 64, 1, 2, 2.0))[0]

@@ -51,3 +51,4 @@ class Config:
     vae_edge_weight: float = 0.0  # extra weight of pixels on an object's outline
     vae_refine: float = 0.25  # share of the autoencoder's time with the encoder frozen
     wild_captions: float = 0.0  # share of captions with out-of-grammar words (``data.wild_caption``)
+    reuse: int = 1  # transformer steps: each drawn scene at this many noise levels (batch x reuse)

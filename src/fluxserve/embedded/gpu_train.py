@@ -431,11 +431,17 @@ class Trainer:
                         xs = render_batch(source, w, h)
                         mask = torch.maximum(mask, ((xs - x).abs().sum(1) * 127.5 > 60).float())
                         cond = pack((vae.encode(xs).latent_dist.mode().float() - run.shift) * run.scale)
+                ids = torch.from_numpy(batch["ids"]).to(dev)
+                labels = torch.from_numpy(batch["labels"]).long().to(dev)
+                if cfg.reuse > 1:  # each drawn scene at several noise levels
+                    x0, mask, ids, labels = (
+                        v.repeat_interleave(cfg.reuse, 0) for v in (x0, mask, ids, labels)
+                    )
+                    if is_edit:
+                        cond = cond.repeat_interleave(cfg.reuse, 0)
                 b = x0.shape[0]
                 lh, lw = x0.shape[2], x0.shape[3]
                 x0p = pack(x0)
-                ids = torch.from_numpy(batch["ids"]).to(dev)
-                labels = torch.from_numpy(batch["labels"]).long().to(dev)
                 drop = torch.rand(b, device=dev) < cfg.caption_dropout
                 ids = torch.where(drop[:, None], empty, ids)
                 labels = labels.masked_fill(drop[:, None, None], IGNORE)

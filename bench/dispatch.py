@@ -82,7 +82,7 @@ def stub_worker() -> None:
     from fluxserve.catalog import ModelCatalog
     from fluxserve.engines import EngineRequest
     from fluxserve.jobs import JobService
-    from fluxserve.jobs.worker import EngineWorkers
+    from fluxserve.jobs.fleet import EngineWorkers
     from fluxserve.settings import Settings
 
     class FixedImageEngine:

@@ -55,6 +55,8 @@ class ModelOverride(BaseModel):
     cache: Literal["none", "fbcache", "magcache", "taylorseer"] | None = None
     """This model's step caching (default: the top-level ``cache``)."""
     cache_threshold: float | None = Field(default=None, ge=0)
+    batch_size: int | None = Field(default=None, ge=1, le=64)
+    """This model's request batching (default: the top-level ``batch_size``)."""
     upstream: str | None = None
     """Forward this model to the upstream provider of that name (``[upstreams.NAME]``) instead
     of running a checkpoint here."""
@@ -195,6 +197,11 @@ class Settings(BaseModel):
     webhook_max_attempts: int = Field(default=10, ge=1)
     """Defaults retry for about 20 minutes (5 s, 10 s, 20 s ... 300 s) before giving up."""
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+
+    batch_size: int = Field(default=1, ge=1, le=64)
+    """Images per pipeline call: queued text-to-image jobs of one model, size, step count,
+    guidance and LoRA set run together up to this many images; 1 (the default) runs each job
+    alone. Turn it up only where ``bench/gpu.py`` shows it pays on your GPU."""
 
     max_queued_jobs: int = Field(default=1000, ge=1)
     """Submissions beyond this many queued jobs are refused with 429 and ``Retry-After``."""

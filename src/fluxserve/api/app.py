@@ -30,8 +30,15 @@ from fluxserve.catalog import BUILTIN_CHECKPOINT, ModelCatalog
 from fluxserve.engines import Engine
 from fluxserve.images import ImageLimits
 from fluxserve.jobs import JobPolicy, JobService, Worker
+from fluxserve.jobs.fleet import (
+    EngineWorkers,
+    NoEngine,
+    batch_policy,
+    diffusers_engine,
+    worker_devices,
+    worker_name,
+)
 from fluxserve.jobs.webhooks import WebhookDispatcher
-from fluxserve.jobs.worker import EngineWorkers, NoEngine, diffusers_engine, worker_devices, worker_name
 from fluxserve.loras import LoraLibrary
 from fluxserve.safety import Moderator
 from fluxserve.settings import Settings
@@ -93,7 +100,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             (worker_name(d, i), with_upstreams(engine or make_engine(d), settings, catalog))
             for i, d in enumerate(devices[: 1 if engine else None])
         ]
-        workers = EngineWorkers(service, catalog, engines, backends.dispatch, settings.worker_models)
+        workers = EngineWorkers(
+            service, catalog, engines, backends.dispatch, settings.worker_models, batch_policy(settings)
+        )
         worker = workers.workers[0]
     else:
         worker = Worker(service, NoEngine(), catalog, name="api")
@@ -167,6 +176,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if workers is not None:
+                await workers.drain()  # results generated before the stop are stored
             if backends.dispatch is not None:
                 await backends.dispatch.close()
             backends.close()

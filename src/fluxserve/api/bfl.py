@@ -232,6 +232,8 @@ def render_result(state: AppState, job: Job, base_url: str) -> ResultResponse:
         }
         if len(urls) > 1:
             result["samples"] = urls
+        if "batch" in job.result:  # fluxserve extension: it ran in one pipeline call with others
+            result["batch"] = job.result["batch"]
     return ResultResponse(
         id=job.id,
         status=STATUS_TEXT[job.status],  # type: ignore[arg-type]

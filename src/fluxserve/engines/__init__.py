@@ -69,3 +69,24 @@ class Engine(Protocol):
         """Run one request; blocking. Raises :class:`JobCancelled` when ``cancelled()``
         turns true (checked before each step). After a step for which ``want_preview(step)``
         is true, the current latents are decoded and passed to ``on_preview``."""
+
+
+def generate_batch(
+    engine: Engine,
+    requests: list[EngineRequest],
+    on_step: StepCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> list[list[Image.Image]]:
+    """Each request's images: in one call where ``engine`` batches (its ``generate_batch``),
+    else one request after another."""
+    batch = getattr(engine, "generate_batch", None)
+    if batch is not None:
+        return batch(requests, on_step=on_step, cancelled=cancelled)  # type: ignore[no-any-return]
+    return [engine.generate(r, on_step=on_step, cancelled=cancelled) for r in requests]
+
+
+def prefetch(engine: Engine, request: EngineRequest) -> bool:
+    """Let ``engine`` prepare a request that runs soon (its ``prefetch``: the prompt's text
+    encoding), from another thread while it runs; False where it has nothing to prepare."""
+    prepare = getattr(engine, "prefetch", None)
+    return bool(prepare(request)) if prepare is not None else False

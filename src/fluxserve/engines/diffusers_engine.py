@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -116,20 +117,85 @@ class DiffusersFluxEngine:
     ) -> list[Image.Image]:
         """Run one request (see :class:`~fluxserve.engines.Engine`); one at a time."""
         with self._lock:
-            m = self._load_locked(request.checkpoint)
-            loras = [(ref, self._loras.path(ref.name)) for ref in request.loras]
-            activate(m.pipe, self._adapters[request.checkpoint], loras)
-            return self._generate_locked(m, request, on_step, cancelled, want_preview, on_preview)
+            return self._run_locked(request, on_step, cancelled, want_preview, on_preview)
 
-    def _generate_locked(
+    def _run_locked(
         self,
-        m: LoadedPipeline,
-        req: EngineRequest,
+        request: EngineRequest,
         on_step: StepCallback | None,
         cancelled: Callable[[], bool] | None,
         want_preview: Callable[[int], bool] | None = None,
         on_preview: PreviewCallback | None = None,
     ) -> list[Image.Image]:
+        m = self._load_locked(request.checkpoint)
+        self._activate_locked(request)
+        return self._generate_locked(m, [request], on_step, cancelled, want_preview, on_preview)
+
+    def _activate_locked(self, request: EngineRequest) -> None:
+        """Switch the pipeline's LoRA adapters to the request's (loaded once, kept in an LRU)."""
+        loras = [(ref, self._loras.path(ref.name)) for ref in request.loras]
+        activate(self._pipes[request.checkpoint].pipe, self._adapters[request.checkpoint], loras)
+
+    def generate_batch(
+        self,
+        requests: list[EngineRequest],
+        on_step: StepCallback | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[list[Image.Image]]:
+        """Run ``requests`` as one pipeline call when they can share it (see
+        :func:`batchable`), else one after another; returns each request's images. Every image
+        still starts from its own seed's noise, so a job gets its own image, not a neighbour's;
+        batched arithmetic may differ from a lone run in the last bits (the README says how
+        much). ``on_step`` reports the batch's steps; ``cancelled()`` stops the whole batch."""
+        with self._lock:
+            m = self._load_locked(requests[0].checkpoint)
+            if not batchable(m, requests):
+                return [self._run_locked(r, on_step, cancelled) for r in requests]
+            self._activate_locked(requests[0])
+            images = self._generate_locked(m, requests, on_step, cancelled)
+        split: list[list[Image.Image]] = []
+        for r in requests:
+            split.append(images[: r.num_images])
+            images = images[r.num_images :]
+        return split
+
+    def prefetch(self, request: EngineRequest) -> bool:
+        """Encode the prompt of a job that runs soon while the current job denoises (called
+        from another thread); that job then skips its text encoders. Only where it is safe
+        beside a run: a loaded FLUX.1/Kontext pipeline kept whole on its device (no offload
+        hooks moving modules), and no LoRA directories (an adapter active for the current job
+        may patch the text encoders). On CUDA the encoders run on a side stream. Returns
+        whether anything was encoded."""
+        m = self._pipes.get(request.checkpoint)
+        if (
+            m is None
+            or m.family.name not in FLUX1_FAMILIES
+            or m.memory.mode != "gpu"
+            or self._loras.dirs
+            or self.prompt_cache.size <= 0
+        ):
+            return False
+        key = (request.checkpoint, m.max_sequence_length, ())
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        with torch.inference_mode(), torch.cuda.stream(stream) if stream is not None else nullcontext():
+            encoded = self.prompt_cache.prepare(
+                m.pipe, key, request.prompt, m.max_sequence_length, negative=m.true_cfg
+            )
+        if stream is not None:
+            stream.synchronize()  # the embeddings are complete before a run on another stream reads them
+        return encoded
+
+    def _generate_locked(
+        self,
+        m: LoadedPipeline,
+        reqs: list[EngineRequest],
+        on_step: StepCallback | None,
+        cancelled: Callable[[], bool] | None,
+        want_preview: Callable[[int], bool] | None = None,
+        on_preview: PreviewCallback | None = None,
+    ) -> list[Image.Image]:
+        """One pipeline call for ``reqs`` (one request, or a batch that :func:`batchable` allows)."""
+        req = reqs[0]
         if m.native_area:
             width, height = fit_area(req.width, req.height, m.native_area, m.multiple)
         else:
@@ -147,8 +213,9 @@ class DiffusersFluxEngine:
                 raise JobCancelled()
             return kwargs
 
-        # One CPU generator per image: results do not depend on batch size or device.
-        generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.num_images)]
+        # One CPU generator per image: each image's noise depends on its seed alone.
+        seeds = [r.seed + i for r in reqs for i in range(r.num_images)]
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs: dict[str, Any] = dict(
             prompt=req.prompt,
             height=height,
@@ -178,11 +245,13 @@ class DiffusersFluxEngine:
                 del kwargs["prompt"]
                 kwargs.pop("negative_prompt", None)
                 kwargs["num_images_per_prompt"] = 1
-                kwargs.update(
+                parts = [
                     self.prompt_cache.pipeline_kwargs(
-                        pipe, key, req.prompt, req.num_images, m.max_sequence_length, negative=m.true_cfg
+                        pipe, key, r.prompt, r.num_images, m.max_sequence_length, negative=m.true_cfg
                     )
-                )
+                    for r in reqs
+                ]
+                kwargs.update({name: torch.cat([p[name] for p in parts]) for name in parts[0]})
             images: list[Image.Image] = pipe(**kwargs).images
         if (width, height) != (req.width, req.height):  # native area: resize to the request
             images = [im.resize((req.width, req.height), Image.Resampling.LANCZOS) for im in images]
@@ -260,3 +329,21 @@ class DiffusersFluxEngine:
         decoded = pipe.vae.decode(lat.to(pipe.vae.dtype), return_dict=False)[0]
         images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")
         return images
+
+
+def batchable(m: LoadedPipeline, requests: list[EngineRequest]) -> bool:
+    """Whether ``requests`` can run as one pipeline call on ``m``: FLUX.1/Kontext text-to-image
+    requests (no input images, no mask) of one checkpoint, size, step count, guidance and LoRA
+    set; their prompts, seeds and image counts may differ."""
+    first = requests[0]
+    return (
+        len(requests) > 1
+        and m.family.name in FLUX1_FAMILIES
+        and all(
+            (r.checkpoint, r.width, r.height, r.steps, r.guidance, r.loras)
+            == (first.checkpoint, first.width, first.height, first.steps, first.guidance, first.loras)
+            and not r.images
+            and r.mask is None
+            for r in requests
+        )
+    )

@@ -7,10 +7,14 @@ Embeddings are computed once for one image and repeated for ``n`` images, which 
 what the pipelines do themselves: a cached run gives the same bytes as an uncached one.
 FLUX.1 and Kontext pipelines (and their inpainting variants) take precomputed embeddings this
 way; FLUX.2 pipelines are called with the prompt as before.
+
+The cache is thread-safe: :meth:`PromptCache.prepare` encodes the prompt of the next job in
+another thread while the current job denoises, and that job then finds its embeddings here.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
@@ -27,15 +31,22 @@ class PromptCache:
         self.size = size
         self.hits = 0
         self.misses = 0
+        self.prepared = 0
+        """Prompts encoded ahead of their job by :meth:`prepare`."""
         self._entries: OrderedDict[Hashable, tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()  # held while encoding: a prompt is encoded once
 
     def _embeddings(self, pipe: Any, key: Hashable, prompt: str, max_sequence_length: int) -> tuple[Any, Any]:
-        cached = self._entries.get(key)
-        if cached is not None:
-            self.hits += 1
-            self._entries.move_to_end(key)
-            return cached
-        self.misses += 1
+        with self._lock:
+            cached = self._entries.get(key)
+            if cached is not None:
+                self.hits += 1
+                self._entries.move_to_end(key)
+                return cached
+            self.misses += 1
+            return self._encode(pipe, key, prompt, max_sequence_length)
+
+    def _encode(self, pipe: Any, key: Hashable, prompt: str, max_sequence_length: int) -> tuple[Any, Any]:
         embeds, pooled, _ = pipe.encode_prompt(
             prompt=prompt,
             prompt_2=None,
@@ -70,6 +81,24 @@ class PromptCache:
             kwargs["negative_prompt_embeds"] = neg.repeat(num_images, 1, 1)
             kwargs["negative_pooled_prompt_embeds"] = neg_pooled.repeat(num_images, 1)
         return kwargs
+
+    def prepare(
+        self, pipe: Any, key: Hashable, prompt: str, max_sequence_length: int, negative: bool
+    ) -> bool:
+        """Encode ``prompt`` (and the empty negative prompt when ``negative``) into the cache
+        unless it is there already, without counting a hit or a miss: the job that uses it
+        later counts a hit. Returns whether anything was encoded."""
+        if self.size <= 0:
+            return False
+        encoded = False
+        for text in (prompt, "") if negative else (prompt,):
+            with self._lock:
+                if (key, text) in self._entries:
+                    continue
+                self._encode(pipe, (key, text), text, max_sequence_length)
+                self.prepared += 1
+                encoded = True
+        return encoded
 
     def clear(self) -> None:
         """Forget every entry (the counters stay)."""

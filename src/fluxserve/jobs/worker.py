@@ -1,8 +1,10 @@
-"""Engine workers: claim jobs, run the engine off the event loop, store results.
+"""One engine worker: claim jobs, run them on the engine off the event loop, store results.
 
-:class:`Worker` runs one engine. :class:`EngineWorkers` runs one per device (``gpus``): with
-SQLite each claims from the in-process queue; with PostgreSQL each is a procrastinate worker
-that takes only the models its engine loaded (:class:`~fluxserve.backends.interfaces.JobDispatch`).
+The engine is kept busy: a job's results are moderated, encoded and stored off the engine's
+path (at most ``MAX_FINISHING`` jobs wait for that) while the engine starts the next job; once
+a run's denoising has begun, the prompt of the job next in the queue is encoded beside it; and
+queued jobs that can share a pipeline call run as one batch (:mod:`fluxserve.jobs.batching`).
+Where workers live (one per device, ``fluxserve worker``) is :mod:`fluxserve.jobs.fleet`.
 """
 
 from __future__ import annotations
@@ -10,50 +12,40 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import io
 import logging
-import os
-import socket
+import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
 
 from fluxserve.catalog import ModelCatalog
-from fluxserve.engines import Engine, EngineModerated, EngineRequest, JobCancelled
+from fluxserve.engines import Engine, EngineModerated, EngineRequest, JobCancelled, generate_batch, prefetch
 from fluxserve.images import encode_image
+from fluxserve.jobs.batching import PEEK, BatchPolicy, batch_mates
 from fluxserve.jobs.models import Job, JobStatus
 from fluxserve.jobs.service import JobService
 from fluxserve.safety import Decision
 
 if TYPE_CHECKING:
     from fluxserve.backends.interfaces import JobDispatch
-    from fluxserve.loras import LoraLibrary
-    from fluxserve.settings import Settings
 
 log = logging.getLogger("fluxserve.worker")
 PREVIEW_SIDE = 256
+MAX_FINISHING = 2
+"""Runs whose results may wait to be stored while the engine goes on (then it waits too)."""
 T = TypeVar("T")
 
 
 def partial_steps(steps: int, partial_images: int) -> set[int]:
     """The steps after which OpenAI-style partial images are sent (evenly spread)."""
     return {max(1, round(k * steps / (partial_images + 1))) for k in range(1, partial_images + 1)}
-
-
-def worker_name(device: str, index: int) -> str:
-    """``cpu#0@host:pid``: which engine, on which machine and process, ran a job."""
-    return f"{device}#{index}@{socket.gethostname()}:{os.getpid()}"
-
-
-def worker_devices(gpus: Sequence[str], default: str) -> list[str]:
-    """The devices of the ``gpus`` setting, one engine worker each: ``"0"`` is ``cuda:0``;
-    anything else (``cpu``, ``cuda:1``, ``mps``) is taken as it is, repeats included (``cpu,cpu``
-    runs two workers on the CPU). Empty: one worker on ``default`` (the ``device`` setting)."""
-    return [f"cuda:{g}" if g.isdigit() else g for g in gpus] or [default]
 
 
 @dataclass
@@ -64,10 +56,21 @@ class WorkerHealth:
     last_error: str | None = None
 
 
+@dataclass
+class Generated:
+    """One job's images, fresh from the engine, with what its result records."""
+
+    images: list[Image.Image]
+    extras: dict[str, Any]
+    engine_s: float
+    batch: dict[str, Any] | None = None
+    """``{"id", "jobs"}`` when it ran in one pipeline call with other jobs."""
+
+
 class Worker:
-    """Runs jobs one at a time on one engine. Store errors (a full disk, a lost database)
-    never kill it: it logs, reports itself unhealthy (``/readyz`` answers 503), backs off and
-    retries, and carries on when the store works again."""
+    """Runs jobs on one engine, one run (a job, or a batch of jobs) at a time. Store errors (a
+    full disk, a lost database) never kill it: it logs, reports itself unhealthy (``/readyz``
+    answers 503), backs off and retries, and carries on when the store works again."""
 
     def __init__(
         self,
@@ -76,6 +79,7 @@ class Worker:
         catalog: ModelCatalog,
         name: str = "worker",
         health: WorkerHealth | None = None,
+        batching: BatchPolicy | None = None,
     ) -> None:
         self.service = service
         self.engine = engine
@@ -83,7 +87,10 @@ class Worker:
         self.name = name
         """Shown in logs and recorded in each result it makes (``result.worker``)."""
         self.health = health or WorkerHealth()
+        self.batching = batching or BatchPolicy()
         self._stopping = False
+        self._finishing: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_FINISHING)
 
     @property
     def healthy(self) -> bool:
@@ -101,7 +108,8 @@ class Worker:
         self.service.work_available.set()
 
     async def run(self) -> None:
-        """Loop until stopped: claim the next queued job and run it."""
+        """Loop until stopped: claim the next queued job (with its batch mates) and run it;
+        then wait for the last results to be stored."""
         while not self._stopping:
             job = await self._store_call(self.service.queue.claim_next)
             if job is None:
@@ -109,7 +117,14 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.service.work_available.wait(), timeout=1.0)
                 continue
-            await self.run_job(job)
+            mates = await self._store_call(functools.partial(self._claim_mates, job))
+            await self.run_batch([job, *mates])
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until every generated result has been stored and its job ended."""
+        while self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
 
     async def _store_call(self, call: Callable[[], T]) -> T:
         """``call()`` until it succeeds (or the worker stops), backing off 0.1 s .. 5 s."""
@@ -130,10 +145,23 @@ class Worker:
             self.health.last_error = None
             return value
 
+    def _claim_mates(self, job: Job) -> list[Job]:
+        """Claim the queued jobs that join ``job``'s batch (none when batching is off)."""
+        limit = self.batching.limit(job.spec.model)
+        if limit <= job.spec.num_images or not hasattr(self.engine, "generate_batch"):
+            return []
+        claimed = []
+        for mate in batch_mates(job, self.service.queue.peek(PEEK), limit):
+            taken = self.service.queue.claim_queued(mate.id, self.name)
+            if taken is not None:  # another worker may have taken it meanwhile
+                claimed.append(taken)
+        return claimed
+
     async def run_dispatched(self, job_id: str, dispatch: JobDispatch) -> None:
-        """Run the job ``dispatch`` handed us: claim it and run it; end it as Error instead
-        when it was started ``max_attempts`` times already; do nothing if it has ended (a
-        cancel while it was queued)."""
+        """Run the job ``dispatch`` handed us (with its batch mates from the queue): claim it
+        and run it; end it as Error instead when it was started ``max_attempts`` times
+        already; do nothing if it has ended (a cancel while it was queued). A job that joins
+        a batch here has its own dispatch cancelled as it is claimed (PostgreSQL)."""
         claims = dispatch.claims
         job = await self._store_call(lambda: self.service.store.get(job_id))
         if job is None or job.terminal:
@@ -145,84 +173,120 @@ class Worker:
             return
         claimed = await self._store_call(lambda: claims.claim(job_id, self.name))
         if claimed is not None:
-            await self.run_job(claimed)
+            mates = await self._store_call(functools.partial(self._claim_mates, claimed))
+            await self.run_batch([claimed, *mates])
 
-    async def run_job(self, job: Job) -> None:
-        """Run one claimed job to its end, and record that end whatever happens."""
-        store = self.service.store
+    async def run_batch(self, jobs: list[Job]) -> None:
+        """Run claimed ``jobs`` (one job, or a batch) on the engine, and return once the engine
+        is free: their results are then moderated, encoded and stored in the background, and
+        every job's end is recorded whatever happens."""
         progress: dict[str, int] = {"done": 0}
-        self.service.events.start_run(job.id, job.attempts)
+        for job in jobs:
+            self.service.events.start_run(job.id, job.attempts)
         try:
-            result, decision = await asyncio.to_thread(self._execute, job, progress)
+            outputs = await asyncio.to_thread(self._generate, jobs, progress)
         except JobCancelled:
-            details = {"error": "cancelled", "steps_done": progress["done"], "steps": job.spec.steps}
-            await self._store_call(
-                lambda: store.finish(job.id, job.attempts, JobStatus.ERROR, details=details)
-            )
+            for job in jobs:
+                details = {"error": "cancelled", "steps_done": progress["done"], "steps": job.spec.steps}
+                await self._end(job, JobStatus.ERROR, details=details)
         except EngineModerated as mod:  # an upstream provider's moderation: as our own would end
             status = JobStatus.REQUEST_MODERATED if mod.stage == "request" else JobStatus.CONTENT_MODERATED
-            public = {"moderation": {"category": mod.category, "source": mod.source}}
             blocked = {"allowed": False, "source": mod.source, "category": mod.category}
-            audit = [*(job.moderation or []), blocked]
-            await self._store_call(
-                lambda: store.finish(job.id, job.attempts, status, details=public, moderation=audit)
-            )
+            for job in jobs:
+                public = {"moderation": {"category": mod.category, "source": mod.source}}
+                await self._end(job, status, details=public, moderation=[*(job.moderation or []), blocked])
         except Exception as exc:
-            log.error("job %s failed: %s", job.id, "".join(traceback.format_exception(exc)))
-            error = {"error": f"{exc.__class__.__name__}: {exc}"}
-            await self._store_call(lambda: store.finish(job.id, job.attempts, JobStatus.ERROR, details=error))
+            log.error("jobs %s failed: %s", [j.id for j in jobs], "".join(traceback.format_exception(exc)))
+            for job in jobs:
+                await self._end(job, JobStatus.ERROR, details={"error": f"{exc.__class__.__name__}: {exc}"})
         else:
-            audit = [*(job.moderation or []), decision.audit()]
-            if not decision.allowed:
-                public = {"moderation": decision.public()}
-                await self._store_call(
-                    lambda: store.finish(
-                        job.id, job.attempts, JobStatus.CONTENT_MODERATED, details=public, moderation=audit
+            await self._slots.acquire()
+            task = asyncio.create_task(self._finish(jobs, outputs))
+            self._finishing.add(task)
+            task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, jobs: list[Job], outputs: list[Generated]) -> None:
+        """Moderate, encode and store each job's images (in a thread), then record its end."""
+        try:
+            for job, out in zip(jobs, outputs, strict=True):
+                cancelled = functools.partial(self.service.store.cancel_requested, job.id)
+                if len(jobs) > 1 and await self._store_call(cancelled):
+                    # Cancelled while its batch ran: its images are dropped (the batch ran on).
+                    details = {"error": "cancelled", "steps_done": job.spec.steps, "steps": job.spec.steps}
+                    await self._end(job, JobStatus.ERROR, details=details)
+                    continue
+                try:
+                    result, decision = await asyncio.to_thread(self._store_results, job, out)
+                except Exception as exc:
+                    log.error("job %s failed: %s", job.id, "".join(traceback.format_exception(exc)))
+                    await self._end(
+                        job, JobStatus.ERROR, details={"error": f"{exc.__class__.__name__}: {exc}"}
                     )
-                )
-            elif not await self._store_call(
-                lambda: store.finish(job.id, job.attempts, JobStatus.READY, result=result, moderation=audit)
-            ):
-                log.warning("job %s was no longer ours to finish (attempt %s)", job.id, job.attempts)
+                    continue
+                audit = [*(job.moderation or []), decision.audit()]
+                if not decision.allowed:
+                    public = {"moderation": decision.public()}
+                    await self._end(job, JobStatus.CONTENT_MODERATED, details=public, moderation=audit)
+                else:
+                    await self._end(job, JobStatus.READY, result=result, moderation=audit)
+        finally:
+            self._slots.release()
+
+    async def _end(self, job: Job, status: JobStatus, **fields: Any) -> None:
+        """Record the end of this run of ``job`` and what follows it (waiters, webhook, ledger)."""
+        store = self.service.store
+        if not await self._store_call(lambda: store.finish(job.id, job.attempts, status, **fields)):
+            log.warning("job %s was no longer ours to finish (attempt %s)", job.id, job.attempts)
         await self._store_call(lambda: self.service.job_ended(job.id))
 
-    def _execute(self, job: Job, progress: dict[str, int]) -> tuple[dict[str, Any], Decision]:
-        """Blocking part of a run (in a worker thread): generate, moderate, encode, store."""
-        spec = job.spec
+    def _generate(self, jobs: list[Job], progress: dict[str, int]) -> list[Generated]:
+        """Blocking part of a run (in a worker thread): the engine's work, and nothing else."""
         store = self.service.store
         events = self.service.events
-        entry = self.catalog.get(spec.model)
-        if entry is None:
-            raise ValueError(f"model {spec.model!r} is no longer in the catalog")
-        images = [
-            Image.open(io.BytesIO(self.service.storage.get(key))).convert("RGB") for key in spec.input_images
-        ]
-        mask = (
-            Image.open(io.BytesIO(self.service.storage.get(spec.mask_image))).convert("L")
-            if spec.mask_image
-            else None
-        )
+        requests = [self._request(job) for job in jobs]
+        first = jobs[0].spec
         last = [0.0]
-        partials = partial_steps(spec.steps, spec.partial_images)
-        preview_every = max(1, spec.steps // 5)
+        prepare_next = _PrepareNext(lambda: self._prepare_next({j.id for j in jobs}))
 
         def on_step(done: int, total: int) -> None:
             progress["done"] = done
+            prepare_next(done, total)  # the next job's prompt is encoded while this run denoises
             now = time.monotonic()
             if done == total or now - last[0] > 0.2:  # keep DB writes to a few per second
                 last[0] = now
                 # Generation is most of a job; the rest (encode, store) is the last 5 %.
-                try:
-                    store.set_progress(job.id, round(0.95 * done / total, 4))
-                except Exception as exc:  # progress is best effort; the run goes on
-                    log.warning("could not record progress of job %s: %s", job.id, exc)
-            events.publish(
-                job.id, "progress", {"step": done, "steps": total, "fraction": round(done / total, 4)}
+                for job in jobs:
+                    try:
+                        store.set_progress(job.id, round(0.95 * done / total, 4))
+                    except Exception as exc:  # progress is best effort; the run goes on
+                        log.warning("could not record progress of job %s: %s", job.id, exc)
+            for job in jobs:
+                events.publish(
+                    job.id, "progress", {"step": done, "steps": total, "fraction": round(done / total, 4)}
+                )
+
+        t0 = time.time()
+        if len(jobs) > 1:
+            batches = generate_batch(
+                self.engine,
+                requests,
+                on_step=on_step,
+                cancelled=lambda: all(store.cancel_requested(j.id) for j in jobs),
             )
+            engine_s = time.time() - t0  # the whole call: every job of the batch waited for it
+            batch = {"id": uuid.uuid4().hex[:12], "jobs": len(jobs)}
+            return [
+                Generated(images, r.extras, engine_s, batch)
+                for images, r in zip(batches, requests, strict=True)
+            ]
+
+        job = jobs[0]
+        partials = partial_steps(first.steps, first.partial_images)
+        preview_every = max(1, first.steps // 5)
 
         def want_preview(done: int) -> bool:
             return done in partials or (
-                events.has_subscribers(job.id) and done % preview_every == 0 and done < spec.steps
+                events.has_subscribers(job.id) and done % preview_every == 0 and done < first.steps
             )
 
         def on_preview(done: int, previews: list[Image.Image]) -> None:
@@ -233,242 +297,119 @@ class Worker:
             events.publish(
                 job.id,
                 "preview",
-                {"step": done, "steps": spec.steps, "image": base64.b64encode(buf.getvalue()).decode()},
+                {"step": done, "steps": first.steps, "image": base64.b64encode(buf.getvalue()).decode()},
             )
             if done in partials:
-                full = previews[0].resize((spec.width, spec.height), Image.Resampling.BILINEAR)
-                data = encode_image(full, spec.output_format, spec.output_compression)
+                full = previews[0].resize((first.width, first.height), Image.Resampling.BILINEAR)
+                data = encode_image(full, first.output_format, first.output_compression)
                 events.publish(
                     job.id,
                     "partial",
                     {"index": sorted(partials).index(done), "b64_json": base64.b64encode(data).decode()},
                 )
 
-        t0 = time.time()
-        extras: dict[str, Any] = {}  # what the engine tells us to record (an upstream's cost)
-        outputs = self.engine.generate(
-            EngineRequest(
-                checkpoint=entry.checkpoint,
-                prompt=spec.prompt,
-                width=spec.width,
-                height=spec.height,
-                seed=spec.seed,
-                steps=spec.steps,
-                guidance=spec.guidance,
-                num_images=spec.num_images,
-                images=images,
-                loras=spec.loras,
-                mask=mask,
-                extras=extras,
-            ),
+        images = self.engine.generate(
+            requests[0],
             on_step=on_step,
             cancelled=lambda: store.cancel_requested(job.id),
             want_preview=want_preview,
             on_preview=on_preview,
         )
+        return [Generated(images, requests[0].extras, time.time() - t0)]
+
+    def _request(self, job: Job) -> EngineRequest:
+        """The engine request of ``job``, its input images read from storage."""
+        spec = job.spec
+        entry = self.catalog.get(spec.model)
+        if entry is None:
+            raise ValueError(f"model {spec.model!r} is no longer in the catalog")
+        storage = self.service.storage
+        images = [Image.open(io.BytesIO(storage.get(key))).convert("RGB") for key in spec.input_images]
+        mask = Image.open(io.BytesIO(storage.get(spec.mask_image))).convert("L") if spec.mask_image else None
+        return EngineRequest(
+            checkpoint=entry.checkpoint,
+            prompt=spec.prompt,
+            width=spec.width,
+            height=spec.height,
+            seed=spec.seed,
+            steps=spec.steps,
+            guidance=spec.guidance,
+            num_images=spec.num_images,
+            images=images,
+            loras=spec.loras,
+            mask=mask,
+        )
+
+    def _prepare_next(self, running: set[str]) -> bool:
+        """Encode the prompt of the first queued job (not one of ``running``) beside the run,
+        where the engine can (best effort: a failure only loses the head start)."""
+        try:
+            for job in self.service.queue.peek(len(running) + 1):
+                entry = self.catalog.get(job.spec.model)
+                if job.id not in running and entry is not None:
+                    spec = job.spec
+                    request = EngineRequest(
+                        checkpoint=entry.checkpoint,
+                        prompt=spec.prompt,
+                        width=spec.width,
+                        height=spec.height,
+                        seed=spec.seed,
+                        steps=spec.steps,
+                        guidance=spec.guidance,
+                        loras=spec.loras,
+                    )
+                    prefetch(self.engine, request)
+                    return True
+        except Exception as exc:
+            log.warning("could not prepare the next job's prompt: %s", exc)
+        return False
+
+    def _store_results(self, job: Job, out: Generated) -> tuple[dict[str, Any], Decision]:
+        """Moderate and encode ``job``'s images and store them (in a thread, off the engine's
+        path). A blocked image is never stored."""
+        spec = job.spec
         t1 = time.time()
-        # Output moderation: a blocked image is never stored.
-        decision = self.service.moderator.check_images(outputs, spec.safety_tolerance, "output_image")
+        decision = self.service.moderator.check_images(out.images, spec.safety_tolerance, "output_image")
         if not decision.allowed:
             return {}, decision
         files = []
-        for i, img in enumerate(outputs):
+        for i, img in enumerate(out.images):
             key = f"results/{job.id}/{i}.{spec.output_format}"
             self.service.storage.put(key, encode_image(img, spec.output_format, spec.output_compression))
             files.append(key)
-        t2 = time.time()
         return {
             "files": files,
             "prompt": spec.prompt,
             "seed": spec.seed,
             "width": spec.width,
             "height": spec.height,
-            "engine_s": round(t1 - t0, 4),
-            "encode_s": round(t2 - t1, 4),
+            "engine_s": round(out.engine_s, 4),
+            "encode_s": round(time.time() - t1, 4),
             "worker": self.name,
-            **extras,
+            **({"batch": out.batch} if out.batch else {}),
+            **out.extras,
         }, decision
 
 
-class EngineWorkers:
-    """The engine workers of one process, one per engine (device). ``models`` limits the
-    models they take (PostgreSQL dispatch); empty means every model in the catalog."""
+class _PrepareNext:
+    """Looks for the next job to prepare, in a daemon thread, from a run's first step on: at
+    most one look at a time and one every ``every_s`` seconds, until one is found."""
 
-    def __init__(
-        self,
-        service: JobService,
-        catalog: ModelCatalog,
-        engines: Sequence[tuple[str, Engine]],
-        dispatch: JobDispatch | None = None,
-        models: Sequence[str] = (),
-    ) -> None:
-        unknown = [m for m in models if catalog.get(m) is None]
-        if unknown:
-            raise ValueError(f"worker_models names models not in the catalog: {', '.join(unknown)}")
-        self.service = service
-        self.catalog = catalog
-        self.dispatch = dispatch
-        self.models = list(models) or catalog.ids()
-        self.health = WorkerHealth()
-        self.workers = [Worker(service, engine, catalog, name, self.health) for name, engine in engines]
+    def __init__(self, work: Callable[[], bool], every_s: float = 0.25) -> None:
+        self._work = work
+        self._every_s = every_s
+        self._found = False
+        self._busy = False
+        self._last = -float("inf")
 
-    def checkpoints(self) -> list[str]:
-        """The checkpoints our models need, each once."""
-        return sorted({e.checkpoint for m in self.models if (e := self.catalog.get(m)) is not None})
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and not (self._found or self._busy) and now - self._last >= self._every_s:
+            self._busy, self._last = True, now
+            threading.Thread(target=self._run, name="fluxserve-prepare", daemon=True).start()
 
-    async def load(self) -> str | None:
-        """Load our checkpoints into every engine. One broken checkpoint takes down only the
-        models that use it; returns the reasons when none of our models is left."""
-        errors: list[str] = []
-        for checkpoint in self.checkpoints():
-            for worker in self.workers:
-                try:
-                    await asyncio.to_thread(worker.engine.load, checkpoint)
-                except Exception as exc:
-                    reason = str(exc) if exc.__class__.__name__ == "CheckpointError" else repr(exc)
-                    ids = self.catalog.mark_unavailable(checkpoint, reason)
-                    log.error("models %s are unavailable: %s", ", ".join(ids), reason)
-                    errors.append(reason)
-                    break
-        if not self.loaded_models():
-            return "; ".join(errors) or "no models to serve"
-        return None
-
-    def loaded_models(self) -> list[str]:
-        """Our models whose checkpoint loaded: the only ones we take."""
-        unavailable = self.catalog.unavailable_models()
-        return [m for m in self.models if m not in unavailable]
-
-    async def run(self) -> None:
-        """Run every worker until cancelled (or stopped, in-process)."""
-        dispatch = self.dispatch
-        if dispatch is None:
-            await asyncio.gather(*(w.run() for w in self.workers))
-            return
-        models = self.loaded_models()
-        await asyncio.gather(
-            *(
-                dispatch.run_worker(w.name, models, lambda job_id, w=w: w.run_dispatched(job_id, dispatch))  # type: ignore[misc]
-                for w in self.workers
-            )
-        )
-
-    def stop(self) -> None:
-        """Let in-process workers finish their job and return (dispatched ones stop when
-        :meth:`run` is cancelled)."""
-        for w in self.workers:
-            w.stop()
-
-
-class NoEngine:
-    """The engine of a process that runs none (a stateless API node, ``serve --no-worker``):
-    its workers never take a job, so it is never asked to generate."""
-
-    def load(self, checkpoint: str) -> None:
-        """Nothing to load."""
-
-    def generate(self, request: EngineRequest, *args: Any, **kwargs: Any) -> list[Image.Image]:
-        """Never called: an API node takes no jobs."""
-        raise RuntimeError("this process runs no engine (an API node started with --no-worker)")
-
-
-def diffusers_engine(settings: Settings, catalog: ModelCatalog, device: str, loras: LoraLibrary) -> Engine:
-    """The diffusers FLUX engine for one device, as the settings describe it: the server's
-    workers and ``fluxserve worker``'s are made here alike."""
-    from fluxserve.engines.checkpoints import checkpoint_resolver
-    from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
-
-    return DiffusersFluxEngine(
-        checkpoint_resolver(settings, catalog),
-        device,
-        settings.dtype,
-        loras=loras,
-        lora_cache_size=settings.lora_cache_size,
-        prompt_cache_size=settings.prompt_cache_size,
-    )
-
-
-def run_worker_process(settings: Settings) -> int:
-    """``fluxserve worker``: engine workers (one per device in ``gpus``) that take jobs from the
-    shared PostgreSQL database, with live events and the stalled-job reaper, and no HTTP API.
-    SIGTERM or SIGINT lets the running jobs finish, then returns. Returns the exit status."""
-    return asyncio.run(_worker_main(settings))
-
-
-async def _worker_main(settings: Settings) -> int:
-    import signal
-
-    from fluxserve.accounts import Accounting, open_account_store
-    from fluxserve.accounts.ledger import AccountLimits
-    from fluxserve.backends import open_backends
-    from fluxserve.jobs.service import JobPolicy
-    from fluxserve.loras import LoraLibrary
-    from fluxserve.safety import Moderator
-    from fluxserve.upstreams import with_upstreams
-
-    backends = open_backends(settings)
-    dispatch = backends.dispatch
-    if dispatch is None:
-        backends.close()
-        log.error("fluxserve worker needs database_url (PostgreSQL)")
-        return 2
-    catalog = ModelCatalog.from_settings(settings)
-    moderator = Moderator.from_settings(settings)
-    service = JobService(
-        backends.jobs,
-        backends.queue,
-        backends.webhooks,
-        backends.storage,
-        moderator,
-        policy=JobPolicy(settings.max_queued_jobs, settings.max_attempts, settings.retention_s),
-        bus=backends.bus,
-    )
-    # Jobs end here: their credit holds are settled or released here too (as on a server).
-    accounts = open_account_store(settings)
-    limits = AccountLimits(max_active_max_models=settings.account_max_active_max_models)
-    service.accounting = Accounting(accounts, catalog, limits)
-    loras = LoraLibrary(settings.lora_dirs)
-    engines: list[tuple[str, Engine]] = [
-        (
-            worker_name(device, i),
-            with_upstreams(diffusers_engine(settings, catalog, device, loras), settings, catalog),
-        )
-        for i, device in enumerate(worker_devices(settings.gpus, settings.device))
-    ]
-    try:
-        workers = EngineWorkers(service, catalog, engines, dispatch, settings.worker_models)
-    except ValueError as exc:
-        log.error("%s", exc)
-        backends.close()
-        accounts.close()
-        return 2
-    loop = asyncio.get_running_loop()
-    service.events.bind(loop)
-    main = asyncio.current_task()
-    assert main is not None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)
-    side = [
-        asyncio.create_task(service.events.run()),
-        asyncio.create_task(dispatch.reap_forever(settings.max_attempts, service.job_ended)),
-    ]
-    status = 0
-    try:
-        error = await workers.load()
-        if error is not None:
-            log.error("no model could be loaded: %s", error)
-            status = 1
-        else:
-            names = ", ".join(w.name for w in workers.workers)
-            print(f"fluxserve worker ready: {names} take {', '.join(workers.loaded_models())}", flush=True)
-            await workers.run()
-    except asyncio.CancelledError:
-        log.info("stopping: the running jobs finish first")
-    finally:
-        for t in side:
-            t.cancel()
-        await asyncio.gather(*side, return_exceptions=True)
-        await dispatch.close()
-        backends.close()
-        accounts.close()
-    return status
+    def _run(self) -> None:
+        try:
+            self._found = self._work()
+        finally:
+            self._busy = False

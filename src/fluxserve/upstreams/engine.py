@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from PIL import Image
 
 from fluxserve.catalog import ModelCatalog, parse_upstream_checkpoint
-from fluxserve.engines import Engine, EngineRequest, JobCancelled, PreviewCallback, StepCallback
+from fluxserve.engines import (
+    Engine,
+    EngineRequest,
+    JobCancelled,
+    PreviewCallback,
+    StepCallback,
+    generate_batch,
+    prefetch,
+)
 from fluxserve.engines.sources import CheckpointError
 from fluxserve.settings import UpstreamSettings
 from fluxserve.upstreams import bfl, openai
@@ -132,6 +140,19 @@ class RoutingEngine:
     def generate(self, request: EngineRequest, *args: Any, **kwargs: Any) -> list[Image.Image]:
         """Run ``request`` on the engine for its checkpoint."""
         return self._engine(request.checkpoint).generate(request, *args, **kwargs)
+
+    def generate_batch(
+        self,
+        requests: list[EngineRequest],
+        on_step: StepCallback | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[list[Image.Image]]:
+        """Run a batch on the engine for its checkpoint (an upstream runs them one by one)."""
+        return generate_batch(self._engine(requests[0].checkpoint), requests, on_step, cancelled)
+
+    def prefetch(self, request: EngineRequest) -> bool:
+        """Prepare ``request`` on the engine for its checkpoint."""
+        return prefetch(self._engine(request.checkpoint), request)
 
 
 def with_upstreams(engine: Engine, settings: Settings, catalog: ModelCatalog) -> Engine:

@@ -80,6 +80,20 @@ class DispatchingJobStore(PostgresJobStore):
             connection=c,
         )
 
+    def _take_dispatched(self, c: Connection[dict[str, Any]], job_id: str) -> bool:
+        """A worker's batch takes a queued job only while the job's procrastinate task still
+        waits, and cancels that task in the same transaction: no other worker is handed it.
+        A task being handed out right now is locked and skipped: the job stays with it."""
+        task = c.execute(
+            "SELECT id FROM procrastinate_jobs WHERE task_name = %s AND status = 'todo'"
+            " AND args->>'job_id' = %s FOR UPDATE SKIP LOCKED",
+            (TASK_NAME, job_id),
+        ).fetchone()
+        if task is None:
+            return False
+        c.execute("UPDATE procrastinate_jobs SET status = 'cancelled' WHERE id = %s", (task["id"],))
+        return True
+
     def recover(self, max_attempts: int) -> Recovery:
         """Nothing at start: jobs other nodes are running are theirs. Jobs of workers that are
         really gone come back through :meth:`ProcrastinateDispatch.reap`."""

@@ -20,6 +20,10 @@ def _json(value: Any) -> Jsonb | None:
     return Jsonb(value) if value is not None else None
 
 
+class _Untaken(Exception):
+    """A claim by name that the dispatch refused (raised to roll its transaction back)."""
+
+
 def _row_to_job(r: dict[str, Any]) -> Job:
     return Job(
         id=r["id"],
@@ -185,14 +189,25 @@ class PostgresJobStore:
         return [_row_to_job(r) for r in rows]
 
     def claim_queued(self, job_id: str, worker: str) -> Job | None:
-        """Mark this job running under ``worker`` if it is still queued."""
-        with self._db.transaction() as c:
-            row = c.execute(
-                "UPDATE fluxserve_jobs SET status = 'running', attempts = attempts + 1, worker = %s,"
-                " started_at = %s, progress = 0 WHERE id = %s AND status = 'queued' RETURNING *",
-                (worker, time.time(), job_id),
-            ).fetchone()
+        """Mark this job running under ``worker`` if it is still queued (and its dispatch, if
+        any, lets it be taken: :meth:`_take_dispatched`)."""
+        try:
+            with self._db.transaction() as c:
+                row = c.execute(
+                    "UPDATE fluxserve_jobs SET status = 'running', attempts = attempts + 1, worker = %s,"
+                    " started_at = %s, progress = 0 WHERE id = %s AND status = 'queued' RETURNING *",
+                    (worker, time.time(), job_id),
+                ).fetchone()
+                if row is not None and not self._take_dispatched(c, job_id):
+                    raise _Untaken  # rolls the claim back
+        except _Untaken:
+            return None
         return _row_to_job(row) if row else None
+
+    def _take_dispatched(self, c: Connection[dict[str, Any]], job_id: str) -> bool:
+        """Called inside the transaction that claims a queued job by name (dispatch hooks in
+        here: the job's own task must not be handed to another worker too)."""
+        return True
 
     def position(self, job_id: str) -> int | None:
         """Queued jobs ahead of this one."""

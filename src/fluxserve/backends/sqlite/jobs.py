@@ -137,7 +137,8 @@ class SQLiteJobStore:
     def peek(self, limit: int) -> list[Job]:
         """The first ``limit`` queued jobs, left queued."""
         rows = self._db.query(
-            "SELECT * FROM jobs WHERE status = 'queued' ORDER BY COALESCE(sort_at, created_at), rowid LIMIT ?",
+            "SELECT * FROM jobs WHERE status = 'queued'"
+            " ORDER BY COALESCE(sort_at, created_at), rowid LIMIT ?",
             (max(0, limit),),
         )
         return [_row_to_job(r) for r in rows]

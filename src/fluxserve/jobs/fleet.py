@@ -1,0 +1,246 @@
+"""The engine workers of one process: one :class:`~fluxserve.jobs.worker.Worker` per device
+(``gpus``), loading their checkpoints at start; and ``fluxserve worker``, a process of them
+that takes jobs from the shared PostgreSQL database.
+
+With SQLite each worker claims from the in-process queue; with PostgreSQL each is a
+procrastinate worker that takes only the models its engine loaded
+(:class:`~fluxserve.backends.interfaces.JobDispatch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from fluxserve.catalog import ModelCatalog
+from fluxserve.engines import Engine, EngineRequest
+from fluxserve.jobs.batching import BatchPolicy
+from fluxserve.jobs.service import JobService
+from fluxserve.jobs.worker import Worker, WorkerHealth
+
+if TYPE_CHECKING:
+    from fluxserve.backends.interfaces import JobDispatch
+    from fluxserve.loras import LoraLibrary
+    from fluxserve.settings import Settings
+
+log = logging.getLogger("fluxserve.worker")
+
+
+def worker_name(device: str, index: int) -> str:
+    """``cpu#0@host:pid``: which engine, on which machine and process, ran a job."""
+    return f"{device}#{index}@{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_devices(gpus: Sequence[str], default: str) -> list[str]:
+    """The devices of the ``gpus`` setting, one engine worker each: ``"0"`` is ``cuda:0``;
+    anything else (``cpu``, ``cuda:1``, ``mps``) is taken as it is, repeats included (``cpu,cpu``
+    runs two workers on the CPU). Empty: one worker on ``default`` (the ``device`` setting)."""
+    return [f"cuda:{g}" if g.isdigit() else g for g in gpus] or [default]
+
+
+def batch_policy(settings: Settings) -> BatchPolicy:
+    """The ``batch_size`` settings, global and per model."""
+    per_model = {mid: o.batch_size for mid, o in settings.models.items() if o.batch_size is not None}
+    return BatchPolicy(settings.batch_size, per_model)
+
+
+class EngineWorkers:
+    """The engine workers of one process, one per engine (device). ``models`` limits the
+    models they take (PostgreSQL dispatch); empty means every model in the catalog."""
+
+    def __init__(
+        self,
+        service: JobService,
+        catalog: ModelCatalog,
+        engines: Sequence[tuple[str, Engine]],
+        dispatch: JobDispatch | None = None,
+        models: Sequence[str] = (),
+        batching: BatchPolicy | None = None,
+    ) -> None:
+        unknown = [m for m in models if catalog.get(m) is None]
+        if unknown:
+            raise ValueError(f"worker_models names models not in the catalog: {', '.join(unknown)}")
+        self.service = service
+        self.catalog = catalog
+        self.dispatch = dispatch
+        self.models = list(models) or catalog.ids()
+        self.health = WorkerHealth()
+        self.workers = [
+            Worker(service, engine, catalog, name, self.health, batching) for name, engine in engines
+        ]
+
+    def checkpoints(self) -> list[str]:
+        """The checkpoints our models need, each once."""
+        return sorted({e.checkpoint for m in self.models if (e := self.catalog.get(m)) is not None})
+
+    async def load(self) -> str | None:
+        """Load our checkpoints into every engine. One broken checkpoint takes down only the
+        models that use it; returns the reasons when none of our models is left."""
+        errors: list[str] = []
+        for checkpoint in self.checkpoints():
+            for worker in self.workers:
+                try:
+                    await asyncio.to_thread(worker.engine.load, checkpoint)
+                except Exception as exc:
+                    reason = str(exc) if exc.__class__.__name__ == "CheckpointError" else repr(exc)
+                    ids = self.catalog.mark_unavailable(checkpoint, reason)
+                    log.error("models %s are unavailable: %s", ", ".join(ids), reason)
+                    errors.append(reason)
+                    break
+        if not self.loaded_models():
+            return "; ".join(errors) or "no models to serve"
+        return None
+
+    def loaded_models(self) -> list[str]:
+        """Our models whose checkpoint loaded: the only ones we take."""
+        unavailable = self.catalog.unavailable_models()
+        return [m for m in self.models if m not in unavailable]
+
+    async def run(self) -> None:
+        """Run every worker until cancelled (or stopped, in-process)."""
+        dispatch = self.dispatch
+        if dispatch is None:
+            await asyncio.gather(*(w.run() for w in self.workers))
+            return
+        models = self.loaded_models()
+        await asyncio.gather(
+            *(
+                dispatch.run_worker(w.name, models, lambda job_id, w=w: w.run_dispatched(job_id, dispatch))  # type: ignore[misc]
+                for w in self.workers
+            )
+        )
+
+    def stop(self) -> None:
+        """Let in-process workers finish their job and return (dispatched ones stop when
+        :meth:`run` is cancelled)."""
+        for w in self.workers:
+            w.stop()
+
+    async def drain(self, timeout_s: float = 60.0) -> None:
+        """Wait (up to ``timeout_s``) for generated results still being stored."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(w.drain() for w in self.workers)), timeout_s)
+
+
+class NoEngine:
+    """The engine of a process that runs none (a stateless API node, ``serve --no-worker``):
+    its workers never take a job, so it is never asked to generate."""
+
+    def load(self, checkpoint: str) -> None:
+        """Nothing to load."""
+
+    def generate(self, request: EngineRequest, *args: Any, **kwargs: Any) -> list[Image.Image]:
+        """Never called: an API node takes no jobs."""
+        raise RuntimeError("this process runs no engine (an API node started with --no-worker)")
+
+
+def diffusers_engine(settings: Settings, catalog: ModelCatalog, device: str, loras: LoraLibrary) -> Engine:
+    """The diffusers FLUX engine for one device, as the settings describe it: the server's
+    workers and ``fluxserve worker``'s are made here alike."""
+    from fluxserve.engines.checkpoints import checkpoint_resolver
+    from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+
+    return DiffusersFluxEngine(
+        checkpoint_resolver(settings, catalog),
+        device,
+        settings.dtype,
+        loras=loras,
+        lora_cache_size=settings.lora_cache_size,
+        prompt_cache_size=settings.prompt_cache_size,
+    )
+
+
+def run_worker_process(settings: Settings) -> int:
+    """``fluxserve worker``: engine workers (one per device in ``gpus``) that take jobs from the
+    shared PostgreSQL database, with live events and the stalled-job reaper, and no HTTP API.
+    SIGTERM or SIGINT lets the running jobs finish, then returns. Returns the exit status."""
+    return asyncio.run(_worker_main(settings))
+
+
+async def _worker_main(settings: Settings) -> int:
+    import signal
+
+    from fluxserve.accounts import Accounting, open_account_store
+    from fluxserve.accounts.ledger import AccountLimits
+    from fluxserve.backends import open_backends
+    from fluxserve.jobs.service import JobPolicy
+    from fluxserve.loras import LoraLibrary
+    from fluxserve.safety import Moderator
+    from fluxserve.upstreams import with_upstreams
+
+    backends = open_backends(settings)
+    dispatch = backends.dispatch
+    if dispatch is None:
+        backends.close()
+        log.error("fluxserve worker needs database_url (PostgreSQL)")
+        return 2
+    catalog = ModelCatalog.from_settings(settings)
+    moderator = Moderator.from_settings(settings)
+    service = JobService(
+        backends.jobs,
+        backends.queue,
+        backends.webhooks,
+        backends.storage,
+        moderator,
+        policy=JobPolicy(settings.max_queued_jobs, settings.max_attempts, settings.retention_s),
+        bus=backends.bus,
+    )
+    # Jobs end here: their credit holds are settled or released here too (as on a server).
+    accounts = open_account_store(settings)
+    limits = AccountLimits(max_active_max_models=settings.account_max_active_max_models)
+    service.accounting = Accounting(accounts, catalog, limits)
+    loras = LoraLibrary(settings.lora_dirs)
+    engines: list[tuple[str, Engine]] = [
+        (
+            worker_name(device, i),
+            with_upstreams(diffusers_engine(settings, catalog, device, loras), settings, catalog),
+        )
+        for i, device in enumerate(worker_devices(settings.gpus, settings.device))
+    ]
+    try:
+        workers = EngineWorkers(
+            service, catalog, engines, dispatch, settings.worker_models, batching=batch_policy(settings)
+        )
+    except ValueError as exc:
+        log.error("%s", exc)
+        backends.close()
+        accounts.close()
+        return 2
+    loop = asyncio.get_running_loop()
+    service.events.bind(loop)
+    main = asyncio.current_task()
+    assert main is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    side = [
+        asyncio.create_task(service.events.run()),
+        asyncio.create_task(dispatch.reap_forever(settings.max_attempts, service.job_ended)),
+    ]
+    status = 0
+    try:
+        error = await workers.load()
+        if error is not None:
+            log.error("no model could be loaded: %s", error)
+            status = 1
+        else:
+            names = ", ".join(w.name for w in workers.workers)
+            print(f"fluxserve worker ready: {names} take {', '.join(workers.loaded_models())}", flush=True)
+            await workers.run()
+    except asyncio.CancelledError:
+        log.info("stopping: the running jobs finish first")
+    finally:
+        await workers.drain()  # results generated before the stop are stored
+        for t in side:
+            t.cancel()
+        await asyncio.gather(*side, return_exceptions=True)
+        await dispatch.close()
+        backends.close()
+        accounts.close()
+    return status

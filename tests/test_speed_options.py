@@ -77,11 +77,13 @@ def test_speed_options_come_from_settings_per_model() -> None:
         environ={"FLUXSERVE_CACHE": "fbcache", "FLUXSERVE_CACHE_THRESHOLD": "0.08", "FLUXSERVE_COMPILE": "1"},
         models={"flux-dev": {"cache": "taylorseer", "cache_threshold": 4}},
     )
+    cache_dir = str(settings.data_dir / "compile-cache")
+    sizes = ("1024x1024",)
     assert speed_options(settings, "flux-kontext-pro") == SpeedOptions(
-        compile=True, cache="fbcache", cache_threshold=0.08
+        compile=True, cache="fbcache", cache_threshold=0.08, warmup_sizes=sizes, compile_cache_dir=cache_dir
     )
     assert speed_options(settings, "flux-dev") == SpeedOptions(
-        compile=True, cache="taylorseer", cache_threshold=4
+        compile=True, cache="taylorseer", cache_threshold=4, warmup_sizes=sizes, compile_cache_dir=cache_dir
     )
     with pytest.raises(ValueError):
         Settings.load(environ={"FLUXSERVE_CACHE": "teacache"})

@@ -12,9 +12,12 @@ tracing" line per graph dynamo traces).
 from __future__ import annotations
 
 import io
+import json
 import re
+import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -22,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_checkpoints import build_tiny_flux2_klein
 
 from conftest import Server, poll_result
 from fluxserve.engines import EngineRequest
@@ -29,6 +33,7 @@ from fluxserve.engines.checkpoints import speed_options
 from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
 from fluxserve.engines.sources import CheckpointSource
 from fluxserve.engines.speed import SpeedOptions, auto_compile, auto_quantize, choose_quantize
+from fluxserve.engines.warmup import WARMUP_STEPS, WarmupRun, warm_up
 from fluxserve.settings import Settings
 
 TRACE = "torchdynamo start tracing"
@@ -111,6 +116,44 @@ def test_speed_settings_defaults_and_per_model_warmup_sizes(tmp_path: Path) -> N
             Settings.load(environ={"FLUXSERVE_WARMUP_SIZES": bad})
     with pytest.raises(ValueError):
         Settings.load(environ={}, models={"flux-dev": {"warmup_sizes": ["big"]}})
+
+
+# -- the warm-up's generations (eager here: what they run, not what they compile) ----------
+
+
+def transformer_calls(checkpoint: Path, sizes: list[str]) -> tuple[int, list[WarmupRun]]:
+    """Transformer calls of a warm-up of ``sizes`` on ``checkpoint`` loaded uncompiled (the
+    warm-up is forced on: it runs the same generations whether or not the blocks compile)."""
+    e = DiffusersFluxEngine(
+        lambda _: CheckpointSource(str(checkpoint), speed=SpeedOptions(compile=False)), "cpu", "float32"
+    )
+    e.load("ckpt")
+    loaded = e.loaded("ckpt")
+    assert loaded is not None and not loaded.compiled
+    assert warm_up(loaded, sizes, "ckpt") == []  # not compiled: nothing to warm
+    calls = [0]
+    loaded.pipe.transformer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    runs = warm_up(replace(loaded, compiled=True), sizes, "ckpt")
+    return calls[0], runs
+
+
+def test_warm_up_runs_each_size_through_the_request_paths(
+    tiny_checkpoint: Path, tiny_flux_checkpoint: Path, tmp_path: Path
+) -> None:
+    # FLUX.1 Kontext: text to image and an edit per size, one pass per step.
+    calls, runs = transformer_calls(tiny_checkpoint, ["64x64", "96x64"])
+    assert calls == 2 * 2 * WARMUP_STEPS and [r.size for r in runs] == ["64x64", "96x64"]
+    assert all(r.seconds > 0 and r.graphs == 0 for r in runs)
+    # FLUX.2 klein: its edits take the reference as a list.
+    klein = build_tiny_flux2_klein(tmp_path / "klein", seed=3)
+    assert transformer_calls(klein, ["64x64"])[0] == 2 * WARMUP_STEPS
+    # A true-CFG checkpoint (the embedded model's kind): the negative pass runs too.
+    cfg = tmp_path / "true-cfg"
+    shutil.copytree(tiny_flux_checkpoint, cfg)
+    extra = json.loads((cfg / "fluxserve.json").read_text())
+    (cfg / "fluxserve.json").write_text(json.dumps({**extra, "true_cfg": True}))
+    assert transformer_calls(cfg, ["64x64"])[0] == 2 * WARMUP_STEPS
+    assert transformer_calls(tiny_flux_checkpoint, ["64x64"])[0] == WARMUP_STEPS
 
 
 # -- warm-up and the on-disk cache, through real servers ------------------------------------

@@ -35,6 +35,21 @@ err_console = Console(stderr=True)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where jobs, results and keys live.")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
+KeyMaxActive = Annotated[
+    int | None,
+    typer.Option(
+        "--max-active",
+        help="The key's own active-task limit (on top of its account's).",
+        min=1,
+        max=1_000_000_000,
+    ),
+]
+KeyRpm = Annotated[
+    int | None,
+    typer.Option(
+        "--rpm", help="The key's own requests per minute (on top of its account's).", min=1, max=1_000_000_000
+    ),
+]
 Gpus = Annotated[
     str | None,
     typer.Option(
@@ -201,18 +216,23 @@ def keys_create(
         str | None,
         typer.Option("--scope", help="Comma-separated generate,read,admin (with --account: generate,read)."),
     ] = None,
+    max_active: KeyMaxActive = None,
+    rpm: KeyRpm = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
     """Create a key. It is printed once; only its hash is stored."""
     with server_imports():
-        from fluxserve.accounts import open_account_store, parse_scopes
+        from fluxserve.accounts import ALL_SCOPES, open_account_store, parse_scopes
         from fluxserve.accounts.models import DEFAULT_GRANT_SCOPES
         from fluxserve.backends import open_key_store
 
     settings = _settings(config, data_dir=data_dir)
-    scopes = None
-    if account is not None or scope is not None:
+    scopes: tuple[str, ...] | None = None
+    if account is None and scope is None and (max_active is not None or rpm is not None):
+        scopes = ALL_SCOPES  # a default-account key with limits of its own: a grant row to hold them
+        store = open_account_store(settings)
+    elif account is not None or scope is not None:
         try:
             scopes = parse_scopes(scope) if scope else DEFAULT_GRANT_SCOPES
         except ValueError as exc:
@@ -226,9 +246,48 @@ def keys_create(
             raise typer.Exit(1)
     key, secret = open_key_store(settings).create(name)
     if scopes is not None:
-        store.grant(key.id, account or "default", scopes)
+        store.grant(key.id, account or "default", scopes, max_active, rpm)
     err_console.print(f"Created key [bold]{key.id}[/bold] ({name}). Store it now: it is not shown again.")
     print(secret)
+
+
+@keys_app.command("limits")
+def keys_limits(
+    key_id: str,
+    max_active: KeyMaxActive = None,
+    rpm: KeyRpm = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Remove the key's own limits (then apply --max-active/--rpm).")
+    ] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Set a key's own limits (on top of its account's: the tighter wins); options left out
+    keep their value; with no option, show them."""
+    with server_imports():
+        from fluxserve.backends import open_key_store
+
+    settings, store = _account_store(data_dir, config)
+    if not any(k.id == key_id for k in open_key_store(settings).list()):
+        err_console.print(f"[red]error:[/red] no key with id {key_id!r} (see: fluxserve keys list)")
+        raise typer.Exit(1)
+    grant = store.grant_of(key_id)
+    if clear or max_active is not None or rpm is not None:
+        grant = store.set_key_limits(
+            key_id,
+            max_active if max_active is not None else (None if clear else grant.max_active),
+            rpm if rpm is not None else (None if clear else grant.rpm),
+        )
+    account = store.get_account(grant.account)
+
+    def show(own: int | None, of_account: int | None) -> str:
+        mine = "none" if own is None else str(own)
+        return f"{mine} (account {grant.account!r}: {'none' if of_account is None else of_account})"
+
+    err_console.print(
+        f"Key {key_id}: max active {show(grant.max_active, account.max_active if account else None)}, "
+        f"rpm {show(grant.rpm, account.rpm if account else None)}."
+    )
 
 
 def _account_store(data_dir: Path | None, config: Path | None) -> tuple[Settings, Any]:
@@ -362,13 +421,24 @@ def usage(
 def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """List keys (ids and names, never the secrets)."""
     with server_imports():
+        from fluxserve.accounts import open_account_store
         from fluxserve.backends import open_key_store
 
     settings = _settings(config, data_dir=data_dir)
-    table = Table("id", "name", "created", "status")
+    accounts = open_account_store(settings)
+    table = Table("id", "name", "created", "status", "account", "max active", "rpm")
     for k in open_key_store(settings).list():
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created_at))
-        table.add_row(k.id, k.name, created, "revoked" if k.revoked_at else "active")
+        grant = accounts.grant_of(k.id)
+        table.add_row(
+            k.id,
+            k.name,
+            created,
+            "revoked" if k.revoked_at else "active",
+            grant.account,
+            "-" if grant.max_active is None else str(grant.max_active),
+            "-" if grant.rpm is None else str(grant.rpm),
+        )
     console.print(table)
 
 

@@ -13,6 +13,10 @@ Rules (also in the README):
   nothing.
 - Accounts with an unlimited balance record holds and settlements of 0 credits with the cost
   beside them, so usage reports work for them too.
+
+Limits: the account's ``max_active`` and ``rpm``, and a key's own (``Grant.max_active``,
+``Grant.rpm``) on top of them: the tighter one wins; a key limit never lifts its account's.
+Either refusal is :class:`LimitReached` (429 + ``Retry-After``), naming whose limit it was.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ class Accounting:
         self.store = store
         self.catalog = catalog
         self.limits = limits or AccountLimits()
+        self.requests = store.request_counter()
+        """Requests per minute per key (shared by the API nodes on PostgreSQL)."""
         self.on_end: list[Callable[[Job, bool, float], None]] = []
         """Called once per job whose hold ended: (job, charged, its cost in credits)."""
 
@@ -101,12 +107,54 @@ class Accounting:
                 "retry when one of them has finished",
                 self.limits.retry_after_s,
             )
+        if why == "key_active":
+            account = self.store.get_account(grant.account)
+            allows = (
+                f"{account.max_active} for the whole account"
+                if account is not None and account.max_active is not None
+                else "no limit for the whole account"
+            )
+            raise LimitReached(
+                f"API key {grant.key_id} has {grant.max_active} active tasks (this key's own limit; "
+                f"account {grant.account!r} has {allows}); retry when one of them has finished, or "
+                f"have an admin raise it: fluxserve keys limits {grant.key_id} --max-active N",
+                self.limits.retry_after_s,
+            )
         if why == "active_model":
             raise LimitReached(
                 f"account {grant.account!r} has {self.limits.max_active_max_models} active tasks "
                 f"of *{MAX_MODEL_SUFFIX} models (their limit); retry when one of them has finished",
                 self.limits.retry_after_s,
             )
+
+    def admit_request(self, grant: Grant) -> None:
+        """Count one request of the grant's key against its requests per minute (the tighter
+        of the key's own ``rpm`` and its account's); raises :class:`LimitReached` (and does not
+        count it) when the minute's requests are used up."""
+        if grant.key_id is None:
+            return
+        account = self.store.get_account(grant.account)
+        limit = grant.effective_rpm(account.rpm if account is not None else None)
+        if limit is None:
+            return
+        per_minute, own = limit
+        wait = self.requests.admit(grant.key_id, per_minute)
+        if wait is None:
+            return
+        if own:
+            account_rpm = account.rpm if account is not None else None
+            allows = f"{account_rpm} per key" if account_rpm is not None else "no limit"
+            message = (
+                f"Rate limit reached: API key {grant.key_id} may make {per_minute} requests per minute "
+                f"(this key's own limit; account {grant.account!r} allows {allows}); retry in {wait} s, "
+                f"or have an admin raise it: fluxserve keys limits {grant.key_id} --rpm N"
+            )
+        else:
+            message = (
+                f"Rate limit reached: {per_minute} requests per minute per key (account "
+                f"{grant.account!r}'s limit); retry in {wait} s"
+            )
+        raise LimitReached(message, wait)
 
     def release(self, job_id: str) -> None:
         """Give back a hold for a job that was never made (a failed create, an idempotent

@@ -12,6 +12,9 @@ ALL_SCOPES = ("generate", "read", "admin")
 """``generate``: submit and cancel jobs; ``read``: results, events, jobs, models, prices,
 credits, usage; ``admin``: the ``/v1/admin/...`` routes."""
 
+MAX_LIMIT = 1_000_000_000
+"""The highest ``max_active`` or ``rpm`` an account or key may be given (a database INTEGER)."""
+
 DEFAULT_GRANT_SCOPES = ("generate", "read")
 """Scopes of a key created with ``--account`` and no ``--scope``."""
 
@@ -45,12 +48,25 @@ class Account:
 
 @dataclass(frozen=True)
 class Grant:
-    """What a key may do: its account and scopes. Keys without a grant row belong to
-    :data:`DEFAULT_ACCOUNT` with every scope (as every key had before accounts existed)."""
+    """What a key may do: its account, scopes and optional per-key limits. Keys without a
+    grant row belong to :data:`DEFAULT_ACCOUNT` with every scope (as every key had before
+    accounts existed) and no limits of their own.
+
+    A key's limits apply on top of its account's: ``max_active`` caps the key's own queued +
+    running jobs, ``rpm`` its requests per minute; None: only the account's limit applies."""
 
     key_id: str | None
     account: str
     scopes: tuple[str, ...]
+    max_active: int | None = None
+    rpm: int | None = None
+
+    def effective_rpm(self, account_rpm: int | None) -> tuple[int, bool] | None:
+        """The requests per minute this key may make given its account's ``rpm``: (the limit,
+        whether it is the key's own), the tighter of the two; None: no limit."""
+        if self.rpm is not None and (account_rpm is None or self.rpm <= account_rpm):
+            return self.rpm, True
+        return (account_rpm, False) if account_rpm is not None else None
 
     @property
     def shared(self) -> bool:

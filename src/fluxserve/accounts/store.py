@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fluxserve.accounts.limits import RateLimiter, RequestCounter, SharedRateLimiter
 from fluxserve.accounts.models import (
     ALL_SCOPES,
     DEFAULT_ACCOUNT,
+    MAX_LIMIT,
     Account,
     BonusRule,
     Grant,
@@ -35,9 +37,11 @@ CREATE TABLE IF NOT EXISTS accounts (
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS account_keys (
-    key_id  TEXT PRIMARY KEY,
-    account TEXT NOT NULL,
-    scopes  TEXT NOT NULL
+    key_id     TEXT PRIMARY KEY,
+    account    TEXT NOT NULL,
+    scopes     TEXT NOT NULL,
+    max_active INTEGER,
+    rpm        INTEGER
 );
 CREATE TABLE IF NOT EXISTS ledger (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,6 +57,13 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_job_kind ON ledger (job_id, kind);
 CREATE INDEX IF NOT EXISTS ledger_by_account ON ledger (account, kind, at);
 """
+
+SQLITE_COLUMNS = (
+    ("account_keys", "max_active", "INTEGER"),
+    ("account_keys", "rpm", "INTEGER"),
+)
+"""Columns added after the accounts tables first shipped; an older SQLite file gains them on
+open (PostgreSQL: a numbered migration, ``fluxserve db upgrade``)."""
 
 
 class AccountError(ValueError):
@@ -151,20 +162,45 @@ class AccountStore:
 
     # grants ---------------------------------------------------------------------------------
 
-    def grant(self, key_id: str, account: str, scopes: Sequence[str]) -> Grant:
-        """Give a key its account and scopes."""
+    def grant(
+        self,
+        key_id: str,
+        account: str,
+        scopes: Sequence[str],
+        max_active: int | None = None,
+        rpm: int | None = None,
+    ) -> Grant:
+        """Give a key its account, scopes and limits (None: only the account's applies)."""
         if self.get_account(account) is None:
             raise AccountError(f"no account named {account!r}: create it with fluxserve accounts create")
+        _check_limits(max_active, rpm)
         with self._db.transaction() as c:
             c.execute(
                 self._sql(
-                    "INSERT INTO {account_keys} (key_id, account, scopes) VALUES (?, ?, ?) "
-                    "ON CONFLICT (key_id) DO UPDATE SET account = excluded.account, scopes = excluded.scopes"
+                    "INSERT INTO {account_keys} (key_id, account, scopes, max_active, rpm) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET account = excluded.account, "
+                    "scopes = excluded.scopes, max_active = excluded.max_active, rpm = excluded.rpm"
                 ),
-                (key_id, account, ",".join(scopes)),
+                (key_id, account, ",".join(scopes), max_active, rpm),
             )
         self._grants.pop(key_id, None)
-        return Grant(key_id, account, tuple(scopes))
+        return Grant(key_id, account, tuple(scopes), max_active, rpm)
+
+    def set_key_limits(self, key_id: str, max_active: int | None, rpm: int | None) -> Grant:
+        """Replace a key's own limits (None: none). A key without a grant row (the default
+        account's) gets one with its default grant, so its account and scopes stay the same."""
+        _check_limits(max_active, rpm)
+        with self._db.transaction() as c:
+            c.execute(
+                self._sql(
+                    "INSERT INTO {account_keys} (key_id, account, scopes, max_active, rpm) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET "
+                    "max_active = excluded.max_active, rpm = excluded.rpm"
+                ),
+                (key_id, DEFAULT_ACCOUNT, ",".join(ALL_SCOPES), max_active, rpm),
+            )
+        self._grants.pop(key_id, None)
+        return self.grant_of(key_id)
 
     def grant_of(self, key_id: str | None) -> Grant:
         """The key's grant (cached for two seconds); the default grant for None or a key
@@ -176,10 +212,17 @@ class AccountStore:
         if cached is not None and now - cached[0] < 2.0:
             return cached[1]
         rows = self._db.query(
-            self._sql("SELECT account, scopes FROM {account_keys} WHERE key_id = ?"), (key_id,)
+            self._sql("SELECT account, scopes, max_active, rpm FROM {account_keys} WHERE key_id = ?"),
+            (key_id,),
         )
         grant = (
-            Grant(key_id, rows[0]["account"], tuple(rows[0]["scopes"].split(",")))
+            Grant(
+                key_id,
+                rows[0]["account"],
+                tuple(rows[0]["scopes"].split(",")),
+                rows[0]["max_active"],
+                rows[0]["rpm"],
+            )
             if rows
             else Grant(key_id, DEFAULT_ACCOUNT, ALL_SCOPES)
         )
@@ -221,12 +264,17 @@ class AccountStore:
                 self._sql("UPDATE {accounts} SET balance = balance + ? WHERE name = ?"), (amount, account)
             )
 
-    def _open_holds(self, c: Any, account: str, model_suffix: str | None = None) -> int:
+    def _open_holds(
+        self, c: Any, account: str, model_suffix: str | None = None, key_id: str | None = None
+    ) -> int:
         sql = (
             "SELECT COUNT(*) AS n FROM {ledger} h WHERE h.account = ? AND h.kind = 'hold' AND NOT EXISTS "
             "(SELECT 1 FROM {ledger} e WHERE e.job_id = h.job_id AND e.kind IN ('settle', 'release'))"
         )
         params: tuple[Any, ...] = (account,)
+        if key_id is not None:
+            sql += " AND h.key_id = ?"
+            params += (key_id,)
         if model_suffix:
             sql += " AND h.model LIKE ?"
             params += ("%" + model_suffix,)
@@ -241,9 +289,12 @@ class AccountStore:
         cost: float,
         max_model_active: tuple[str, int] | None = None,
     ) -> str | None:
-        """Hold ``cost`` credits for a job about to be made, if the account's limits and balance
-        allow it. Returns None when held, else why not: ``"active"``, ``"active_model"`` or
-        ``"credits"``. Unlimited accounts record a hold of 0 (and the cost, for usage)."""
+        """Hold ``cost`` credits for a job about to be made, if the account's and the key's
+        limits and the balance allow it. Returns None when held, else why not: ``"active"``,
+        ``"active_model"``, ``"key_active"`` (the key's own ``max_active``) or ``"credits"``.
+        Unlimited accounts record a hold of 0 (and the cost, for usage). The key's count is
+        taken under the account's row lock, like the account's, so concurrent submissions of
+        one key on several nodes never pass its limit."""
         now = time.time()
         with self._db.transaction() as c:
             row = self._lock_account(c, grant.account)
@@ -255,6 +306,9 @@ class AccountStore:
                 suffix, limit = max_model_active or ("", 0)
                 if suffix and model.endswith(suffix) and self._open_holds(c, grant.account, suffix) >= limit:
                     return "active_model"
+            key_limit = grant.max_active
+            if key_limit is not None and self._open_holds(c, grant.account, key_id=grant.key_id) >= key_limit:
+                return "key_active"
             balance = row["balance"]
             if balance is not None and balance < cost - 1e-9:
                 return "credits"
@@ -345,15 +399,29 @@ class AccountStore:
         if close is not None:
             close()
 
-    def active(self, account: str) -> int:
-        """Jobs of the account holding credits now (queued or running)."""
+    def active(self, account: str, key_id: str | None = None) -> int:
+        """Jobs of the account (with ``key_id``: of that key of it) holding credits now
+        (queued or running)."""
         with self._db.transaction() as c:
-            return self._open_holds(c, account)
+            return self._open_holds(c, account, key_id=key_id)
+
+    def request_counter(self) -> RequestCounter:
+        """The requests-per-minute counter for this database: shared by every API node on
+        PostgreSQL (one count per key in the database), per process on SQLite."""
+        if self._postgres:
+            return SharedRateLimiter(self._db, self._prefix + "key_requests")
+        return RateLimiter()
 
 
 def valid_name(name: str) -> bool:
     """Whether ``name`` can name an account: 1 to 64 ASCII letters, digits, '-' or '_'."""
     return 0 < len(name) <= 64 and name.isascii() and name.replace("-", "").replace("_", "").isalnum()
+
+
+def _check_limits(max_active: int | None, rpm: int | None) -> None:
+    for name, value in (("max_active", max_active), ("rpm", rpm)):
+        if value is not None and not 1 <= value <= MAX_LIMIT:
+            raise AccountError(f"{name} is a whole number from 1 to {MAX_LIMIT} (or none)")
 
 
 def _account(r: Any) -> Account:
@@ -384,4 +452,8 @@ def open_account_store(settings: Settings, db: SqlDatabase | None = None) -> Acc
         for statement in SQLITE_SCHEMA.split(";"):
             if statement.strip():
                 c.execute(statement)
+        for table, column, kind in SQLITE_COLUMNS:
+            have = {r["name"] for r in c.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     return AccountStore(db, "", "?")

@@ -11,21 +11,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fluxserve.accounts import ALL_SCOPES, DEFAULT_ACCOUNT, Account, BonusRule, parse_scopes
 from fluxserve.accounts.ledger import Accounting
-from fluxserve.accounts.models import DEFAULT_GRANT_SCOPES
+from fluxserve.accounts.models import DEFAULT_GRANT_SCOPES, MAX_LIMIT
 from fluxserve.accounts.store import AccountError
 from fluxserve.api.auth import bfl_auth
 from fluxserve.api.state import AppState, get_state
+from fluxserve.keys import ApiKey
 
 router = APIRouter(prefix="/v1/admin", tags=["Admin"], dependencies=[Depends(bfl_auth)])
 
 
 class KeyInfo(BaseModel):
-    """A key as an account lists it."""
+    """A key as an account lists it, with its own limits (null: only the account's apply)."""
 
     id: str
     name: str
+    account: str
     scopes: list[str]
     revoked: bool
+    max_active: int | None = Field(description="This key's own active-task limit; null: none.")
+    rpm: int | None = Field(description="This key's own requests per minute; null: none.")
+    active: int = Field(description="This key's queued + running jobs now.")
 
 
 class AccountInfo(BaseModel):
@@ -49,18 +54,19 @@ class AccountCreate(BaseModel):
         default=None, ge=0, description="Initial credits in USD; omit: unlimited."
     )
     max_active: int | None = Field(
-        default=None, ge=1, description="Default: the server's account_max_active."
+        default=None, ge=1, le=MAX_LIMIT, description="Default: the server's account_max_active."
     )
-    rpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
 
 
 class Limits(BaseModel):
-    """``PUT /v1/admin/accounts/{name}/limits``: null removes a limit."""
+    """``PUT /v1/admin/accounts/{name}/limits`` and ``PUT /v1/admin/keys/{key_id}/limits``:
+    null (or left out) removes a limit. A key's limits apply on top of its account's."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_active: int | None = Field(default=None, ge=1)
-    rpm: int | None = Field(default=None, ge=1)
+    max_active: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
 
 
 class Topup(BaseModel):
@@ -87,6 +93,12 @@ class KeyCreate(BaseModel):
     account: str
     name: str = Field(default="", max_length=200)
     scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_GRANT_SCOPES))
+    max_active: int | None = Field(
+        default=None, ge=1, le=MAX_LIMIT, description="This key's own active-task limit."
+    )
+    rpm: int | None = Field(
+        default=None, ge=1, le=MAX_LIMIT, description="This key's own requests per minute."
+    )
 
 
 class KeyCreated(BaseModel):
@@ -96,6 +108,8 @@ class KeyCreated(BaseModel):
     secret: str
     account: str
     scopes: list[str]
+    max_active: int | None = None
+    rpm: int | None = None
 
 
 def _accounting(state: AppState) -> Accounting:
@@ -108,13 +122,12 @@ def account_info(state: AppState, account: Account) -> AccountInfo:
     """An account as the admin API and ``fluxserve accounts list`` show it."""
     accounting = _accounting(state)
     granted = set(accounting.store.keys_of(account.name))
-    keys = []
-    for k in state.keys.list():
-        if k.id in granted or (account.name == DEFAULT_ACCOUNT and k.id not in _all_granted(accounting)):
-            grant = accounting.store.grant_of(k.id)
-            keys.append(
-                KeyInfo(id=k.id, name=k.name, scopes=list(grant.scopes), revoked=k.revoked_at is not None)
-            )
+    everyone = _all_granted(accounting) if account.name == DEFAULT_ACCOUNT else set()
+    keys = [
+        key_info(accounting, k)
+        for k in state.keys.list()
+        if k.id in granted or (account.name == DEFAULT_ACCOUNT and k.id not in everyone)
+    ]
     return AccountInfo(
         name=account.name,
         credits=account.balance,
@@ -122,6 +135,21 @@ def account_info(state: AppState, account: Account) -> AccountInfo:
         rpm=account.rpm,
         active=accounting.store.active(account.name),
         keys=keys,
+    )
+
+
+def key_info(accounting: Accounting, key: ApiKey) -> KeyInfo:
+    """A key with its account, scopes, own limits and active tasks."""
+    grant = accounting.store.grant_of(key.id)
+    return KeyInfo(
+        id=key.id,
+        name=key.name,
+        account=grant.account,
+        scopes=list(grant.scopes),
+        revoked=key.revoked_at is not None,
+        max_active=grant.max_active,
+        rpm=grant.rpm,
+        active=accounting.store.active(grant.account, key.id),
     )
 
 
@@ -198,8 +226,39 @@ async def create_key(body: KeyCreate, state: AppState = Depends(get_state)) -> K
     if not body.name.isprintable() or body.name != body.name.encode("utf-8", "replace").decode():
         raise HTTPException(422, "A key's name is printable text.")
     key, secret = state.keys.create(body.name or body.account)
-    store.grant(key.id, body.account, scopes)
-    return KeyCreated(id=key.id, secret=secret, account=body.account, scopes=list(scopes))
+    store.grant(key.id, body.account, scopes, body.max_active, body.rpm)
+    return KeyCreated(
+        id=key.id,
+        secret=secret,
+        account=body.account,
+        scopes=list(scopes),
+        max_active=body.max_active,
+        rpm=body.rpm,
+    )
+
+
+@router.get("/keys", response_model=list[KeyInfo])
+async def list_keys(state: AppState = Depends(get_state)) -> list[KeyInfo]:
+    """Every key (never its secret) with its account, scopes, own limits and active tasks."""
+    accounting = _accounting(state)
+    return [key_info(accounting, k) for k in state.keys.list()]
+
+
+@router.put("/keys/{key_id}/limits", response_model=KeyInfo)
+async def set_key_limits(key_id: str, body: Limits, state: AppState = Depends(get_state)) -> KeyInfo:
+    """Replace a key's own limits; they apply on top of its account's (the tighter wins)."""
+    accounting = _accounting(state)
+    key = _find_key(state, key_id)
+    if key is None:
+        raise HTTPException(404, f"No key {key_id!r}.")
+    accounting.store.set_key_limits(key.id, body.max_active, body.rpm)
+    return key_info(accounting, key)
+
+
+def _find_key(state: AppState, key_id: str) -> ApiKey | None:
+    if not (key_id.isascii() and key_id.isprintable() and len(key_id) <= 64):
+        return None
+    return next((k for k in state.keys.list() if k.id == key_id), None)
 
 
 @router.delete("/keys/{key_id}", status_code=204)

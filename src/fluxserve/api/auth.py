@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import HTTPException, Request
 
+from fluxserve.accounts import LimitReached
 from fluxserve.api.errors import OpenAIError
 from fluxserve.api.state import get_state
 
@@ -75,15 +76,10 @@ def authenticate(request: Request) -> str | None:
                 f"(it has: {', '.join(grant.scopes)}).",
                 status=403,
             )
-        account = accounting.store.get_account(grant.account)
-        if account is not None and account.rpm is not None:
-            wait = state.rate_limiter.admit(key_id, account.rpm)
-            if wait is not None:
-                raise AuthFailed(
-                    f"Rate limit reached: {account.rpm} requests per minute per key; retry in {wait} s.",
-                    status=429,
-                    retry_after_s=wait,
-                )
+        try:  # the key's requests per minute: its own limit or its account's, the tighter
+            accounting.admit_request(grant)
+        except LimitReached as exc:
+            raise AuthFailed(f"{exc}.", status=429, retry_after_s=exc.retry_after_s) from exc
     return key_id
 
 

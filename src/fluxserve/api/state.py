@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from fluxserve.accounts import Accounting
-from fluxserve.accounts.limits import RateLimiter
 from fluxserve.backends.interfaces import KeyStore
 from fluxserve.catalog import ModelCatalog
 from fluxserve.images import ImageLimits
@@ -36,8 +35,6 @@ class AppState:
     load_error: str | None = None
     accounting: Accounting | None = None
     """Accounts, scopes, credits and limits (None in apps built without them)."""
-    rate_limiter: RateLimiter = field(default_factory=RateLimiter)
-    """Requests per minute per key, for accounts with an ``rpm`` limit."""
 
     def base_url(self, request: Request) -> str:
         """Where clients reach this server: ``public_url``, else the request's own host."""

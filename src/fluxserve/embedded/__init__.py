@@ -7,6 +7,9 @@
 - ``train``: trains the checkpoint from nothing (``python -m fluxserve.embedded.train``), with
   its settings in ``config``, the components in ``model``, the data pool and caption labels in
   ``data``, and progress lines from ``progress``.
+- ``gpu_train``: the streaming trainer for a GPU (``python -m fluxserve.embedded.gpu_train``):
+  batches drawn by worker processes (``stream``), rendered on the GPU (``gpu_scenes``), stages
+  on a time budget, its state in parts a lent machine can return (``state``).
 """
 
 from pathlib import Path

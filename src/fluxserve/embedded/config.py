@@ -17,6 +17,8 @@ class Config:
     native_area: int = 64 * 64
     multiple: int = 8  # VAE factor 4 x 2x2 packing
     latent_channels: int = 8
+    vae_blocks: str = "16,32,64"  # autoencoder channels per level; n levels = 2^(n-1)x down
+    vae_layers: int = 1  # resnet layers per autoencoder level
     vae_steps: int = 2000
     vae_batch: int = 32
     decoder_steps: int = 1500
@@ -44,3 +46,9 @@ class Config:
     max_text: int = 32
     default_steps: int = 16
     default_guidance: float = 4.0
+    # --- used by the streaming GPU trainer (``fluxserve.embedded.gpu_train``) only ---
+    vae_object_weight: float = 5.0  # autoencoder loss weight of object pixels (+1)
+    vae_edge_weight: float = 0.0  # extra weight of pixels on an object's outline
+    vae_refine: float = 0.25  # share of the autoencoder's time with the encoder frozen
+    wild_captions: float = 0.0  # share of captions with out-of-grammar words (``data.wild_caption``)
+    reuse: int = 1  # transformer steps: each drawn scene at this many noise levels (batch x reuse)

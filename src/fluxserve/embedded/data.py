@@ -17,7 +17,7 @@ from PIL import Image
 
 from fluxserve.embedded.config import Config
 from fluxserve.embedded.progress import Progress
-from fluxserve.embedded.scenes import caption, random_edit, random_scene, render
+from fluxserve.embedded.scenes import Scene, caption, random_edit, random_scene, render
 from fluxserve.embedded.vocabulary import COLOURS, POSITIONS, SHAPES, SIZES, SYNONYMS
 from fluxserve.spec import fit_area
 
@@ -62,6 +62,38 @@ def noisy_caption(text: str, rng: random.Random) -> str:
     elif r < 0.15:
         text = text.upper() if rng.random() < 0.5 else text.capitalize() + "."
     return text
+
+
+# Words outside the grammar, for captions that must not go blank (``wild_caption``).
+WILD_WORDS = (
+    "photo", "city", "night", "cat", "dog", "house", "car", "tree", "sky", "sun", "art",
+    "man", "old", "cute", "sofa", "door", "ocean", "sunset", "oil", "paint", "street", "light",
+    "dark", "ball", "flower", "bird", "fish", "book", "cup", "hill", "river", "road", "window",
+    "table", "chair", "toy", "logo", "icon", "moon", "boat", "robot", "future", "cozy", "neon",
+)  # fmt: skip
+
+
+def wild_caption(scene: Scene, rng: random.Random) -> str:
+    """A caption of ``scene`` with words outside the grammar, drawn three ways (a prompt such as
+    "a futuristic city at night" must still give a valid scene, never a blank page):
+
+    - one or two unknown words inserted into the caption (the scene is the caption's);
+    - an object's shape word replaced by an unknown noun ("a red car"): the shape was drawn
+      independently of the other words, so the scene is still a fair sample for the rest;
+    - unknown words only: nothing is said, and any scene is right (as with an empty caption,
+      but the model learns that unknown words leave it a scene rather than a white page).
+    """
+    r = rng.random()
+    if r < 0.2:
+        return " ".join(rng.choice(WILD_WORDS) for _ in range(rng.randint(1, 4)))
+    words = caption(scene, rng).split()
+    if r < 0.6:
+        shapes = [i for i, word in enumerate(words) if word in SHAPES]
+        words[rng.choice(shapes)] = rng.choice(WILD_WORDS)
+    else:
+        for _ in range(rng.randint(1, 2)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(WILD_WORDS))
+    return " ".join(words)
 
 
 @torch.no_grad()

@@ -15,23 +15,35 @@ from fluxserve.embedded.data import HEADS, IGNORE
 
 
 def make_vae(cfg: Config):  # type: ignore[no-untyped-def]
-    """The autoencoder: 4x downsampling to ``cfg.latent_channels`` channels, no attention."""
+    """The autoencoder, no attention: ``cfg.vae_blocks`` levels (three = 4x downsampling) to
+    ``cfg.latent_channels`` channels, ``cfg.vae_layers`` resnet layers a level."""
     from diffusers import AutoencoderKL
 
+    blocks = vae_blocks(cfg)
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 3,
-        up_block_types=["UpDecoderBlock2D"] * 3,
-        block_out_channels=(16, 32, 64),
+        down_block_types=["DownEncoderBlock2D"] * len(blocks),
+        up_block_types=["UpDecoderBlock2D"] * len(blocks),
+        block_out_channels=blocks,
         latent_channels=cfg.latent_channels,
-        layers_per_block=1,
+        layers_per_block=cfg.vae_layers,
         norm_num_groups=8,
         sample_size=64,
         mid_block_add_attention=False,
         use_quant_conv=False,
         use_post_quant_conv=False,
     )
+
+
+def vae_blocks(cfg: Config) -> tuple[int, ...]:
+    """The autoencoder's channels per level, from ``cfg.vae_blocks`` ("16,32,64")."""
+    return tuple(int(c) for c in cfg.vae_blocks.split(","))
+
+
+def vae_factor(cfg: Config) -> int:
+    """How many pixels one latent cell spans on a side (4 for three levels)."""
+    return 2 ** (len(vae_blocks(cfg)) - 1)
 
 
 def make_text(cfg: Config, out: Path):  # type: ignore[no-untyped-def]

@@ -46,6 +46,7 @@ from fluxserve.embedded.model import (
     make_vae,
     matmul_attention,
     pack,
+    vae_factor,
 )
 from fluxserve.embedded.progress import Progress
 from fluxserve.embedded.scenes import caption, random_scene, render
@@ -312,7 +313,7 @@ def _train_loop(
                 return_dict=False,
             )[0][:, : x0p.shape[1]]
         target = noise - x0p
-        wts = token_weights(data["masks"][idx].to(device), 4, cfg.object_weight)
+        wts = token_weights(data["masks"][idx].to(device), vae_factor(cfg), cfg.object_weight)
         loss = (((pred.float() - target) ** 2).mean(-1) * wts).sum() / wts.sum()
         if cfg.text_aux and not is_edit:
             labels = label_batch(tok2, input_ids.cpu(), label_cache).to(device)

@@ -127,6 +127,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX fluxserve_ledger_job_kind ON fluxserve_ledger (job_id, kind);
     CREATE INDEX fluxserve_ledger_by_account ON fluxserve_ledger (account, kind, at);
     """,
+    # 4: per-key limits (fluxserve keys limits), and the requests-per-minute window every API
+    # node shares (fluxserve.accounts.limits.SharedRateLimiter: one row per admitted request)
+    """
+    ALTER TABLE fluxserve_account_keys ADD COLUMN max_active INTEGER, ADD COLUMN rpm INTEGER;
+    CREATE TABLE fluxserve_key_requests (
+        key_id TEXT NOT NULL,
+        at     DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX fluxserve_key_requests_by_key ON fluxserve_key_requests (key_id, at);
+    CREATE INDEX fluxserve_key_requests_at ON fluxserve_key_requests (at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

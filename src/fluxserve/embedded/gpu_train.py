@@ -1,0 +1,624 @@
+"""Train the embedded model on a GPU from freshly drawn batches, in time-budgeted stages.
+
+    python -m fluxserve.embedded.gpu_train --device cuda --out $OUT --resume runs/gpu \\
+        --vae-minutes 4 --text-minutes 0.75 --transformer-minutes 15.5 --stop-after 8.3 [Config flags]
+
+Nothing is pre-rendered: CPU worker processes (:mod:`fluxserve.embedded.stream`) draw scenes,
+captions and edit instructions with the grammar's own code, and the GPU draws the images
+(:mod:`fluxserve.embedded.gpu_scenes`) and encodes them with the autoencoder on the fly. Stages:
+
+1. ``vae``: the autoencoder, object pixels and outlines weighted (``--vae-object-weight``,
+   ``--vae-edge-weight``); the last ``--vae-refine`` share of its time trains the decoder alone
+   on slightly noised latents. At the end: the latents' shift and scale, and the round trip's
+   evaluator figures (the ceiling of the transformer), printed and kept in ``state.json``;
+2. ``text``: the T5 encoder learns to parse captions (as ``train.pretrain_text``);
+3. ``transformer``: rectified flow as in ``train``, with the curriculum (single objects for the
+   first ``--curriculum`` share of its time), Kontext edit steps, caption dropout, the
+   parsing loss alongside and EMA weights; bf16 autocast, optionally ``torch.compile``;
+4. export: the ``FluxKontextPipeline`` directory as ``checkpoint.tar`` in ``--out`` (and as a
+   directory with ``--export DIR``).
+
+A stage's schedule (learning rate, curriculum) follows its progress, the larger of its share of
+``--*-minutes`` spent and of its step cap (``--vae-steps``, ``--text-steps``, ``--steps``)
+reached. The state (``fluxserve.embedded.state``) goes to ``--out`` every ``--save-every``
+minutes, at every stage's end and when ``--stop-after`` minutes of this command are up; the
+next command continues from the newest state among ``--resume`` directories and ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import random
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fluxserve.embedded.config import Config
+from fluxserve.embedded.data import IGNORE, buckets
+from fluxserve.embedded.gpu_scenes import object_masks, outline, render_batch
+from fluxserve.embedded.model import (
+    CaptionHeads,
+    image_ids,
+    make_text,
+    make_transformer,
+    make_vae,
+    pack,
+    vae_factor,
+)
+from fluxserve.embedded.state import compact_optimizer, expand_optimizer, load_state, read_summary, save_state
+from fluxserve.embedded.stream import BatchStream, Recipe, make_batch, scenes_of, token_ids
+from fluxserve.embedded.train import export, token_weights
+
+STAGES = ("vae", "text", "transformer", "done")
+# Settings that shape the weights: a resumed run keeps the saved ones (the rest may change).
+SHAPE_FIELDS = (
+    "native_area", "multiple", "latent_channels", "vae_blocks", "vae_layers", "width", "heads",
+    "double_blocks", "single_blocks", "text_dim", "text_layers", "max_text",
+)  # fmt: skip
+VAE_LR = 1e-3
+TEXT_LR = 1e-3
+
+
+@dataclass
+class Budget:
+    """Minutes per stage (over all commands), this command's limit, and the save interval."""
+
+    vae: float = 4.0
+    text: float = 0.75
+    transformer: float = 15.5
+    stop_after: float = 8.3
+    save_every: float = 2.0
+
+
+@dataclass
+class Run:
+    """Where training stands: the stage, the time and steps spent per stage, the weights."""
+
+    cfg: Config
+    stage: str = "vae"
+    elapsed: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES[:3], 0.0))
+    steps: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES[:3], 0))
+    samples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES[:3], 0))
+    shift: float = 0.0
+    scale: float = 1.0
+    roundtrip: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)  # state_dicts by part name
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything, as plain containers (for :func:`~fluxserve.embedded.state.save_state`)."""
+        plain = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "cfg"}
+        return plain | {"cfg": asdict(self.cfg)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Run:
+        """The inverse of :meth:`to_state`."""
+        return cls(**{k: v for k, v in state.items() if k != "cfg"}, cfg=Config(**state["cfg"]))
+
+    def summary(self) -> dict[str, Any]:
+        """What ``state.json`` says besides the parts."""
+        return {
+            "stage": self.stage,
+            "elapsed_min": {k: round(v / 60, 3) for k, v in self.elapsed.items()},
+            "steps": self.steps,
+            "samples": self.samples,
+            "vae_roundtrip": self.roundtrip,
+            "config": asdict(self.cfg),
+        }
+
+
+def _cpu(obj: Any) -> Any:
+    if torch.is_tensor(obj):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+class Trainer:
+    """Runs the stages of one command: resumes, trains within the budget, saves, exports."""
+
+    def __init__(
+        self,
+        run: Run,
+        budget: Budget,
+        out: Path,
+        device: torch.device,
+        workers: int = 0,
+        compile_: bool = False,
+        roundtrip_n: int = 120,
+    ) -> None:
+        self.run, self.budget, self.out, self.device = run, budget, out, device
+        self.workers, self.compile, self.roundtrip_n = workers, compile_, roundtrip_n
+        self.t0 = time.monotonic()
+        self.last_save = self.t0
+        self.cfg = run.cfg
+        self.sizes = buckets(self.cfg)
+        self.factor = vae_factor(self.cfg)
+        if self.cfg.multiple != self.factor * 2:
+            raise ValueError(f"--multiple must be {self.factor * 2} for --vae-blocks {self.cfg.vae_blocks}")
+        # bf16 on the GPU; on a CPU (smoke tests) bf16 convolutions are slower than fp32
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        self.tokdir = Path(tempfile.mkdtemp(prefix="fluxserve-tok-"))
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def out_of_time(self) -> bool:
+        """Whether this command has used its ``--stop-after`` minutes."""
+        return time.monotonic() - self.t0 >= self.budget.stop_after * 60
+
+    def progress(self, stage: str, cap: int) -> float:
+        """The stage's progress in [0, 1]: time spent or steps taken, whichever is further."""
+        minutes = getattr(self.budget, stage)
+        by_time = self.run.elapsed[stage] / (minutes * 60) if minutes > 0 else 1.0
+        return max(by_time, self.run.steps[stage] / max(1, cap))
+
+    def save(self, parts: dict[str, Any]) -> None:
+        """Write the state (with ``parts``' current weights) to ``--out``."""
+        self.run.weights.update(_cpu(parts))
+        t = time.monotonic()
+        n = save_state(self.run.to_state(), self.out, self.run.summary())
+        self.last_save = time.monotonic()
+        print(f"[state] saved {n / 2**20:.1f} MiB to {self.out} in {self.last_save - t:.1f} s "
+              f"(stage {self.run.stage})", flush=True)  # fmt: skip
+
+    def maybe_save(self, parts: dict[str, Any]) -> None:
+        """Save if ``--save-every`` minutes passed since the last save."""
+        if time.monotonic() - self.last_save >= self.budget.save_every * 60:
+            self.save(parts)
+
+    def log(self, stage: str, step: int, p: float, rate: float, wait: float, **info: float) -> None:
+        """One progress line."""
+        extra = " ".join(f"{k}={v:.4g}" for k, v in info.items())
+        print(
+            f"[{stage}] step {step} {100 * p:.1f}% {self.run.elapsed[stage] / 60:.2f} min "
+            f"{rate:.0f} samples/s data-wait {100 * wait:.0f}% {extra}",
+            flush=True,
+        )
+
+    def stream(self, plan: Any) -> BatchStream:
+        """Batches of ``plan`` drawn by the workers."""
+        return BatchStream(plan, self.workers)
+
+    # ------------------------------------------------------------ models
+
+    def vae(self) -> Any:
+        """The autoencoder with the run's weights (if any) on the device."""
+        vae = make_vae(self.cfg)
+        if "vae" in self.run.weights:
+            vae.load_state_dict(self.run.weights["vae"])
+        return vae.to(self.device)
+
+    def text(self) -> tuple[Any, Any, Any, Any, CaptionHeads]:
+        """``(tokenizer, tokenizer_2, clip, t5, heads)`` with the run's weights (if any)."""
+        tok, tok2, clip, t5 = make_text(self.cfg, self.tokdir)
+        heads = CaptionHeads(self.cfg.text_dim)
+        if "t5" in self.run.weights:
+            t5.load_state_dict(self.run.weights["t5"])
+            heads.load_state_dict(self.run.weights["heads"])
+        return tok, tok2, clip, t5.to(self.device), heads.to(self.device)
+
+    def recipe(self, kind: str, batch: int, seed: int, singles: bool = False) -> Recipe:
+        """A recipe at a random training size (the seed picks it)."""
+        w, h = random.Random(seed).choice(self.sizes)
+        return Recipe(kind, w, h, batch, seed, singles, self.cfg.wild_captions, self.cfg.max_text)
+
+    # ------------------------------------------------------------ stage 1
+
+    def train_vae(self) -> None:
+        """Stage 1: the autoencoder (then shift, scale and the round-trip figures)."""
+        cfg, run = self.cfg, self.run
+        vae = self.vae().train()
+        opt = torch.optim.AdamW(vae.parameters(), lr=VAE_LR, weight_decay=0.0)
+        if "vae_opt" in run.weights:
+            opt.load_state_dict(expand_optimizer(run.weights["vae_opt"]))
+        base = cfg.seed * 1_000_000 + 10_000_000 + run.steps["vae"] * 7919
+        stream = self.stream(lambda i: self.recipe("t2i", cfg.vae_batch, base + i))
+        rate_t, rate_n, wait = time.monotonic(), 0, 0.0
+        last_log = 0.0
+        try:
+            while (p := self.progress("vae", cfg.vae_steps)) < 1.0 and not self.out_of_time():
+                t = time.monotonic()
+                batch = stream.next()
+                wait += time.monotonic() - t
+                scenes = scenes_of(batch["target"], self.device)
+                x = render_batch(scenes, batch["w"], batch["h"])
+                mask = object_masks(x, scenes.background)
+                weight = (1 + cfg.vae_object_weight * mask + cfg.vae_edge_weight * outline(mask))[:, None]
+                refine = p >= 1 - cfg.vae_refine
+                warm = min(1.0, (run.steps["vae"] + 1) / 100)
+                for g in opt.param_groups:
+                    g["lr"] = VAE_LR * warm * 0.5 * (1 + math.cos(math.pi * p))
+                with self.autocast:
+                    if refine:  # decoder only; the latent space stays as it is
+                        with torch.no_grad():
+                            z = vae.encode(x).latent_dist.mode()
+                            z = z + 0.05 * z.std() * torch.randn_like(z)
+                        kl = torch.zeros((), device=self.device)
+                    else:
+                        post = vae.encode(x).latent_dist
+                        z, kl = post.sample(), post.kl().mean()
+                    rec = vae.decode(z).sample
+                err = rec.float() - x
+                loss = ((err.abs() + err**2) * weight).sum() / (weight.sum() * 3) + 1e-6 * kl.float()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                run.steps["vae"] += 1
+                run.samples["vae"] += x.shape[0]
+                rate_n += x.shape[0]
+                now = time.monotonic()
+                run.elapsed["vae"] += now - t
+                if now - last_log >= 15 or self.progress("vae", cfg.vae_steps) >= 1.0:
+                    last_log = now
+                    self.log("vae", run.steps["vae"], p, rate_n / (now - rate_t), wait / (now - rate_t),
+                             loss=loss.item(), refine=float(refine))  # fmt: skip
+                    rate_t, rate_n, wait = now, 0, 0.0
+                self.maybe_save({"vae": vae.state_dict(), "vae_opt": compact_optimizer(opt.state_dict())})
+        finally:
+            stream.close()
+        parts = {"vae": vae.state_dict(), "vae_opt": compact_optimizer(opt.state_dict())}
+        if self.progress("vae", cfg.vae_steps) < 1.0:
+            self.save(parts)
+            return
+        vae.eval()
+        self.latent_stats(vae)
+        from fluxserve.embedded.evaluate import vae_roundtrip
+
+        run.roundtrip = vae_roundtrip(
+            vae, n=self.roundtrip_n, native_area=cfg.native_area, multiple=cfg.multiple
+        )
+        print(
+            f"[vae] round trip (evaluator, {self.roundtrip_n} scenes): {json.dumps(run.roundtrip)}",
+            flush=True,
+        )
+        run.weights.pop("vae_opt", None)
+        run.stage = "text"
+        self.save({"vae": vae.state_dict()})
+
+    @torch.no_grad()
+    def latent_stats(self, vae: Any) -> None:
+        """The shift and scale that normalise the latents (mean 0, std 1), from fresh scenes."""
+        lats = []
+        # every training size on the GPU; two on a CPU (smoke tests: a rough estimate is enough)
+        for i in range(len(self.sizes) if self.device.type == "cuda" else 2):
+            batch = make_batch(self.recipe("t2i", min(64, 4 * self.cfg.vae_batch), 999_000 + i))
+            scenes = scenes_of(batch["target"], self.device)
+            x = render_batch(scenes, batch["w"], batch["h"])
+            lats.append(vae.encode(x).latent_dist.mode().float().flatten())
+        all_lat = torch.cat(lats)
+        self.run.shift, self.run.scale = float(all_lat.mean()), float(1.0 / all_lat.std())
+        print(f"[vae] latent shift {self.run.shift:.4f} scale {self.run.scale:.4f}", flush=True)
+
+    # ------------------------------------------------------------ stage 2
+
+    def train_text(self) -> None:
+        """Stage 2: caption parsing by the T5 encoder (no images)."""
+        cfg, run = self.cfg, self.run
+        _, _, _, t5, heads = self.text()
+        params = list(t5.parameters()) + list(heads.parameters())
+        opt = torch.optim.AdamW(params, lr=TEXT_LR, weight_decay=0.01)
+        base = cfg.seed * 1_000_000 + 20_000_000 + run.steps["text"] * 7919
+        stream = self.stream(lambda i: self.recipe("t2i", cfg.batch, base + i))
+        rate_t, rate_n, wait, last_log = time.monotonic(), 0, 0.0, 0.0
+        try:
+            while (p := self.progress("text", cfg.text_steps)) < 1.0 and not self.out_of_time():
+                t = time.monotonic()
+                batch = stream.next()
+                wait += time.monotonic() - t
+                ids = torch.from_numpy(batch["ids"]).to(self.device)
+                labels = torch.from_numpy(batch["labels"]).long().to(self.device)
+                for g in opt.param_groups:
+                    g["lr"] = TEXT_LR * 0.5 * (1 + math.cos(math.pi * p))
+                with self.autocast:
+                    loss = heads.loss(t5(ids)[0], labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                run.steps["text"] += 1
+                run.samples["text"] += ids.shape[0]
+                rate_n += ids.shape[0]
+                now = time.monotonic()
+                run.elapsed["text"] += now - t
+                if now - last_log >= 15 or self.progress("text", cfg.text_steps) >= 1.0:
+                    last_log = now
+                    self.log(
+                        "text",
+                        run.steps["text"],
+                        p,
+                        rate_n / (now - rate_t),
+                        wait / (now - rate_t),
+                        loss=loss.item(),
+                    )
+                    rate_t, rate_n, wait = now, 0, 0.0
+                self.maybe_save({"t5": t5.state_dict(), "heads": heads.state_dict()})
+        finally:
+            stream.close()
+        if self.progress("text", cfg.text_steps) >= 1.0:
+            run.stage = "transformer"
+        self.save({"t5": t5.state_dict(), "heads": heads.state_dict()})
+
+    # ------------------------------------------------------------ stage 3
+
+    def plan(self, base: int) -> Any:
+        """The transformer's recipes: single objects during the curriculum, then edits at
+        ``--edit-fraction`` (at ``--edit-batch``) and one- and two-object scenes. The phase
+        follows the progress when the batch is ordered (a few batches ahead of training)."""
+        cfg = self.cfg
+
+        def recipe(i: int) -> Recipe:
+            rng = random.Random(base + i)
+            if self.progress("transformer", cfg.steps) < cfg.curriculum:
+                return self.recipe("t2i", cfg.batch, base + i, singles=True)
+            if rng.random() < cfg.edit_fraction:
+                return self.recipe("edit", cfg.edit_batch or cfg.batch, base + i)
+            return self.recipe("t2i", cfg.batch, base + i)
+
+        return recipe
+
+    def train_transformer(self) -> None:
+        """Stage 3: the transformer and the T5 encoder, from the frozen autoencoder's latents."""
+        cfg, run, dev = self.cfg, self.run, self.device
+        vae = self.vae().eval().requires_grad_(False)
+        _, _, _, t5, heads = self.text()
+        transformer = make_transformer(cfg)
+        if "transformer" in run.weights:
+            transformer.load_state_dict(run.weights["transformer"])
+            print(f"resuming transformer training at step {run.steps['transformer']}", flush=True)
+        transformer.to(dev).train()
+        t5.train()
+        params = [p for p in list(transformer.parameters()) + list(t5.parameters()) if p.requires_grad]
+        params += list(heads.parameters())
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
+        if "opt" in run.weights:
+            opt.load_state_dict(expand_optimizer(run.weights["opt"]))
+        ema_t = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
+        ema_5 = {k: v.detach().clone() for k, v in t5.state_dict().items()}
+        if "ema_t" in run.weights:
+            ema_t = {k: v.to(dev) for k, v in run.weights["ema_t"].items()}
+            ema_5 = {k: v.to(dev) for k, v in run.weights["ema_5"].items()}
+        n_params = sum(p.numel() for p in params) - sum(p.numel() for p in heads.parameters())
+        print(f"transformer+text parameters: {n_params / 1e6:.2f} M", flush=True)
+        model = torch.compile(transformer, dynamic=True) if self.compile else transformer
+        empty = token_ids([""], cfg.max_text).to(dev)
+        txt_ids = torch.zeros(cfg.max_text, 3, device=dev)
+        pooled = torch.zeros(1, 32, device=dev)
+        ids_cache: dict[tuple[int, int, int], torch.Tensor] = {}
+
+        def img_ids(lh: int, lw: int, index: int) -> torch.Tensor:
+            key = (lh, lw, index)
+            if key not in ids_cache:
+                ids_cache[key] = image_ids(lh, lw, index, dev)
+            return ids_cache[key]
+
+        def parts() -> dict[str, Any]:
+            return {
+                "transformer": transformer.state_dict(),
+                "t5": t5.state_dict(),
+                "heads": heads.state_dict(),
+                "opt": compact_optimizer(opt.state_dict()),
+                "ema_t": ema_t,
+                "ema_5": ema_5,
+            }
+
+        base = cfg.seed * 1_000_000 + 30_000_000 + run.steps["transformer"] * 7919
+        stream = self.stream(self.plan(base))
+        rate_t, rate_n, wait, last_log = time.monotonic(), 0, 0.0, 0.0
+        try:
+            while (p := self.progress("transformer", cfg.steps)) < 1.0 and not self.out_of_time():
+                t = time.monotonic()
+                batch = stream.next()
+                wait += time.monotonic() - t
+                is_edit = batch["kind"] == "edit"
+                w, h = batch["w"], batch["h"]
+                target = scenes_of(batch["target"], dev)
+                with torch.no_grad(), self.autocast:
+                    x = render_batch(target, w, h)
+                    mask = object_masks(x, target.background)
+                    x0 = (vae.encode(x).latent_dist.mode().float() - run.shift) * run.scale
+                    if is_edit:
+                        source = scenes_of(batch["source"], dev)
+                        xs = render_batch(source, w, h)
+                        mask = torch.maximum(mask, ((xs - x).abs().sum(1) * 127.5 > 60).float())
+                        cond = pack((vae.encode(xs).latent_dist.mode().float() - run.shift) * run.scale)
+                ids = torch.from_numpy(batch["ids"]).to(dev)
+                labels = torch.from_numpy(batch["labels"]).long().to(dev)
+                if cfg.reuse > 1:  # each drawn scene at several noise levels
+                    x0, mask, ids, labels = (
+                        v.repeat_interleave(cfg.reuse, 0) for v in (x0, mask, ids, labels)
+                    )
+                    if is_edit:
+                        cond = cond.repeat_interleave(cfg.reuse, 0)
+                b = x0.shape[0]
+                lh, lw = x0.shape[2], x0.shape[3]
+                x0p = pack(x0)
+                drop = torch.rand(b, device=dev) < cfg.caption_dropout
+                ids = torch.where(drop[:, None], empty, ids)
+                labels = labels.masked_fill(drop[:, None, None], IGNORE)
+                noise = torch.randn_like(x0p)
+                sigma = torch.sigmoid(torch.randn(b, device=dev))
+                sigma = torch.where(
+                    torch.rand(b, device=dev) < cfg.uniform_t, torch.rand(b, device=dev), sigma
+                )
+                xt = (1 - sigma[:, None, None]) * x0p + sigma[:, None, None] * noise
+                hidden, pos = xt, img_ids(lh, lw, 0)
+                if is_edit:
+                    hidden = torch.cat([xt, cond], 1)
+                    pos = torch.cat([pos, img_ids(lh, lw, 1)])
+                warm = min(1.0, (run.steps["transformer"] + 1) / cfg.warmup)
+                lr = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * p))
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with self.autocast:
+                    emb = t5(ids)[0]
+                    pred = model(
+                        hidden_states=hidden,
+                        timestep=sigma,
+                        guidance=None,
+                        pooled_projections=pooled.expand(b, -1),
+                        encoder_hidden_states=emb,
+                        txt_ids=txt_ids,
+                        img_ids=pos,
+                        return_dict=False,
+                    )[0][:, : x0p.shape[1]]
+                wts = token_weights(mask, self.factor, cfg.object_weight)
+                loss = (((pred.float() - (noise - x0p)) ** 2).mean(-1) * wts).sum() / wts.sum()
+                if cfg.text_aux and not is_edit:
+                    loss = loss + cfg.text_aux * heads.loss(emb, labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                step = run.steps["transformer"]
+                with torch.no_grad():
+                    d = min(cfg.ema, (1 + step) / (10 + step))
+                    for ema, net in ((ema_t, transformer), (ema_5, t5)):
+                        pairs = [
+                            (ema[k], v) for k, v in net.state_dict().items() if v.dtype.is_floating_point
+                        ]
+                        torch._foreach_lerp_([e for e, _ in pairs], [v.detach() for _, v in pairs], 1 - d)
+                run.steps["transformer"] += 1
+                run.samples["transformer"] += b
+                rate_n += b
+                now = time.monotonic()
+                run.elapsed["transformer"] += now - t
+                if now - last_log >= 15 or self.progress("transformer", cfg.steps) >= 1.0:
+                    last_log = now
+                    self.log("transformer", run.steps["transformer"], p, rate_n / (now - rate_t),
+                             wait / (now - rate_t), loss=loss.item(), lr=lr, edit=float(is_edit))  # fmt: skip
+                    rate_t, rate_n, wait = now, 0, 0.0
+                self.maybe_save(parts())
+        finally:
+            stream.close()
+        if self.progress("transformer", cfg.steps) >= 1.0:
+            run.stage = "done"
+        self.save(parts())
+
+    # ------------------------------------------------------------ stage 4
+
+    def export(self, directory: Path | None) -> Path:
+        """Write the EMA weights as a ``FluxKontextPipeline`` (``checkpoint.tar`` in ``--out``,
+        and the directory itself at ``directory`` if given); returns the tar file."""
+        cfg, run = self.cfg, self.run
+        vae = self.vae().eval()
+        tok, tok2, clip, t5, _ = self.text()
+        t5.load_state_dict(run.weights["ema_5"])
+        transformer = make_transformer(cfg)
+        transformer.load_state_dict(run.weights["ema_t"])
+        target = directory or self.out / "checkpoint"
+        export(
+            cfg,
+            vae,
+            {"shift": run.shift, "scale": run.scale},
+            (tok, tok2, clip, t5.eval(), transformer.eval()),
+            target,
+        )
+        meta_path = target / "fluxserve.json"
+        meta = json.loads(meta_path.read_text())
+        meta["gpu_training"] = run.summary() | {"config": None}
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        tar = self.out / "checkpoint.tar"
+        with tarfile.open(tar.with_suffix(".tar.tmp"), "w") as f:
+            f.add(target, arcname="checkpoint")
+        tar.with_suffix(".tar.tmp").replace(tar)
+        if directory is None:
+            shutil.rmtree(target)
+        size = (
+            sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+            if directory
+            else tar.stat().st_size
+        )
+        print(f"[export] {tar} ({size / 2**20:.1f} MiB)", flush=True)
+        return tar
+
+
+def newest_state(dirs: list[Path]) -> Path | None:
+    """Of the directories holding a state, the one furthest on (stage, then time spent)."""
+    best, key = None, (-1, -1.0)
+    for d in dirs:
+        summary = read_summary(d)
+        if summary is None:
+            continue
+        k = (
+            STAGES.index(summary["stage"]),
+            sum(summary["elapsed_min"].values()) + sum(summary["steps"].values()) * 1e-9,
+        )
+        if k > key:
+            best, key = d, k
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line: ``python -m fluxserve.embedded.gpu_train`` (every Config field is a flag)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="state and checkpoint.tar go here ($OUT)")
+    ap.add_argument("--resume", type=Path, action="append", default=[], help="directories to resume from")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--workers", type=int, default=14, help="CPU processes drawing batches (0: inline)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+    ap.add_argument("--roundtrip", type=int, default=120, help="scenes in the autoencoder's round-trip check")
+    ap.add_argument("--export", type=Path, help="also write the exported checkpoint directory here")
+    for name, value in asdict(Budget()).items():
+        flag = (
+            "--stop-after"
+            if name == "stop_after"
+            else "--save-every"
+            if name == "save_every"
+            else f"--{name}-minutes"
+        )
+        ap.add_argument(flag, type=float, default=value, dest=f"budget_{name}")
+    for name, value in asdict(Config()).items():
+        ap.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    args = ap.parse_args(argv)
+    budget = Budget(**{k: getattr(args, f"budget_{k}") for k in asdict(Budget())})
+    cfg = Config(**{k: getattr(args, k) for k in asdict(Config())})
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg.seed)
+    source = newest_state([*args.resume, args.out])
+    if source is not None:
+        run = Run.from_state(load_state(source))
+        saved = asdict(run.cfg)
+        kept = {k: saved[k] for k in SHAPE_FIELDS if saved[k] != getattr(cfg, k)}
+        if kept:
+            print(f"note: the model's shape is the saved run's: {kept}", flush=True)
+        run.cfg = cfg = Config(**(asdict(cfg) | {k: saved[k] for k in SHAPE_FIELDS}))
+        print(f"resuming from {source}: stage {run.stage}, {run.summary()['elapsed_min']} min", flush=True)
+    else:
+        run = Run(cfg)
+    args.out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(run, budget, args.out, device, args.workers, args.compile, args.roundtrip)
+    if run.stage == "done" and trainer.progress("transformer", cfg.steps) < 1.0:
+        run.stage = "transformer"  # a larger budget or step cap: train on
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
+          f"torch {torch.__version__}, budget {asdict(budget)}", flush=True)  # fmt: skip
+    stages = {"vae": trainer.train_vae, "text": trainer.train_text, "transformer": trainer.train_transformer}
+    with contextlib.suppress(KeyboardInterrupt):
+        while run.stage in stages and not trainer.out_of_time():
+            stage = run.stage
+            stages[stage]()
+            if run.stage == stage:  # the stage did not finish: out of time
+                break
+    if run.stage == "done":
+        trainer.export(args.export)
+    else:
+        print(f"stopped in stage {run.stage} after {(time.monotonic() - trainer.t0) / 60:.1f} min; "
+              f"run again with --resume to continue", flush=True)  # fmt: skip
+    print(f"command time {(time.monotonic() - trainer.t0) / 60:.2f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,6 @@
-"""Speed options on CPU: fused QKV keeps the image (within float error), step caching skips
-transformer work, options come from settings per model, and fused QKV refuses to hide LoRAs."""
+"""Speed options on CPU: fused QKV, a channels-last VAE and another attention backend keep the
+image (within float error), step caching skips transformer work, options come from settings per
+model, and fused QKV refuses to hide LoRAs. Compile: tests/test_compile_warmup.py."""
 
 from __future__ import annotations
 
@@ -37,6 +38,22 @@ def test_fused_qkv_gives_the_same_image_within_float_error(tiny_checkpoint: Path
     loaded = fused.loaded("ckpt")
     assert loaded is not None and loaded.pipe.transformer.transformer_blocks[0].attn.fused_projections
     assert np.abs(a - b).max() <= 2  # 8-bit pixels: at most a rounding step or two apart
+
+
+def test_channels_last_vae_and_math_attention_give_the_same_image_within_float_error(
+    tiny_checkpoint: Path,
+) -> None:
+    import torch
+
+    plain = image(engine(tiny_checkpoint, SpeedOptions()))  # CPU default: neither option
+    last = engine(tiny_checkpoint, SpeedOptions(channels_last=True))
+    assert np.abs(image(last) - plain).max() <= 2  # a rounding step or two, as fused QKV
+    loaded = last.loaded("ckpt")
+    assert loaded is not None
+    conv = loaded.pipe.vae.decoder.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    math = image(engine(tiny_checkpoint, SpeedOptions(attention_backend="_native_math")))
+    assert np.abs(math - plain).max() <= 2
 
 
 def test_first_block_cache_skips_transformer_blocks(tiny_flux_checkpoint: Path) -> None:
@@ -77,11 +94,13 @@ def test_speed_options_come_from_settings_per_model() -> None:
         environ={"FLUXSERVE_CACHE": "fbcache", "FLUXSERVE_CACHE_THRESHOLD": "0.08", "FLUXSERVE_COMPILE": "1"},
         models={"flux-dev": {"cache": "taylorseer", "cache_threshold": 4}},
     )
+    cache_dir = str(settings.data_dir / "compile-cache")
+    sizes = ("1024x1024",)
     assert speed_options(settings, "flux-kontext-pro") == SpeedOptions(
-        compile=True, cache="fbcache", cache_threshold=0.08
+        compile=True, cache="fbcache", cache_threshold=0.08, warmup_sizes=sizes, compile_cache_dir=cache_dir
     )
     assert speed_options(settings, "flux-dev") == SpeedOptions(
-        compile=True, cache="taylorseer", cache_threshold=4
+        compile=True, cache="taylorseer", cache_threshold=4, warmup_sizes=sizes, compile_cache_dir=cache_dir
     )
     with pytest.raises(ValueError):
         Settings.load(environ={"FLUXSERVE_CACHE": "teacache"})

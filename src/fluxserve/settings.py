@@ -34,6 +34,17 @@ def default_data_dir() -> Path:
     return Path(base) / "fluxserve"
 
 
+def check_sizes(sizes: list[str]) -> list[str]:
+    """``WIDTHxHEIGHT`` entries (16 to 8192 pixels a side), normalised to lower case."""
+    out = []
+    for size in sizes:
+        w, sep, h = size.strip().lower().partition("x")
+        if not (sep and w.isdigit() and h.isdigit() and 16 <= int(w) <= 8192 and 16 <= int(h) <= 8192):
+            raise ValueError(f"size {size!r}: write WIDTHxHEIGHT, e.g. 1024x1024 (16 to 8192 a side)")
+        out.append(f"{int(w)}x{int(h)}")
+    return out
+
+
 class ModelOverride(BaseModel):
     """Per-model settings from config: point a model id at a checkpoint, change its defaults."""
 
@@ -50,8 +61,10 @@ class ModelOverride(BaseModel):
     hub repo id holding the other components (VAE, text encoders, scheduler, transformer config)."""
     memory: Literal["auto", "gpu", "model_offload", "group_offload", "sequential_offload"] | None = None
     """This model's memory mode (default: the top-level ``memory``)."""
-    quantize: Literal["none", "fp8", "int8", "nf4"] | None = None
+    quantize: Literal["auto", "none", "fp8", "int8", "nf4"] | None = None
     """This model's transformer quantization (default: the top-level ``quantize``)."""
+    warmup_sizes: list[str] | None = None
+    """This model's compile warm-up sizes (default: the top-level ``warmup_sizes``)."""
     cache: Literal["none", "fbcache", "magcache", "taylorseer"] | None = None
     """This model's step caching (default: the top-level ``cache``)."""
     cache_threshold: float | None = Field(default=None, ge=0)
@@ -65,6 +78,11 @@ class ModelOverride(BaseModel):
     upstream_price: float | None = Field(default=None, ge=0.0)
     """What the upstream charges us per image, in USD, when its answer gives no cost (default:
     ``price``). Recorded with each result; users are charged ``price``."""
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _check_sizes(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else check_sizes(value)
 
 
 class UpstreamSettings(BaseModel):
@@ -153,9 +171,11 @@ class Settings(BaseModel):
     memory: Literal["auto", "gpu", "model_offload", "group_offload", "sequential_offload"] = "auto"
     """How pipelines fit the device: ``auto`` picks the fastest mode that fits its free memory
     (everything on the GPU, then whole-model, group, then layer-by-layer CPU offload)."""
-    quantize: Literal["none", "fp8", "int8", "nf4"] = "none"
+    quantize: Literal["auto", "none", "fp8", "int8", "nf4"] = "auto"
     """Transformer quantization: fp8/int8 through torchao, nf4 through bitsandbytes (CUDA only
-    for fp8 and nf4). GGUF files are quantized already."""
+    for fp8 and nf4). GGUF files are quantized already. ``auto``: fp8 (torchao float8 dynamic
+    activations and weights) on CUDA GPUs of compute capability 8.9+ with torchao and no
+    ``lora_dirs``, else none; the load log says which and why."""
 
     lora_dirs: list[Path] = Field(default_factory=list)
     """Directories of LoRA adapters (``.safetensors``) that requests may name in ``loras``
@@ -166,8 +186,9 @@ class Settings(BaseModel):
     """Text-encoder outputs kept for repeated prompts (FLUX.1 and Kontext); 0 turns it off."""
     fuse_qkv: bool | None = None
     """Fused QKV projections; unset: on CUDA when there are no ``lora_dirs``."""
-    compile: bool = False
-    """Regional ``torch.compile`` of the transformer's repeated blocks."""
+    compile: bool | None = None
+    """Regional ``torch.compile`` of the transformer's repeated blocks; unset: on CUDA when there
+    are no ``lora_dirs`` and no group/sequential offload, off on CPU."""
     channels_last: bool | None = None
     """Channels-last VAE; unset: on CUDA."""
     attention_backend: str | None = None
@@ -176,6 +197,12 @@ class Settings(BaseModel):
     """Opt-in, lossy step caching for every model (per model: ``models.<id>.cache``)."""
     cache_threshold: float | None = Field(default=None, ge=0)
     """fbcache/magcache: the change below which a step is reused; taylorseer: the interval."""
+    warmup_sizes: list[str] = Field(default_factory=lambda: ["1024x1024"])
+    """``WIDTHxHEIGHT`` sizes generated once at load time when compiling, so that compilation
+    happens before the server is ready (env: comma-separated; per model: ``models.<id>.warmup_sizes``)."""
+    compile_cache_dir: Path | None = None
+    """Compiled kernels kept between restarts (inductor and triton caches); default
+    ``<data_dir>/compile-cache``."""
 
     moderation_enabled: bool = True
     """Prompt, input-image and output moderation. Off only per deployment, never per request."""
@@ -248,7 +275,12 @@ class Settings(BaseModel):
             return [part for part in value.split(os.pathsep) if part]
         return value
 
-    @field_validator("gpus", "worker_models", mode="before")
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _check_sizes(cls, value: list[str]) -> list[str]:
+        return check_sizes(value)
+
+    @field_validator("gpus", "worker_models", "warmup_sizes", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         """``"0,1"`` (the environment's and the command line's form) → two entries."""

@@ -9,9 +9,9 @@ from typing import cast
 
 from fluxserve.catalog import BUILTIN_CHECKPOINT, ModelCatalog
 from fluxserve.engines.families import checkpoint_defaults
-from fluxserve.engines.memory import MemoryMode, Quantize
+from fluxserve.engines.memory import MemoryMode
 from fluxserve.engines.sources import CheckpointSource, is_repo_id, is_single_file
-from fluxserve.engines.speed import SpeedOptions
+from fluxserve.engines.speed import QuantizeSetting, SpeedOptions
 from fluxserve.settings import Settings
 
 
@@ -25,7 +25,7 @@ def checkpoint_resolver(
     def resolve(name: str) -> CheckpointSource:
         entry = next((e for e in catalog if e.checkpoint == name), None)
         memory = cast(MemoryMode, entry.memory if entry else settings.memory)
-        quantize = cast(Quantize, entry.quantize if entry else settings.quantize)
+        quantize = cast(QuantizeSetting, entry.quantize if entry else settings.quantize)
         speed = speed_options(settings, entry.id if entry else None)
         if name == BUILTIN_CHECKPOINT:
             from fluxserve.embedded import embedded_checkpoint
@@ -45,8 +45,11 @@ def checkpoint_resolver(
 
 
 def speed_options(settings: Settings, model_id: str | None) -> SpeedOptions:
-    """The speed options of a model: the top-level settings, its own ``cache`` over them."""
+    """The speed options of a model: the top-level settings, its own ``cache`` and
+    ``warmup_sizes`` over them; the compile cache in ``compile_cache_dir`` (default
+    ``<data_dir>/compile-cache``)."""
     own = settings.models.get(model_id) if model_id else None
+    sizes = own.warmup_sizes if own and own.warmup_sizes is not None else settings.warmup_sizes
     return SpeedOptions(
         fuse_qkv=settings.fuse_qkv,
         compile=settings.compile,
@@ -56,6 +59,8 @@ def speed_options(settings: Settings, model_id: str | None) -> SpeedOptions:
             own.cache_threshold if own and own.cache_threshold is not None else settings.cache_threshold
         ),
         attention_backend=settings.attention_backend,
+        warmup_sizes=tuple(sizes),
+        compile_cache_dir=str(settings.compile_cache_dir or settings.data_dir / "compile-cache"),
     )
 
 

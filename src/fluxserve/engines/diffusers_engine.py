@@ -24,6 +24,7 @@ from fluxserve.engines.adapters import AdapterSet, activate
 from fluxserve.engines.loader import LoadedPipeline, load_pipeline
 from fluxserve.engines.prompts import FLUX1_FAMILIES, PromptCache
 from fluxserve.engines.sources import CheckpointError, CheckpointSource
+from fluxserve.engines.warmup import warm_up
 from fluxserve.images import stitch_horizontally
 from fluxserve.loras import LoraLibrary
 from fluxserve.spec import fit_area
@@ -99,6 +100,7 @@ class DiffusersFluxEngine:
             where = self._resolve(checkpoint)
             source = where if isinstance(where, CheckpointSource) else CheckpointSource(str(where))
             loaded = load_pipeline(source, self.device, self.dtype, has_loras=bool(self._loras.dirs))
+            warm_up(loaded, source.speed.warmup_sizes, checkpoint)  # compiles now, not on a request
         except Exception as exc:
             cause = str(exc) if isinstance(exc, CheckpointError) else f"{exc.__class__.__name__}: {exc}"
             self._failed[checkpoint] = f"checkpoint {checkpoint!r}: {cause}"

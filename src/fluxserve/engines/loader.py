@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,16 @@ from fluxserve.engines.memory import (
     apply_memory,
     free_device_bytes,
     plan_memory,
-    quantization_config,
     quantized_bytes,
 )
 from fluxserve.engines.sources import CheckpointError, CheckpointSource, ResolvedCheckpoint, resolve
-from fluxserve.engines.speed import apply_speed
+from fluxserve.engines.speed import (
+    apply_speed,
+    auto_compile,
+    choose_quantize,
+    quantize_bytes_kind,
+    transformer_quantization,
+)
 
 log = logging.getLogger("fluxserve.engine")
 
@@ -46,6 +51,8 @@ class LoadedPipeline:
     """Guided against the empty prompt (checkpoints without a guidance embedding)."""
     inpaint: Any = None
     """The inpainting pipeline over the same modules, made on the first masked edit."""
+    compiled: bool = False
+    """The transformer's blocks are compiled (the load warms them up, see the warmup module)."""
 
 
 def _file_tensor_names(path: Path) -> list[str]:
@@ -130,7 +137,10 @@ def load_pipeline(
     files = resolve(source)
     index = json.loads((files.pipeline_dir / "model_index.json").read_text())
     family = family_from_index(index.get("_class_name"))
-    needed = component_bytes(files, dtype, source.quantize)
+    gguf = files.transformer_file is not None and files.transformer_file.suffix == ".gguf"
+    quantize = choose_quantize(source.quantize, device, has_loras, gguf)
+    log.info("quantize = '%s' for %s (%s)", quantize.value, source.checkpoint, quantize.reason)
+    needed = component_bytes(files, dtype, quantize_bytes_kind(quantize))
     memory = plan_memory(source.memory, free_device_bytes(device), needed, device.type)
     log.info(
         "loading %s %s on %s: memory = '%s' (%s)",
@@ -140,12 +150,11 @@ def load_pipeline(
         memory.mode,
         memory.reason,
     )
-    gguf = files.transformer_file is not None and files.transformer_file.suffix == ".gguf"
-    if gguf and source.quantize != "none":
+    if gguf and quantize.value != "none":
         raise CheckpointError(
             f"{files.transformer_file} is a GGUF file, quantized already: leave quantize = 'none' for it"
         )
-    quant = quantization_config(source.quantize, device, dtype)
+    quant = transformer_quantization(quantize, device, dtype)
     components: dict[str, Any] = {}
     if files.transformer_file is not None:
         components["transformer"] = _load_transformer_file(
@@ -165,7 +174,10 @@ def load_pipeline(
         str(files.pipeline_dir), dtype=dtype, local_files_only=True, **components
     )
     apply_memory(pipe, memory.mode, device)
-    applied = apply_speed(pipe, source.speed, device, has_loras, steps=family.steps)
+    compile_on = auto_compile(source.speed.compile, device.type, has_loras, memory.mode)
+    log.info("compile = %s for %s (%s)", compile_on.value, source.checkpoint, compile_on.reason)
+    speed = replace(source.speed, compile=compile_on.value)
+    applied = apply_speed(pipe, speed, device, has_loras, steps=family.steps)
     if applied:
         log.info("speed options for %s: %s", files.transformer_file or files.pipeline_dir, ", ".join(applied))
     pipe.set_progress_bar_config(disable=True)
@@ -181,4 +193,5 @@ def load_pipeline(
         # Checkpoints trained with caption dropout and no guidance embedding (the embedded
         # model) are guided the classic way: against the empty prompt.
         true_cfg=bool(extra.get("true_cfg", False)),
+        compiled=compile_on.value,
     )

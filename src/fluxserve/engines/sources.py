@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fluxserve.engines.memory import MemoryMode, Quantize
-from fluxserve.engines.speed import SpeedOptions
+from fluxserve.engines.memory import MemoryMode
+from fluxserve.engines.speed import QuantizeSetting, SpeedOptions
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".gguf", ".sft")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -40,7 +40,8 @@ class CheckpointSource:
     base: str | None = None
     """Directory or repo id with the other components, for a single-file transformer."""
     memory: MemoryMode = "auto"
-    quantize: Quantize = "none"
+    quantize: QuantizeSetting = "none"
+    """``auto`` resolves per device (see :func:`~fluxserve.engines.speed.auto_quantize`)."""
     speed: SpeedOptions = SpeedOptions()
 
 

@@ -520,6 +520,10 @@ def build_flux1(
     del pipe
 
 
+LINKED = ".links-to-flux1-dev"
+"""Marks a checkpoint made of links to dev's files (deleted with dev's)."""
+
+
 def build_kontext(out: Path, dev: Path) -> None:
     """FLUX.1 Kontext [dev]: the same architecture as [dev], so its components are [dev]'s
     (symbolic links: no second 34 GB on disk) under a FluxKontextPipeline model_index.json."""
@@ -530,6 +534,30 @@ def build_kontext(out: Path, dev: Path) -> None:
     index = json.loads((dev / "model_index.json").read_text())
     index["_class_name"] = "FluxKontextPipeline"
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    (out / LINKED).touch()
+
+
+def build_schnell_links(out: Path, dev: Path) -> None:
+    """FLUX.1 [schnell] over [dev]'s files: the same architecture without the guidance
+    embedding (``guidance_embeds`` false: diffusers loads dev's weights and leaves the guidance
+    embedder's out, with a "weights not used" warning) and schnell's scheduler."""
+    out.mkdir(parents=True, exist_ok=True)
+    for part in dev.iterdir():
+        if part.is_dir() and part.name not in ("transformer", "scheduler"):
+            (out / part.name).symlink_to(part.resolve(), target_is_directory=True)
+    (out / "transformer").mkdir()
+    for f in (dev / "transformer").iterdir():
+        if f.name != "config.json":
+            (out / "transformer" / f.name).symlink_to(f.resolve())
+    config = json.loads((dev / "transformer" / "config.json").read_text())
+    (out / "transformer" / "config.json").write_text(
+        json.dumps(dict(config, guidance_embeds=False), indent=2)
+    )
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    FlowMatchEulerDiscreteScheduler(**FLUX1_SCHNELL_SCHEDULER).save_pretrained(str(out / "scheduler"))
+    shutil.copy(dev / "model_index.json", out / "model_index.json")
+    (out / LINKED).touch()
 
 
 def build_klein(out: Path, arch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
@@ -571,14 +599,18 @@ class Checkpoints:
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, model: str) -> Path:
-        """The checkpoint directory of ``model``, built if missing; returns at once if present."""
+        """The checkpoint directory of ``model``, built if missing; returns at once if present.
+        Kontext always, and schnell when dev's directory is here, link to dev's files."""
         out = self.root / model
         if (out / ".complete").exists():
             return out
         shutil.rmtree(out, ignore_errors=True)
         t = time.perf_counter()
+        dev = self.root / "flux1-dev"
         if model == "flux1-kontext-dev":
             build_kontext(out, self.path("flux1-dev"))
+        elif model == "flux1-schnell" and (dev / ".complete").exists():
+            build_schnell_links(out, dev)
         elif model in ("flux1-dev", "flux1-schnell"):
             build_flux1(out, self.arch, self.device, self.dtype, schnell=model == "flux1-schnell")
         else:
@@ -586,17 +618,29 @@ class Checkpoints:
         (out / ".complete").touch()
         free_memory()
         self.report.log(
-            f"built {model} in {time.perf_counter() - t:.1f} s: {_dir_gib(out):.1f} GiB at {out} "
+            f"built {model} in {time.perf_counter() - t:.1f} s: {_dir_gib(out):.1f} GiB at {out}"
+            + (" (links to flux1-dev's files)" if (out / LINKED).exists() else "")
+            + " "
             f"(disk free {shutil.disk_usage(self.root).free / GIB:.1f} GiB)"
         )
         return out
 
+    def _linked(self) -> list[str]:
+        return [n for n in ("flux1-kontext-dev", "flux1-schnell") if (self.root / n / LINKED).exists()]
+
     def drop(self, model: str, still_needed: set[str]) -> None:
-        """Delete ``model``'s directory unless a later case needs it (Kontext links to dev's)."""
-        if model in still_needed or (model == "flux1-dev" and "flux1-kontext-dev" in still_needed):
+        """Delete ``model``'s directory unless a later case needs it, and dev's once neither it
+        nor a checkpoint linking to it is needed."""
+        if model in still_needed:
             return
-        for name in (model, "flux1-kontext-dev") if model == "flux1-dev" else (model,):
-            if name not in still_needed and (self.root / name).exists():
+        if model == "flux1-dev" and {"flux1-kontext-dev", "flux1-schnell"} & still_needed:
+            return  # they will link to dev's files
+        names = [model] + (self._linked() if model == "flux1-dev" else [])
+        users = {"flux1-dev", "flux1-kontext-dev", "flux1-schnell"} - {model}  # of dev's files
+        if model in self._linked() and not users & still_needed:
+            names += ["flux1-dev", *self._linked()]
+        for name in dict.fromkeys(names):
+            if (self.root / name).exists():
                 shutil.rmtree(self.root / name, ignore_errors=True)
                 self.report.log(f"deleted {name}'s checkpoint (not needed any more)")
 

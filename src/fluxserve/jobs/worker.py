@@ -210,8 +210,8 @@ class Worker:
         try:
             for job, out in zip(jobs, outputs, strict=True):
                 cancelled = functools.partial(self.service.store.cancel_requested, job.id)
-                if len(jobs) > 1 and await self._store_call(cancelled):
-                    # Cancelled while its batch ran: its images are dropped (the batch ran on).
+                if await self._store_call(cancelled):
+                    # Cancelled after its last step, or while its batch ran on: images dropped.
                     details = {"error": "cancelled", "steps_done": job.spec.steps, "steps": job.spec.steps}
                     await self._end(job, JobStatus.ERROR, details=details)
                     continue

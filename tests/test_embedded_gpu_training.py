@@ -21,7 +21,7 @@ from fluxserve.embedded.gpu_scenes import object_masks, render_batch, scene_tens
 from fluxserve.embedded.gpu_train import main
 from fluxserve.embedded.scenes import random_scene, render
 from fluxserve.embedded.state import PART_BYTES, load_state, read_summary, save_state
-from fluxserve.embedded.stream import Recipe, _tokenizer, make_batch, token_ids
+from fluxserve.embedded.stream import BatchStream, Recipe, _tokenizer, make_batch, token_ids, worker_pool
 from fluxserve.embedded.vocabulary import SHAPES
 from fluxserve.engines import EngineRequest
 from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
@@ -80,6 +80,24 @@ def test_stream_batches_and_wild_captions() -> None:
         pieces = _tokenizer().convert_ids_to_tokens(token_ids([text], 32)[0].tolist())
         assert len(caption_labels(pieces)) == 32
     assert seen == {True, False}  # some keep the shape word, some do not
+
+
+def test_worker_processes_draw_the_same_batches_as_the_caller() -> None:
+    def plan(i: int) -> Recipe:
+        return Recipe("edit" if i % 2 else "t2i", 64, 64, 3, seed=100 + i)
+
+    pool = worker_pool(1)
+    try:
+        stream = BatchStream(plan, pool, ahead=2)
+        drawn = [stream.next() for _ in range(3)]
+        stream.close()
+    finally:
+        pool.shutdown()
+    inline = BatchStream(plan, None)
+    for got in drawn:
+        want = inline.next()
+        assert got["kind"] == want["kind"] and (got["ids"] == want["ids"]).all()
+        assert all((got["target"][k] == want["target"][k]).all() for k in want["target"])
 
 
 def test_state_parts_round_trip(tmp_path: Path) -> None:

@@ -36,6 +36,8 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ from fluxserve.embedded.model import (
     vae_factor,
 )
 from fluxserve.embedded.state import compact_optimizer, expand_optimizer, load_state, read_summary, save_state
-from fluxserve.embedded.stream import BatchStream, Recipe, make_batch, scenes_of, token_ids
+from fluxserve.embedded.stream import BatchStream, Recipe, make_batch, scenes_of, token_ids, worker_pool
 from fluxserve.embedded.train import export, token_weights
 
 STAGES = ("vae", "text", "transformer", "done")
@@ -140,6 +142,7 @@ class Trainer:
     ) -> None:
         self.run, self.budget, self.out, self.device = run, budget, out, device
         self.workers, self.compile, self.roundtrip_n = workers, compile_, roundtrip_n
+        self.pool: ProcessPoolExecutor | None = None
         self.t0 = time.monotonic()
         self.last_save = self.t0
         self.cfg = run.cfg
@@ -172,10 +175,10 @@ class Trainer:
         print(f"[state] saved {n / 2**20:.1f} MiB to {self.out} in {self.last_save - t:.1f} s "
               f"(stage {self.run.stage})", flush=True)  # fmt: skip
 
-    def maybe_save(self, parts: dict[str, Any]) -> None:
-        """Save if ``--save-every`` minutes passed since the last save."""
+    def maybe_save(self, parts: Callable[[], dict[str, Any]]) -> None:
+        """Save ``parts()`` if ``--save-every`` minutes passed since the last save."""
         if time.monotonic() - self.last_save >= self.budget.save_every * 60:
-            self.save(parts)
+            self.save(parts())
 
     def log(self, stage: str, step: int, p: float, rate: float, wait: float, **info: float) -> None:
         """One progress line."""
@@ -187,8 +190,16 @@ class Trainer:
         )
 
     def stream(self, plan: Any) -> BatchStream:
-        """Batches of ``plan`` drawn by the workers."""
-        return BatchStream(plan, self.workers)
+        """Batches of ``plan`` drawn by the workers (one pool for every stage)."""
+        if self.workers and self.pool is None:
+            self.pool = worker_pool(self.workers)
+        return BatchStream(plan, self.pool, ahead=4 * self.workers)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
 
     # ------------------------------------------------------------ models
 
@@ -264,7 +275,9 @@ class Trainer:
                     self.log("vae", run.steps["vae"], p, rate_n / (now - rate_t), wait / (now - rate_t),
                              loss=loss.item(), refine=float(refine))  # fmt: skip
                     rate_t, rate_n, wait = now, 0, 0.0
-                self.maybe_save({"vae": vae.state_dict(), "vae_opt": compact_optimizer(opt.state_dict())})
+                self.maybe_save(
+                    lambda: {"vae": vae.state_dict(), "vae_opt": compact_optimizer(opt.state_dict())}
+                )
         finally:
             stream.close()
         parts = {"vae": vae.state_dict(), "vae_opt": compact_optimizer(opt.state_dict())}
@@ -341,7 +354,7 @@ class Trainer:
                         loss=loss.item(),
                     )
                     rate_t, rate_n, wait = now, 0, 0.0
-                self.maybe_save({"t5": t5.state_dict(), "heads": heads.state_dict()})
+                self.maybe_save(lambda: {"t5": t5.state_dict(), "heads": heads.state_dict()})
         finally:
             stream.close()
         if self.progress("text", cfg.text_steps) >= 1.0:
@@ -497,7 +510,7 @@ class Trainer:
                     self.log("transformer", run.steps["transformer"], p, rate_n / (now - rate_t),
                              wait / (now - rate_t), loss=loss.item(), lr=lr, edit=float(is_edit))  # fmt: skip
                     rate_t, rate_n, wait = now, 0, 0.0
-                self.maybe_save(parts())
+                self.maybe_save(parts)
         finally:
             stream.close()
         if self.progress("transformer", cfg.steps) >= 1.0:
@@ -606,12 +619,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"torch {torch.__version__}, budget {asdict(budget)}", flush=True)  # fmt: skip
     stages = {"vae": trainer.train_vae, "text": trainer.train_text, "transformer": trainer.train_transformer}
-    with contextlib.suppress(KeyboardInterrupt):
-        while run.stage in stages and not trainer.out_of_time():
-            stage = run.stage
-            stages[stage]()
-            if run.stage == stage:  # the stage did not finish: out of time
-                break
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            while run.stage in stages and not trainer.out_of_time():
+                stage = run.stage
+                stages[stage]()
+                if run.stage == stage:  # the stage did not finish: out of time
+                    break
+    finally:
+        trainer.close()
     if run.stage == "done":
         trainer.export(args.export)
     else:

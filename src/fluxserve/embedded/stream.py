@@ -112,20 +112,27 @@ def _quiet_worker() -> None:
     torch.set_num_threads(1)
 
 
-class BatchStream:
-    """Batches drawn ahead by ``workers`` processes (0: drawn on demand in this process).
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` processes for :class:`BatchStream` (started fresh, not forked: the parent
+    may hold a CUDA context). One pool can serve one stream after another."""
+    ctx = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_quiet_worker)
 
-    ``plan(i)`` gives the recipe of the i-th batch; :meth:`next` returns batches in order.
+
+class BatchStream:
+    """Batches drawn ahead by a worker pool (None: drawn on demand in this process).
+
+    ``plan(i)`` gives the recipe of the i-th batch; :meth:`next` returns batches in order;
+    ``ahead`` batches are on order at any time.
     """
 
-    def __init__(self, plan: Callable[[int], Recipe], workers: int, ahead: int = 4) -> None:
-        self.plan, self.i, self.submitted = plan, 0, 0
-        self.pool: ProcessPoolExecutor | None = None
+    def __init__(
+        self, plan: Callable[[int], Recipe], pool: ProcessPoolExecutor | None, ahead: int = 4
+    ) -> None:
+        self.plan, self.i, self.submitted, self.pool = plan, 0, 0, pool
         self.queue: deque[Future[dict[str, Any]]] = deque()
-        if workers > 0:
-            ctx = multiprocessing.get_context("spawn")  # the parent may hold a CUDA context
-            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_quiet_worker)
-            for _ in range(workers * ahead):
+        if pool is not None:
+            for _ in range(ahead):
                 self._submit()
 
     def _submit(self) -> None:
@@ -144,12 +151,10 @@ class BatchStream:
         return batch
 
     def close(self) -> None:
-        """Stop the workers (batches drawn ahead are dropped)."""
-        if self.pool is not None:
-            for f in self.queue:
-                f.cancel()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
+        """Drop the batches ordered ahead (the pool stays, for the next stream)."""
+        for f in self.queue:
+            f.cancel()
+        self.queue.clear()
 
 
 def scenes_of(arrays: dict[str, np.ndarray], device: torch.device) -> SceneTensors:

@@ -6,11 +6,11 @@
 #   bash src/fluxserve/embedded/gpu_session.sh 2      # call 2: transformer (8.0 min)
 #   bash src/fluxserve/embedded/gpu_session.sh 3      # call 3: transformer's last minutes, export (6.0 min)
 #
-# Installs the carried diffusers wheel (.whl/, from gpu_wheels.sh) once per machine, trains with the plan's
-# flags (flags after the call number are added last, so they override), writes the state, the log
-# (log<call>.txt) and at the end checkpoint.tar to $OUT, and keeps a copy of the state in /tmp/fs
-# (KEEP) for the next call on the same warm machine. It resumes from there and, if carried, from
-# runs/gpu.
+# Installs the carried diffusers wheel (.whl-embedded/, from gpu_wheels.sh) once per machine,
+# trains with the plan's flags (flags after the call number come last, so they override), writes
+# the state, the log (log<call>.txt) and at the end checkpoint.tar to $OUT, and keeps a copy of
+# the state in /tmp/fs (KEEP) for the next call on the same warm machine. It resumes from there
+# and, if carried, from runs/gpu.
 # DEVICE=cpu runs the same on a CPU (with toy flags: a smoke test of the script, not training).
 set -uo pipefail
 call=${1:?usage: gpu_session.sh 1|2|3 [gpu_train flags]}
@@ -20,10 +20,9 @@ stop=8.0
 [ "$call" = 3 ] && stop=6.0
 site=${SITE:-/tmp/fluxserve-site}
 keep=${KEEP:-/tmp/fs}
-# only diffusers: .whl/ may hold other wheels (it is shared), which this training must not pick up
 if ! python3 -c 'import diffusers' 2>/dev/null && [ ! -d "$site/diffusers" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-        .whl/diffusers-*.whl || exit 1
+        .whl-embedded/diffusers-*.whl || exit 1
 fi
 export PYTHONPATH="$site:src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 command -v nvidia-smi >/dev/null && nvidia-smi -L

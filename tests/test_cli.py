@@ -72,3 +72,12 @@ def test_bad_settings_are_reported_not_crashed(tmp_path: Path) -> None:
     cfg.write_text("no_such_setting = 1\n")
     out = fluxserve("serve", "--config", str(cfg), "--data-dir", str(tmp_path))
     assert out.returncode == 2 and "no_such_setting" in out.stderr
+
+
+def test_key_ids_never_start_with_a_dash() -> None:
+    """A key id is a command-line argument (``keys revoke ID``): it must not read as an option."""
+    from fluxserve.keys import new_key
+
+    ids = [new_key()[0] for _ in range(2000)]  # about 1 in 64 would start with "-" otherwise
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 8 for i in ids) and len(set(ids)) == len(ids)

@@ -22,8 +22,11 @@ class ApiKey:
 
 def new_key() -> tuple[str, str]:
     """A fresh ``(key id, secret)``: the id is the secret's first characters after the prefix."""
-    secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    return secret[len(KEY_PREFIX) : len(KEY_PREFIX) + 8], secret
+    while True:
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = secret[len(KEY_PREFIX) : len(KEY_PREFIX) + 8]
+        if not key_id.startswith("-"):  # ids are command-line arguments (keys revoke ID)
+            return key_id, secret
 
 
 def hash_key(secret: str) -> str:

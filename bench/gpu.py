@@ -1075,7 +1075,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny configs on the CPU (proves the script)")
     ap.add_argument("--part", default="engine,server", help="engine, server, or both (comma-separated)")
     ap.add_argument("--models", default=",".join(MODELS), help="models for the engine part")
-    ap.add_argument("--modes", default="diffusers," + ",".join(MODES), help="modes for the engine part")
+    ap.add_argument(
+        "--modes",
+        default="diffusers," + ",".join(MODES),
+        help=(
+            "modes for the engine part: they filter PLAN, the (model, mode) list in this file, "
+            "most important first (--tiny: every model in every mode)"
+        ),
+    )
     ap.add_argument("--runs", type=int, default=5, help="timed runs per case (median; >= 5 for the record)")
     ap.add_argument("--size", type=int, default=None, help="image side (default 1024; tiny 64)")
     ap.add_argument("--server-model", default="flux1-schnell", choices=MODELS)
@@ -1106,6 +1113,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown mode {m!r}: diffusers or one of {', '.join(MODES)}")
 
     start = time.monotonic()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded (the device has no network)
     device = torch.device("cpu" if args.tiny else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run on a GPU, or use --tiny on the CPU", file=sys.stderr)

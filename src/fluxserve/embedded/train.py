@@ -16,7 +16,8 @@ Stages (each resumable from ``--work``; rerunning the same command continues whe
    and Kontext edits (the source image's tokens appended, as FLUX Kontext does) join in;
 4. export: a diffusers ``FluxKontextPipeline`` directory + ``fluxserve.json``.
 
-The same command runs on a GPU (``--device cuda``) with larger ``--steps``/``--batch``.
+The same command runs on a GPU (``--device cuda``), but its pool is rendered on one CPU core
+first; :mod:`fluxserve.embedded.gpu_train` streams fresh batches instead (the GPU plan).
 This module holds the stages and the command; the settings are in ``config``, the components
 in ``model`` and the data (stage 2) in ``data``.
 """

@@ -77,10 +77,37 @@ def test_first_block_cache_skips_transformer_blocks(tiny_flux_checkpoint: Path) 
     )
 
 
-def test_step_caching_needs_a_pipeline_that_supports_it(tiny_checkpoint: Path) -> None:
+def test_magcache_runs_with_flux1s_ratios_and_taylorseer_refreshes_every_n_steps(
+    tiny_flux_checkpoint: Path,
+) -> None:
+    plain = image(engine(tiny_flux_checkpoint, SpeedOptions()), steps=12)
+    for options in (SpeedOptions(cache="magcache", cache_threshold=0.5), SpeedOptions(cache="taylorseer")):
+        cached = image(engine(tiny_flux_checkpoint, options), steps=12)
+        assert cached.shape == plain.shape and cached.std() > 1  # an image, not a blank page
+
+
+def test_step_caching_needs_a_pipeline_that_supports_it(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from tiny_checkpoints import build_tiny_flux2_klein
+
     e = engine(tiny_checkpoint, SpeedOptions(cache="fbcache"))  # FLUX.1 Kontext
     with pytest.raises(CheckpointError, match="FluxKontextPipeline does not"):
         e.load("ckpt")
+    klein = build_tiny_flux2_klein(tmp_path / "klein")
+    # diffusers' First Block Cache fails inside FLUX.2 klein's transformer: refused at load,
+    # with the cache that does run there named.
+    with pytest.raises(
+        CheckpointError, match="Flux2KleinPipeline does not: use cache = 'none' or 'taylorseer'"
+    ):
+        engine(klein, SpeedOptions(cache="fbcache")).load("ckpt")
+    req = EngineRequest("ckpt", "a red circle", 64, 64, seed=1, steps=4, guidance=1.0)
+    assert engine(klein, SpeedOptions(cache="taylorseer", cache_threshold=2)).generate(req)
+
+
+def test_a_step_cache_turns_automatic_compile_off() -> None:
+    from fluxserve.engines.speed import auto_compile
+
+    assert auto_compile(None, "cuda", has_loras=False, step_cache=True).value is False
+    assert auto_compile(True, "cuda", has_loras=False, step_cache=True).value is True  # explicit wins
 
 
 def test_fused_qkv_refuses_to_hide_loras(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -174,7 +174,9 @@ def load_pipeline(
         str(files.pipeline_dir), dtype=dtype, local_files_only=True, **components
     )
     apply_memory(pipe, memory.mode, device)
-    compile_on = auto_compile(source.speed.compile, device.type, has_loras, memory.mode)
+    compile_on = auto_compile(
+        source.speed.compile, device.type, has_loras, memory.mode, step_cache=source.speed.cache != "none"
+    )
     log.info("compile = %s for %s (%s)", compile_on.value, source.checkpoint, compile_on.reason)
     speed = replace(source.speed, compile=compile_on.value)
     applied = apply_speed(pipe, speed, device, has_loras, steps=family.steps)

@@ -10,7 +10,10 @@
   for ``warmup_sizes``.
 - ``channels_last``: the VAE in channels-last memory layout (CUDA).
 - ``cache``: opt-in, lossy step caching (``fbcache``, ``magcache``, ``taylorseer``) with its
-  threshold, through ``transformer.enable_cache`` and diffusers' cache configs.
+  threshold, through ``transformer.enable_cache`` and diffusers' cache configs, on the
+  pipelines where each runs (:data:`CACHE_PIPELINES`: FLUX.1's ``FluxPipeline`` for all three;
+  FLUX.2 klein for TaylorSeer only, as diffusers 0.42's First Block Cache fails on klein and
+  MagCache has calibrated ratios for FLUX.1 only).
 - ``attention_backend``: a diffusers attention backend (``flash``, ``_native_cudnn`` ...).
 
 Transformer quantization ``auto`` (the default) is resolved by :func:`auto_quantize`: torchao
@@ -39,7 +42,11 @@ FP8_CAPABILITY = (8, 9)
 """CUDA compute capability with fp8 tensor cores (Ada, Hopper and later)."""
 OFFLOAD_MODES = ("group_offload", "sequential_offload")
 """Memory modes whose hooks move weights inside the transformer blocks (no automatic compile)."""
-CACHE_PIPELINES = ("FluxPipeline", "Flux2KleinPipeline")
+CACHE_PIPELINES: dict[str, tuple[str, ...]] = {
+    "fbcache": ("FluxPipeline",),
+    "magcache": ("FluxPipeline",),
+    "taylorseer": ("FluxPipeline", "Flux2KleinPipeline"),
+}
 """Pipelines that wrap each denoiser call in ``cache_context`` (what the step caches need)."""
 
 
@@ -67,12 +74,21 @@ class Choice:
     reason: str
 
 
-def auto_compile(setting: bool | None, device_type: str, has_loras: bool, memory_mode: str = "gpu") -> Choice:
+def auto_compile(
+    setting: bool | None,
+    device_type: str,
+    has_loras: bool,
+    memory_mode: str = "gpu",
+    step_cache: bool = False,
+) -> Choice:
     """Whether to compile: ``setting`` when given, else on for CUDA unless requests may name
-    LoRAs (a new adapter changes the compiled blocks: a user would wait for a recompile) or an
-    offload mode moves weights inside the blocks. ``Choice.value`` is a bool."""
+    LoRAs (a new adapter changes the compiled blocks: a user would wait for a recompile), an
+    offload mode moves weights inside the blocks, or a step cache is on (its hooks decide per
+    step whether blocks run, which breaks the compiled graphs). ``Choice.value`` is a bool."""
     if setting is not None:
         return Choice(setting, "as configured")
+    if step_cache:
+        return Choice(False, "auto: off with a step cache (its hooks break the blocks' compiled graphs)")
     if device_type != "cuda":
         return Choice(False, f"auto: off on {device_type.upper()} (compile time outweighs the gain)")
     if has_loras:
@@ -160,7 +176,10 @@ def _cache_config(cache: StepCache, threshold: float | None, steps: int) -> Any:
     if cache == "fbcache":
         return diffusers.FirstBlockCacheConfig(threshold=0.05 if threshold is None else threshold)
     if cache == "magcache":
-        kwargs: dict[str, Any] = {"num_inference_steps": steps}
+        from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
+
+        # MagCache skips steps by per-model magnitude ratios; diffusers ships FLUX.1's.
+        kwargs: dict[str, Any] = {"num_inference_steps": steps, "mag_ratios": FLUX_MAG_RATIOS}
         if threshold is not None:
             kwargs["threshold"] = threshold
         return diffusers.MagCacheConfig(**kwargs)
@@ -190,11 +209,13 @@ def apply_speed(
         transformer.set_attention_backend(options.attention_backend)
         applied.append(f"attention {options.attention_backend}")
     if options.cache != "none":
-        if type(pipe).__name__ not in CACHE_PIPELINES:
+        supported = CACHE_PIPELINES[options.cache]
+        name = type(pipe).__name__
+        if name not in supported:
+            others = [c for c, pipes in CACHE_PIPELINES.items() if name in pipes]
             raise ValueError(
-                f"cache = '{options.cache}' needs a pipeline that marks its denoiser calls for "
-                f"diffusers' step caches ({', '.join(CACHE_PIPELINES)}); {type(pipe).__name__} does "
-                "not: use cache = 'none' for this model"
+                f"cache = '{options.cache}' runs on {', '.join(supported)} here; {name} does not: "
+                f"use cache = {' or '.join(repr(c) for c in ['none', *others])} for this model"
             )
         transformer.enable_cache(_cache_config(options.cache, options.cache_threshold, steps))
         applied.append(f"{options.cache} step cache")
@@ -208,6 +229,7 @@ def apply_speed(
         # dynamic=None (torch's default): each shape first compiles a static graph; a second
         # shape of the same block recompiles once with the changed sizes made dynamic, and that
         # graph then serves every further size (see the warmup module and the README).
-        transformer.compile_repeated_blocks(fullgraph=True)
+        # A step cache's hooks break the graph: compile around them (explicit compile only).
+        transformer.compile_repeated_blocks(fullgraph=options.cache == "none")
         applied.append("regional torch.compile")
     return applied

@@ -16,7 +16,12 @@ diffusers directory, and in one process on one GPU times
   ``fast+fbcache`` (``fast`` plus First Block Cache: lossy, labelled ``lossy`` in the JSON).
 
 Each case reports seconds per image (median of ``--runs`` >= 5 after warm-up), peak GPU memory,
-load and warm-up (compile) seconds and the ratio to plain diffusers, and is written to the JSON
+load and warm-up (compile) seconds, the ratio to plain diffusers and ``image_vs``: how far its
+first image (prompt 0, seed 0) is from that of each mode measured before it for the model (mean
+absolute difference in levels of 255 and PSNR; ``bf16`` against ``diffusers`` checks that the
+engine draws the plain pipeline's image, ``fast`` and ``fbcache`` show what fp8 and step
+caching change; with random weights that is a numerical distance, not a judgement of the
+picture), and is written to the JSON
 file the moment it is measured, so a run cut off by the device's 10-minute limit still returns
 what it measured. ``--part server`` then runs ``fluxserve serve`` on loopback with one random-weight
 checkpoint and 8 concurrent clients (httpx, OpenAI Images route) and reports images/s and the
@@ -49,6 +54,7 @@ import contextlib
 import datetime as dt
 import gc
 import json
+import math
 import os
 import shutil
 import socket
@@ -682,13 +688,16 @@ class Timing:
     warmup_s: float
     seconds: list[float] = field(default_factory=list)
     peak_mem_gib: float | None = None
+    first_image: Any = None
+    """The first timed call's image (prompt 0, seed 0): compared across modes."""
 
 
 def time_calls(
     call: Callable[[int], Any], device: torch.device, warmup: int, runs: int
-) -> tuple[float, list[float], float | None]:
+) -> tuple[float, list[float], float | None, Any]:
     """Run ``call(i)`` ``warmup`` times (timed together), then ``runs`` times each timed; returns
-    (warm-up seconds, run seconds, peak memory GiB over the runs and the weights)."""
+    (warm-up seconds, run seconds, peak memory GiB over the runs and the weights, the first
+    timed call's result)."""
     t = time.perf_counter()
     for i in range(warmup):
         call(10_000 + i)
@@ -697,14 +706,29 @@ def time_calls(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = []
+    first = None
     for i in range(runs):
         sync(device)
         t = time.perf_counter()
-        call(i)
+        out = call(i)
         sync(device)
         seconds.append(time.perf_counter() - t)
+        first = out if i == 0 else first
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
-    return warmup_s, seconds, peak
+    return warmup_s, seconds, peak, first
+
+
+def image_difference(a: Any, b: Any) -> dict[str, float]:
+    """How far two images of the same prompt and seed are apart: mean absolute difference in
+    levels of 255, and PSNR in dB (inf: identical). With random weights this measures how much
+    a mode changes the output, not how good the picture looks."""
+    import numpy as np
+
+    x = np.asarray(a.convert("RGB"), dtype=np.float64)
+    y = np.asarray(b.convert("RGB"), dtype=np.float64)
+    mse = float(((x - y) ** 2).mean())
+    psnr = float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
+    return {"mean_abs": round(float(np.abs(x - y).mean()), 3), "psnr_db": round(psnr, 2)}
 
 
 def prompt(i: int) -> str:
@@ -752,8 +776,8 @@ def run_diffusers(
         ).images[0]
 
     # The pipeline is freed when this returns (main calls free_memory after every case).
-    warmup_s, seconds, peak = time_calls(call, device, warmup, runs)
-    return Timing(load_s, warmup_s, seconds, peak)
+    warmup_s, seconds, peak, first = time_calls(call, device, warmup, runs)
+    return Timing(load_s, warmup_s, seconds, peak, first)
 
 
 def fast_quantize(device: torch.device) -> str:
@@ -839,9 +863,9 @@ def run_fluxserve(
 
     loaded = engine.loaded(str(ckpt))
     extra = {"memory_mode": loaded.memory.mode if loaded else None}
-    warmup_s, seconds, peak = time_calls(call, device, warmup, runs)
+    warmup_s, seconds, peak, first = time_calls(call, device, warmup, runs)
     extra["prompt_cache_hits"] = engine.prompt_cache.hits
-    return Timing(load_s, warmup_s, seconds, peak), values, extra
+    return Timing(load_s, warmup_s, seconds, peak, first), values, extra
 
 
 # --------------------------------------------------------------------------------------------
@@ -1154,6 +1178,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     server_needs = {args.server_model} if "server" in parts else set()
     data_root = Path(tempfile.mkdtemp(prefix="fluxserve-gpu-data-"))
+    images: dict[str, dict[str, Any]] = {}  # model -> mode -> first timed image
     for k, (model, mode) in enumerate(plan):
         case = cases[model]
         row: dict[str, Any] = {
@@ -1189,6 +1214,12 @@ def main(argv: list[str] | None = None) -> int:
                         "step caching with random weights: how many steps it skips is not what real "
                         "weights give; the time is an indication only"
                     )
+            # What each mode does to the image: against every mode measured before it for this
+            # model (bf16 against diffusers should be ~0; fp8 and step caching show their cost).
+            if timing.first_image is not None:
+                earlier = images.setdefault(model, {})
+                row["image_vs"] = {m: image_difference(timing.first_image, im) for m, im in earlier.items()}
+                earlier[mode] = timing.first_image
             median = statistics.median(timing.seconds)
             base = report.baseline(model) if mode != "diffusers" else median
             row.update(

@@ -175,6 +175,13 @@ def test_a_stopped_command_saves_and_the_next_continues_the_stage(tmp_path: Path
     assert summary is not None and summary["stage"] == "vae"
     done = summary["steps"]["vae"]
     assert 0 < done < 1000
+    # --until: the autoencoder's stage ends (and is scored), nothing of the transformer runs
+    main(
+        [*TOY, "--out", str(out), "--vae-steps", str(done + 1), "--text-steps", "1", "--until", "transformer"]
+    )
+    summary = read_summary(out)
+    assert summary is not None and summary["stage"] == "transformer" and summary["steps"]["vae"] == done + 1
+    assert set(summary["vae_roundtrip"]) >= {"shape", "all"} and summary["steps"]["transformer"] == 0
     main([*TOY, "--out", str(out), "--vae-steps", str(done + 1), "--text-steps", "1", "--steps", "1"])
     summary = read_summary(out)
-    assert summary is not None and summary["stage"] == "done" and summary["steps"]["vae"] == done + 1
+    assert summary is not None and summary["stage"] == "done" and summary["steps"]["transformer"] == 1

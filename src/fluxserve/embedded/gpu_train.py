@@ -21,8 +21,9 @@ captions and edit instructions with the grammar's own code, and the GPU draws th
 A stage's schedule (learning rate, curriculum) follows its progress, the larger of its share of
 ``--*-minutes`` spent and of its step cap (``--vae-steps``, ``--text-steps``, ``--steps``)
 reached. The state (``fluxserve.embedded.state``) goes to ``--out`` every ``--save-every``
-minutes, at every stage's end and when ``--stop-after`` minutes of this command are up; the
-next command continues from the newest state among ``--resume`` directories and ``--out``.
+minutes, at every stage's end and when ``--stop-after`` minutes of this command are up (or
+the stage ``--until`` is reached); the next command continues from the newest state among
+``--resume`` directories and ``--out``.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class Trainer:
         self.run, self.budget, self.out, self.device = run, budget, out, device
         self.workers, self.compile, self.roundtrip_n = workers, compile_, roundtrip_n
         self.pool: ProcessPoolExecutor | None = None
+        self.stepped = False  # whether this command has taken a training step
         self.t0 = time.monotonic()
         self.last_save = self.t0
         self.cfg = run.cfg
@@ -157,8 +159,9 @@ class Trainer:
     # ------------------------------------------------------------ bookkeeping
 
     def out_of_time(self) -> bool:
-        """Whether this command has used its ``--stop-after`` minutes."""
-        return time.monotonic() - self.t0 >= self.budget.stop_after * 60
+        """Whether this command has used its ``--stop-after`` minutes (never before its first
+        step: every command makes progress)."""
+        return self.stepped and time.monotonic() - self.t0 >= self.budget.stop_after * 60
 
     def progress(self, stage: str, cap: int) -> float:
         """The stage's progress in [0, 1]: time spent or steps taken, whichever is further."""
@@ -266,6 +269,7 @@ class Trainer:
                 loss.backward()
                 opt.step()
                 run.steps["vae"] += 1
+                self.stepped = True
                 run.samples["vae"] += x.shape[0]
                 rate_n += x.shape[0]
                 now = time.monotonic()
@@ -342,6 +346,7 @@ class Trainer:
                 loss.backward()
                 opt.step()
                 run.steps["text"] += 1
+                self.stepped = True
                 run.samples["text"] += ids.shape[0]
                 rate_n += ids.shape[0]
                 now = time.monotonic()
@@ -504,6 +509,7 @@ class Trainer:
                         ]
                         torch._foreach_lerp_([e for e, _ in pairs], [v.detach() for _, v in pairs], 1 - d)
                 run.steps["transformer"] += 1
+                self.stepped = True
                 run.samples["transformer"] += b
                 rate_n += b
                 now = time.monotonic()
@@ -583,6 +589,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=14, help="CPU processes drawing batches (0: inline)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     ap.add_argument("--roundtrip", type=int, default=120, help="scenes in the autoencoder's round-trip check")
+    ap.add_argument(
+        "--until", choices=STAGES[1:3], help="stop when this stage is reached (e.g. to check the autoencoder)"
+    )
     ap.add_argument("--export", type=Path, help="also write the exported checkpoint directory here")
     for name, value in asdict(Budget()).items():
         flag = (
@@ -624,7 +633,7 @@ def main(argv: list[str] | None = None) -> None:
     stages = {"vae": trainer.train_vae, "text": trainer.train_text, "transformer": trainer.train_transformer}
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            while run.stage in stages and not trainer.out_of_time():
+            while run.stage in stages and run.stage != args.until and not trainer.out_of_time():
                 stage = run.stage
                 stages[stage]()
                 if run.stage == stage:  # the stage did not finish: out of time

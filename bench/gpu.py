@@ -322,8 +322,16 @@ MODES: dict[str, dict[str, Any]] = {
     # trace diffusers' FBC hook (torch.compiler.disable'd: "Skip inlining ... _should_compute_
     # remaining_blocks"), seen on the CPU with torch 2.13 / diffusers 0.42.
     "fbcache": dict(fuse_qkv=True, compile=False, channels_last=True, quantize="fast", cache="fbcache"),
-    # The same with compile, for when the engine compiles cached transformers (fails today).
+    # The same with compile: the engine compiles around the cache's hooks (fullgraph off).
     "fast+fbcache": dict(fuse_qkv=True, compile=True, channels_last=True, quantize="fast", cache="fbcache"),
+    # Request batching: 4 requests (different prompts and seeds) in one pipeline call through
+    # the engine's generate_batch; seconds_median is per image. Does batching pay on this GPU?
+    "fast+batch4": dict(
+        fuse_qkv=True, compile=True, channels_last=True, quantize="fast", cache="none", batch_size=4
+    ),
+    "bf16+batch4": dict(
+        fuse_qkv=False, compile=False, channels_last=False, quantize="none", cache="none", batch_size=4
+    ),
 }
 LOSSY_MODES = {"fbcache", "fast+fbcache"}
 
@@ -341,6 +349,7 @@ PLAN: list[tuple[str, str]] = [
     ("flux2-klein-4b", "fast"),
     ("flux1-schnell", "diffusers"),
     ("flux1-schnell", "fast"),
+    ("flux1-schnell", "fast+batch4"),
 ]
 # Seconds each (model, mode) takes on one H100, load + warm-up + runs (estimates for the budget
 # guard; a checkpoint build adds BUILD_ESTIMATE_S).
@@ -354,6 +363,7 @@ ESTIMATE_S = {
     ("flux1-kontext-dev", "fast"): 110,
     ("flux1-schnell", "diffusers"): 30,
     ("flux1-schnell", "fast"): 70,
+    ("flux1-schnell", "fast+batch4"): 60,
     ("flux2-klein-4b", "diffusers"): 25,
     ("flux2-klein-4b", "fast"): 60,
 }
@@ -848,8 +858,8 @@ def run_fluxserve(
     width, height = size
     images = [reference_image(size)] if case.reference_image else []
 
-    def call(i: int) -> Any:
-        req = EngineRequest(
+    def request(i: int) -> Any:
+        return EngineRequest(
             checkpoint=str(ckpt),
             prompt=prompt(i),
             width=width,
@@ -859,11 +869,20 @@ def run_fluxserve(
             guidance=case.guidance,
             images=list(images),
         )
-        return engine.generate(req)[0]
+
+    batch = settings.batch_size if "batch_size" in values else 1
+
+    def call(i: int) -> Any:
+        if batch > 1:  # call i runs requests i*batch .. i*batch+batch-1; image 0 is request i*batch
+            return engine.generate_batch([request(i * batch + k) for k in range(batch)])[0][0]
+        return engine.generate(request(i))[0]
 
     loaded = engine.loaded(str(ckpt))
-    extra = {"memory_mode": loaded.memory.mode if loaded else None}
+    extra: dict[str, Any] = {"memory_mode": loaded.memory.mode if loaded else None}
     warmup_s, seconds, peak, first = time_calls(call, device, warmup, runs)
+    if batch > 1:
+        seconds = [s / batch for s in seconds]  # per image
+        extra["batch_size"] = batch
     extra["prompt_cache_hits"] = engine.prompt_cache.hits
     return Timing(load_s, warmup_s, seconds, peak, first), values, extra
 

@@ -28,7 +28,7 @@ def test_tiny_bench_writes_the_issue_json(tmp_path: Path) -> None:
         "--models",
         "flux1-dev,flux2-klein-4b",
         "--modes",
-        "diffusers,bf16",
+        "diffusers,bf16,bf16+batch4",
         "--runs",
         "2",
         "--server-model",
@@ -55,8 +55,10 @@ def test_tiny_bench_writes_the_issue_json(tmp_path: Path) -> None:
     assert set(rows) == {
         ("flux1-dev", "diffusers"),
         ("flux1-dev", "bf16"),
+        ("flux1-dev", "bf16+batch4"),
         ("flux2-klein-4b", "diffusers"),
         ("flux2-klein-4b", "bf16"),
+        ("flux2-klein-4b", "bf16+batch4"),
     }
     for (model, mode), row in rows.items():
         assert "error" not in row and "skipped" not in row, row
@@ -72,6 +74,9 @@ def test_tiny_bench_writes_the_issue_json(tmp_path: Path) -> None:
             # fluxserve's engine with its options off draws plain diffusers' image, to rounding.
             diff = row["image_vs"]["diffusers"]
             assert diff["mean_abs"] < 1.0 and diff["psnr_db"] > 40, diff
+        if mode == "bf16+batch4":  # four requests per call, timed per image; its first image
+            assert row["batch_size"] == 4  # is request 0's, as alone (FLUX.2 runs them in turn)
+            assert row["image_vs"]["bf16"]["mean_abs"] < 1.0, row["image_vs"]
     # The checkpoints were deleted after their last use (the server used dev's).
     assert not (tmp_path / "ckpt").exists()
 

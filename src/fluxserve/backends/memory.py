@@ -107,15 +107,19 @@ class MemoryJobStore:
             queued = self._queued()
             if not queued:
                 return None
-            row = queued[0]
-            row.job = replace(
-                row.job,
-                status=JobStatus.RUNNING,
-                attempts=row.job.attempts + 1,
-                started_at=time.time(),
-                progress=0.0,
-            )
-            return row.job
+            return self._start(queued[0])
+
+    @staticmethod
+    def _start(row: _Row) -> Job:
+        """Mark ``row``'s job running under one more attempt (the lock is held)."""
+        row.job = replace(
+            row.job,
+            status=JobStatus.RUNNING,
+            attempts=row.job.attempts + 1,
+            started_at=time.time(),
+            progress=0.0,
+        )
+        return row.job
 
     def peek(self, limit: int) -> list[Job]:
         """The first ``limit`` queued jobs, left queued."""
@@ -128,14 +132,7 @@ class MemoryJobStore:
             row = self._rows.get(job_id)
             if row is None or row.job.status != JobStatus.QUEUED:
                 return None
-            row.job = replace(
-                row.job,
-                status=JobStatus.RUNNING,
-                attempts=row.job.attempts + 1,
-                started_at=time.time(),
-                progress=0.0,
-            )
-            return row.job
+            return self._start(row)
 
     def position(self, job_id: str) -> int | None:
         """Queued jobs ahead of this one."""

@@ -317,15 +317,21 @@ class Worker:
         )
         return [Generated(images, requests[0].extras, time.time() - t0)]
 
-    def _request(self, job: Job) -> EngineRequest:
-        """The engine request of ``job``, its input images read from storage."""
+    def _request(self, job: Job, with_inputs: bool = True) -> EngineRequest:
+        """The engine request of ``job``, its input images read from storage (unless
+        ``with_inputs`` is false: the request is only prepared, not run)."""
         spec = job.spec
         entry = self.catalog.get(spec.model)
         if entry is None:
             raise ValueError(f"model {spec.model!r} is no longer in the catalog")
         storage = self.service.storage
-        images = [Image.open(io.BytesIO(storage.get(key))).convert("RGB") for key in spec.input_images]
-        mask = Image.open(io.BytesIO(storage.get(spec.mask_image))).convert("L") if spec.mask_image else None
+        inputs = spec.input_images if with_inputs else ()
+        images = [Image.open(io.BytesIO(storage.get(key))).convert("RGB") for key in inputs]
+        mask = (
+            Image.open(io.BytesIO(storage.get(spec.mask_image))).convert("L")
+            if spec.mask_image and with_inputs
+            else None
+        )
         return EngineRequest(
             checkpoint=entry.checkpoint,
             prompt=spec.prompt,
@@ -345,20 +351,8 @@ class Worker:
         where the engine can (best effort: a failure only loses the head start)."""
         try:
             for job in self.service.queue.peek(len(running) + 1):
-                entry = self.catalog.get(job.spec.model)
-                if job.id not in running and entry is not None:
-                    spec = job.spec
-                    request = EngineRequest(
-                        checkpoint=entry.checkpoint,
-                        prompt=spec.prompt,
-                        width=spec.width,
-                        height=spec.height,
-                        seed=spec.seed,
-                        steps=spec.steps,
-                        guidance=spec.guidance,
-                        loras=spec.loras,
-                    )
-                    prefetch(self.engine, request)
+                if job.id not in running and self.catalog.get(job.spec.model) is not None:
+                    prefetch(self.engine, self._request(job, with_inputs=False))
                     return True
         except Exception as exc:
             log.warning("could not prepare the next job's prompt: %s", exc)

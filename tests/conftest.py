@@ -142,6 +142,19 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> I
     s.stop()
 
 
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``fluxserve ARGS`` with the ``FLUXSERVE_*`` settings of ``env``, run in this process through
+    the CLI's own entry point (a new interpreter per call costs seconds; tests/test_cli.py runs
+    the installed command)."""
+    from typer.testing import CliRunner
+
+    from fluxserve.cli import app
+
+    settings = {k: v for k, v in env.items() if k.startswith("FLUXSERVE_")}
+    result = CliRunner().invoke(app, list(args), env=settings)
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
 def poll_result(
     base_url: str, job_id: str, headers: dict[str, str] | None = None, timeout: float = 60.0
 ) -> dict:  # type: ignore[type-arg]

@@ -4,7 +4,6 @@ official ``openai`` client), set up with the ``fluxserve accounts|keys`` command
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -12,20 +11,17 @@ import httpx
 import openai
 import pytest
 
-from conftest import Server, poll_result
+from conftest import Server, poll_result, run_cli
 
 PROMPT = {"prompt": "a red circle", "seed": 1}
 
 
 def cli(srv: Server, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``fluxserve ARGS --data-dir <server's>`` as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "fluxserve", *args, "--data-dir", str(srv.data_dir)],
-        capture_output=True,
-        text=True,
-        env=srv.env,
-        check=check,
-    )
+    """``fluxserve ARGS --data-dir <server's>`` (in this process: :func:`conftest.run_cli`)."""
+    done = run_cli(srv.env, *args, "--data-dir", str(srv.data_dir))
+    if check:
+        done.check_returncode()
+    return done
 
 
 def new_key(srv: Server, account: str, scope: str | None = None) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import PostgresServer, Server, poll_result
+from conftest import PostgresServer, Server, poll_result, run_cli
 
 PROMPT = {"prompt": "a red circle", "seed": 1}
 LONG = 50
@@ -33,9 +32,7 @@ def cli(
     user runs it (a key id may start with '-', so it goes after ``--``)."""
     extra = [] if "FLUXSERVE_DATABASE_URL" in srv.env else ["--data-dir", str(srv.data_dir)]
     tail = ["--", key_id] if key_id is not None else []
-    done = subprocess.run(
-        [sys.executable, "-m", "fluxserve", *args, *extra, *tail], capture_output=True, text=True, env=srv.env
-    )
+    done = run_cli(srv.env, *args, *extra, *tail)
     if check:
         assert done.returncode == 0, done.stderr
     return done

@@ -5,8 +5,6 @@ capped crash re-runs, webhook delivery ids."""
 from __future__ import annotations
 
 import resource
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,18 +13,14 @@ from typing import Any
 import httpx
 import openai
 
-from conftest import Server, poll_result
+from conftest import Server, poll_result, run_cli
 
 
 def fluxserve_cli(srv: Server, *args: str) -> str:
-    """Run ``fluxserve ARGS --data-dir <server's>`` as a user would; its stdout."""
-    return subprocess.run(
-        [sys.executable, "-m", "fluxserve", *args, "--data-dir", str(srv.data_dir)],
-        capture_output=True,
-        text=True,
-        env=srv.env,
-        check=True,
-    ).stdout.strip()
+    """``fluxserve ARGS --data-dir <server's>`` (in this process: :func:`conftest.run_cli`); its stdout."""
+    done = run_cli(srv.env, *args, "--data-dir", str(srv.data_dir))
+    done.check_returncode()
+    return done.stdout.strip()
 
 
 def submit(srv: Server, key: str | None = None, **body: Any) -> str:

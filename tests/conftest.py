@@ -307,5 +307,6 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """``slow`` marks tests of a minute or more; they still run in the default (CI) run."""
-    config.addinivalue_line("markers", "slow: a test of a minute or more (still in the default run)")
+    """``slow`` marks long tests that repeat at length what faster tests cover; the default (CI)
+    run leaves them out (pyproject's addopts), ``pytest -m slow`` runs them."""
+    config.addinivalue_line("markers", "slow: a long test left out of the default run (pytest -m slow)")

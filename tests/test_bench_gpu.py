@@ -14,9 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Slow: the benchmark, not the product (the engine paths it drives are tested elsewhere).
+@pytest.mark.slow
 def test_tiny_bench_writes_the_issue_json(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [

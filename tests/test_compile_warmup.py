@@ -207,9 +207,8 @@ def warmups(log: str) -> list[tuple[str, float, int, int, int]]:
     return [(m[1], float(m[2]), int(m[3]), int(m[4]), int(m[5])) for m in WARMUP.finditer(log)]
 
 
-# Slow: the module's fixture compiles the tiny transformer cold once (tens of seconds on two idle
-# cores, minutes on busy ones) and starts two servers.
-@pytest.mark.slow
+# The module's fixture compiles the tiny transformer cold once (tens of seconds on two idle
+# cores, minutes on busy ones) and starts two servers: long, but the only proof of the warm-up.
 def test_the_compile_cache_is_filled_at_warm_up_and_a_restart_reads_it(restarted: tuple[str, Server]) -> None:
     first_log, second = restarted
     [(size, _, graphs, hits, misses)] = warmups(first_log)
@@ -221,7 +220,6 @@ def test_the_compile_cache_is_filled_at_warm_up_and_a_restart_reads_it(restarted
     assert hits_again == misses and misses_again == 0
 
 
-@pytest.mark.slow
 def test_warm_up_happens_at_start_not_on_the_first_request(
     restarted: tuple[str, Server], tiny_flux_checkpoint: Path
 ) -> None:

@@ -200,7 +200,9 @@ def wait_until(check: Any, timeout: float = 60.0, what: str = "") -> Any:
     raise TimeoutError(what or str(check))
 
 
-@pytest.mark.slow  # 1.5 to 4 minutes on two busy CPUs: seven processes, 200 jobs, three worker deaths
+# Slow (1 to 4 minutes: seven processes, 200 jobs, three worker deaths): the faster tests here and
+# in test_postgres cover dispatch, two API nodes and the reaper one at a time.
+@pytest.mark.slow
 def test_api_nodes_and_workers_share_postgres_and_s3(
     procs: list[Proc],
     postgres_server: PostgresServer,

@@ -4,7 +4,10 @@ The engine is kept busy: a job's results are moderated, encoded and stored off t
 path (at most ``MAX_FINISHING`` jobs wait for that) while the engine starts the next job; once
 a run's denoising has begun, the prompt of the job next in the queue is encoded beside it; and
 queued jobs that can share a pipeline call run as one batch (:mod:`fluxserve.jobs.batching`).
-Where workers live (one per device, ``fluxserve worker``) is :mod:`fluxserve.jobs.fleet`.
+Storing off the path and batching apply to jobs claimed from the in-process queue; a job handed
+out by a dispatch (PostgreSQL) runs alone and is stored before its task ends (see
+:meth:`Worker.run_dispatched`). Where workers live (one per device, ``fluxserve worker``) is
+:mod:`fluxserve.jobs.fleet`.
 """
 
 from __future__ import annotations
@@ -158,10 +161,13 @@ class Worker:
         return claimed
 
     async def run_dispatched(self, job_id: str, dispatch: JobDispatch) -> None:
-        """Run the job ``dispatch`` handed us (with its batch mates from the queue): claim it
-        and run it; end it as Error instead when it was started ``max_attempts`` times
-        already; do nothing if it has ended (a cancel while it was queued). A job that joins
-        a batch here has its own dispatch cancelled as it is claimed (PostgreSQL)."""
+        """Run the job ``dispatch`` handed us: claim it, run it and store its results before
+        returning; end it as Error instead when it was started ``max_attempts`` times already;
+        do nothing if it has ended (a cancel while it was queued).
+
+        One job per task, finished before the task returns: the dispatch's record of the running
+        task is what brings the job back if this worker dies (the reaper), so neither a batch
+        (its other jobs would have no running task) nor storing after the return is safe here."""
         claims = dispatch.claims
         job = await self._store_call(lambda: self.service.store.get(job_id))
         if job is None or job.terminal:
@@ -173,8 +179,8 @@ class Worker:
             return
         claimed = await self._store_call(lambda: claims.claim(job_id, self.name))
         if claimed is not None:
-            mates = await self._store_call(functools.partial(self._claim_mates, claimed))
-            await self.run_batch([claimed, *mates])
+            await self.run_batch([claimed])
+            await self.drain()
 
     async def run_batch(self, jobs: list[Job]) -> None:
         """Run claimed ``jobs`` (one job, or a batch) on the engine, and return once the engine

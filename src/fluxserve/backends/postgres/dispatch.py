@@ -81,9 +81,10 @@ class DispatchingJobStore(PostgresJobStore):
         )
 
     def _take_dispatched(self, c: Connection[dict[str, Any]], job_id: str) -> bool:
-        """A worker's batch takes a queued job only while the job's procrastinate task still
-        waits, and cancels that task in the same transaction: no other worker is handed it.
-        A task being handed out right now is locked and skipped: the job stays with it."""
+        """A claim by name (``claim_queued``) takes a queued job only while the job's
+        procrastinate task still waits, and cancels that task in the same transaction: no
+        worker is handed it too. A task being handed out right now is locked and skipped: the
+        job stays with it. (Workers do not batch dispatched jobs: see ``Worker.run_dispatched``.)"""
         task = c.execute(
             "SELECT id FROM procrastinate_jobs WHERE task_name = %s AND status = 'todo'"
             " AND args->>'job_id' = %s FOR UPDATE SKIP LOCKED",

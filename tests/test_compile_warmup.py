@@ -140,20 +140,21 @@ def transformer_calls(checkpoint: Path, sizes: list[str]) -> tuple[int, list[War
 def test_warm_up_runs_each_size_through_the_request_paths(
     tiny_checkpoint: Path, tiny_flux_checkpoint: Path, tmp_path: Path
 ) -> None:
-    # FLUX.1 Kontext: text to image and an edit per size, one pass per step.
+    # FLUX.1 Kontext: text to image and an edit per size, one pass per step; the first size
+    # also as two images at once (the batch dimension).
     calls, runs = transformer_calls(tiny_checkpoint, ["64x64", "96x64"])
-    assert calls == 2 * 2 * WARMUP_STEPS and [r.size for r in runs] == ["64x64", "96x64"]
+    assert calls == (2 * 2 + 1) * WARMUP_STEPS and [r.size for r in runs] == ["64x64", "96x64"]
     assert all(r.seconds > 0 and r.graphs == 0 for r in runs)
     # FLUX.2 klein: its edits take the reference as a list.
     klein = build_tiny_flux2_klein(tmp_path / "klein", seed=3)
-    assert transformer_calls(klein, ["64x64"])[0] == 2 * WARMUP_STEPS
+    assert transformer_calls(klein, ["64x64"])[0] == 3 * WARMUP_STEPS
     # A true-CFG checkpoint (the embedded model's kind): the negative pass runs too.
     cfg = tmp_path / "true-cfg"
     shutil.copytree(tiny_flux_checkpoint, cfg)
     extra = json.loads((cfg / "fluxserve.json").read_text())
     (cfg / "fluxserve.json").write_text(json.dumps({**extra, "true_cfg": True}))
-    assert transformer_calls(cfg, ["64x64"])[0] == 2 * WARMUP_STEPS
-    assert transformer_calls(tiny_flux_checkpoint, ["64x64"])[0] == WARMUP_STEPS
+    assert transformer_calls(cfg, ["64x64"])[0] == 2 * 2 * WARMUP_STEPS
+    assert transformer_calls(tiny_flux_checkpoint, ["64x64"])[0] == 2 * WARMUP_STEPS
 
 
 # -- warm-up and the on-disk cache, through real servers ------------------------------------
@@ -232,6 +233,15 @@ def test_warm_up_happens_at_start_not_on_the_first_request(
     assert result["status"] == "Ready", result
     time.sleep(0.2)
     assert drain(server).count(TRACE) == at_ready, "the first request compiled"
+    # Nor does a request for several images (the warm-up compiled the batch dimension too).
+    r = httpx.post(
+        f"{server.base_url}/v1/images/generations",
+        json={"model": "flux-dev", "prompt": PROMPT, "n": 3, "size": "256x256"},
+        timeout=120,
+    )
+    assert r.status_code == 200 and len(r.json()["data"]) == 3, r.text
+    time.sleep(0.2)
+    assert drain(server).count(TRACE) == at_ready, "a request for three images compiled"
     served = np.asarray(Image.open(io.BytesIO(httpx.get(result["result"]["sample"]).content)).convert("RGB"))
 
     eager = DiffusersFluxEngine(

@@ -5,7 +5,9 @@ Each warm-up is a short generation (:data:`WARMUP_STEPS` steps: every compiled g
 the first step on) through the same pipeline call a request makes: the checkpoint's own
 guidance path (two-pass true CFG where the checkpoint uses it), the size fitted as the engine
 fits it, the images decoded. Checkpoints that take input images also warm one edit per size
-(one reference image of that size).
+(one reference image of that size), and the first size is also generated as two images at
+once, so that the batch dimension is compiled too (an OpenAI ``n > 1`` request, or a batch of
+jobs, then compiles nothing).
 
 Shape buckets: the transformer blocks are compiled with torch's default ``dynamic=None``. The
 first shape a block sees compiles a graph specialised to it (the fastest kernels). A second
@@ -13,8 +15,9 @@ shape recompiles once with the dimensions that changed marked dynamic (dynamo's 
 dynamic shapes"), and that graph serves every further value of them without compiling again.
 So with one warm-up size, the first request of another size waits for that one dynamic
 recompile; with two shapes warmed (two sizes, or a size and an edit) the dynamic graph exists
-before the server is ready and no size compiles on a request. The batch dimension is not
-warmed: the first ``n > 1`` request (or batch) recompiles once. Compiled kernels are cached on
+before the server is ready and no size compiles on a request. The two-image run does the same
+for the batch dimension: every ``n`` and batch size is served by the graph it compiles.
+Compiled kernels are cached on
 disk (see :func:`fluxserve.engines.speed.use_compile_cache`), so a restart mostly reads them
 back.
 """
@@ -71,9 +74,9 @@ def _counts() -> tuple[int, int, int]:
     )
 
 
-def _generate(m: LoadedPipeline, width: int, height: int, edit: bool) -> None:
-    """One short generation at ``width`` x ``height`` (the request's size, fitted as the engine
-    fits it), text to image or an edit of one reference image."""
+def _generate(m: LoadedPipeline, width: int, height: int, edit: bool, images: int = 1) -> None:
+    """One short generation of ``images`` images at ``width`` x ``height`` (the request's size,
+    fitted as the engine fits it), text to image or an edit of one reference image."""
     if m.native_area:
         width, height = fit_area(width, height, m.native_area, m.multiple)
     else:
@@ -87,7 +90,8 @@ def _generate(m: LoadedPipeline, width: int, height: int, edit: bool) -> None:
         width=width,
         num_inference_steps=WARMUP_STEPS,
         guidance_scale=guidance,
-        generator=[torch.Generator("cpu").manual_seed(0)],
+        num_images_per_prompt=images,
+        generator=[torch.Generator("cpu").manual_seed(i) for i in range(images)],
         max_sequence_length=m.max_sequence_length,
     )
     if m.true_cfg:
@@ -113,7 +117,7 @@ def warm_up(m: LoadedPipeline, sizes: Sequence[str], checkpoint: str) -> list[Wa
     if not m.compiled or not sizes:
         return []
     runs = []
-    for size in sizes:
+    for k, size in enumerate(sizes):
         width, height = parse_size(size)
         graphs, hits, misses = _counts()
         start = time.perf_counter()
@@ -121,6 +125,8 @@ def warm_up(m: LoadedPipeline, sizes: Sequence[str], checkpoint: str) -> list[Wa
             _generate(m, width, height, edit=False)
             if m.family.max_reference_images:
                 _generate(m, width, height, edit=True)
+            if k == 0:  # the batch dimension, once: its graph then serves every size and n
+                _generate(m, width, height, edit=False, images=2)
         except Exception as exc:
             raise RuntimeError(
                 f"compile warm-up at {size} failed ({exc.__class__.__name__}: {exc}); "

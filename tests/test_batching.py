@@ -110,6 +110,8 @@ class InProcessServer:
 
     def __init__(self, settings: Settings, engine: DiffusersFluxEngine) -> None:
         self.engine = engine
+        self.checkpoint = str(settings.default_checkpoint)
+        """The name the server's engine loads its models' checkpoint under."""
         self.base_url = f"http://127.0.0.1:{settings.port}"
         config = uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=settings.port)
         config.log_level = "warning"
@@ -240,7 +242,12 @@ def test_the_next_job_starts_before_the_last_ones_results_are_stored_and_its_pro
     assert two["result"]["start_time"] < one["result"]["end_time"]
     # Its prompt was encoded while the first job denoised, and the run found it ready.
     cache = server.engine.prompt_cache
-    assert cache.prepared >= 1 and cache.hits >= 1
+    # Each text needed (three prompts, and the empty one of a true-CFG checkpoint) was encoded
+    # once, either ahead of its job or by it, never both; and at least one ahead.
+    loaded = server.engine.loaded(server.checkpoint)
+    assert loaded is not None
+    texts = 3 + loaded.true_cfg
+    assert cache.prepared >= 1 and cache.misses + cache.prepared == texts, (cache.misses, cache.prepared)
     alone = DiffusersFluxEngine(lambda _: server.engine._resolve("x"), "cpu", "float32").generate(  # noqa: SLF001
         EngineRequest("default", "a purple triangle", 256, 256, seed=2, steps=3, guidance=3.0)
     )

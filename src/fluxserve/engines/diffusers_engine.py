@@ -66,6 +66,7 @@ class DiffusersFluxEngine:
         self._lora_cache_size = lora_cache_size
         self._adapters: dict[str, AdapterSet] = {}
         self.prompt_cache = PromptCache(prompt_cache_size)
+        self._side_stream: torch.cuda.Stream | None = None  # prefetch's encoders run here (CUDA)
         """Text-encoder outputs of recent prompts (``hits``/``misses`` count its use)."""
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -178,7 +179,9 @@ class DiffusersFluxEngine:
         ):
             return False
         key = (request.checkpoint, m.max_sequence_length, ())
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        if self.device.type == "cuda" and self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(self.device)
+        stream = self._side_stream
         with torch.inference_mode(), torch.cuda.stream(stream) if stream is not None else nullcontext():
             encoded = self.prompt_cache.prepare(
                 m.pipe, key, request.prompt, m.max_sequence_length, negative=m.true_cfg

@@ -45,7 +45,7 @@ def team(make_server):  # type: ignore[no-untyped-def]
         "gen_only": new_key(srv, "team", "generate"),
         "admin": new_key(srv, "team", "admin"),
         "other": new_key(srv, "other", "generate,read"),
-        "legacy": cli(srv, "keys", "create").stdout.strip(),  # the default account, every scope
+        "legacy": cli(srv, "keys", "create").stdout.strip(),  # the default account, generate,read
     }
     srv.start()
     return srv, keys

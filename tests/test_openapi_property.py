@@ -113,7 +113,9 @@ def _run(schema: Any) -> None:
 
 
 def _create_key(server: Server) -> str:
-    done = run_cli(server.env, "keys", "create", "--data-dir", str(server.data_dir))
+    done = run_cli(
+        server.env, "keys", "create", "--scope", "generate,read,admin", "--data-dir", str(server.data_dir)
+    )
     done.check_returncode()
     return done.stdout.strip()
 

@@ -102,6 +102,12 @@ def serve(
             "--no-worker", help="A stateless API node: no engine here; `fluxserve worker` processes generate."
         ),
     ] = False,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth", help='Accept every request without a key (auth = "none"); loopback only, logged.'
+        ),
+    ] = False,
 ) -> None:
     """Start the server. Prints the base URL once it accepts requests."""
     with server_imports():
@@ -118,10 +124,18 @@ def serve(
         gpus=gpus,
         worker_models=models,
         run_worker=False if no_worker else None,
+        auth="none" if no_auth else None,
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.auth == "none" and not settings.loopback_only:
+        err_console.print(
+            f'[red]Refusing to listen on {settings.host}:[/red] auth = "none" (--no-auth, FLUXSERVE_AUTH) '
+            "turns key checks off, which is allowed on 127.0.0.1 only.\nBind to 127.0.0.1, or drop "
+            "--no-auth and use keys: fluxserve keys create --name me --scope generate,read,admin"
+        )
+        raise typer.Exit(2)
     if not settings.loopback_only and (
         settings.backend != "sqlite" or not open_key_store(settings).any_active()
     ):
@@ -214,7 +228,7 @@ def keys_create(
     ] = None,
     scope: Annotated[
         str | None,
-        typer.Option("--scope", help="Comma-separated generate,read,admin (with --account: generate,read)."),
+        typer.Option("--scope", help="Comma-separated of generate,read,admin (default: generate,read)."),
     ] = None,
     max_active: KeyMaxActive = None,
     rpm: KeyRpm = None,
@@ -223,31 +237,26 @@ def keys_create(
 ) -> None:
     """Create a key. It is printed once; only its hash is stored."""
     with server_imports():
-        from fluxserve.accounts import ALL_SCOPES, open_account_store, parse_scopes
+        from fluxserve.accounts import open_account_store, parse_scopes
         from fluxserve.accounts.models import DEFAULT_GRANT_SCOPES
         from fluxserve.backends import open_key_store
 
     settings = _settings(config, data_dir=data_dir)
-    scopes: tuple[str, ...] | None = None
-    if account is None and scope is None and (max_active is not None or rpm is not None):
-        scopes = ALL_SCOPES  # a default-account key with limits of its own: a grant row to hold them
-        store = open_account_store(settings)
-    elif account is not None or scope is not None:
-        try:
-            scopes = parse_scopes(scope) if scope else DEFAULT_GRANT_SCOPES
-        except ValueError as exc:
-            err_console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
-        store = open_account_store(settings)
-        if store.get_account(account or "default") is None:
-            err_console.print(
-                f"[red]error:[/red] no account named {account!r} (see: fluxserve accounts create)"
-            )
-            raise typer.Exit(1)
+    try:  # least privilege: generate,read unless --scope names more (admin only when named)
+        scopes = parse_scopes(scope) if scope else DEFAULT_GRANT_SCOPES
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    store = open_account_store(settings)
+    if store.get_account(account or "default") is None:
+        err_console.print(f"[red]error:[/red] no account named {account!r} (see: fluxserve accounts create)")
+        raise typer.Exit(1)
     key, secret = open_key_store(settings).create(name)
-    if scopes is not None:
-        store.grant(key.id, account or "default", scopes, max_active, rpm)
-    err_console.print(f"Created key [bold]{key.id}[/bold] ({name}). Store it now: it is not shown again.")
+    store.grant(key.id, account or "default", scopes, max_active, rpm)
+    err_console.print(
+        f"Created key [bold]{key.id}[/bold] ({name}) with scopes {','.join(scopes)}. "
+        "Store it now: it is not shown again."
+    )
     print(secret)
 
 
@@ -426,7 +435,7 @@ def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
 
     settings = _settings(config, data_dir=data_dir)
     accounts = open_account_store(settings)
-    table = Table("id", "name", "created", "status", "account", "max active", "rpm")
+    table = Table("id", "name", "created", "status", "account", "scopes", "max active", "rpm")
     for k in open_key_store(settings).list():
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created_at))
         grant = accounts.grant_of(k.id)
@@ -436,10 +445,12 @@ def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
             created,
             "revoked" if k.revoked_at else "active",
             grant.account,
+            ",".join(grant.scopes),
             "-" if grant.max_active is None else str(grant.max_active),
             "-" if grant.rpm is None else str(grant.rpm),
         )
-    console.print(table)
+    # Rows whole in a pipe too (rich assumes 80 columns there and would wrap ids and scopes).
+    Console(width=None if console.is_terminal else 160).print(table)
 
 
 @keys_app.command("revoke")
@@ -449,10 +460,18 @@ def keys_revoke(key_id: str, data_dir: DataDir = None, config: ConfigFile = None
         from fluxserve.backends import open_key_store
 
     settings = _settings(config, data_dir=data_dir)
-    if not open_key_store(settings).revoke(key_id):
+    store = open_key_store(settings)
+    if not store.revoke(key_id):
         err_console.print(f"[red]error:[/red] no active key with id {key_id!r} (see: fluxserve keys list)")
         raise typer.Exit(1)
     err_console.print(f"Revoked {key_id}.")
+    if not store.any_active():
+        err_console.print(
+            "[yellow]That was the last active key: the server now refuses every request[/yellow] "
+            "(it stays closed once a key has existed) until a key is created:\n\n"
+            "    fluxserve keys create --name admin --scope generate,read,admin "
+            f"--data-dir {settings.data_dir}"
+        )
 
 
 # ---------------------------------------------------------------- client commands

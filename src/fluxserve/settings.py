@@ -120,6 +120,11 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Field(default_factory=default_data_dir)
+    auth: Literal["keys", "none"] = "keys"
+    """``keys``: once a key has been created here, every request needs a valid one, on any
+    address and also after the last key is revoked (before the first key, a loopback server is
+    open). ``none`` (``serve --no-auth``): no key checks at all; loopback only, and every start
+    logs a warning."""
     public_url: str | None = None
     """Base URL clients reach the server at (behind a proxy). Default: the request's own host."""
 

@@ -263,8 +263,25 @@ def _find_key(state: AppState, key_id: str) -> ApiKey | None:
 
 @router.delete("/keys/{key_id}", status_code=204)
 async def revoke_key(key_id: str, state: AppState = Depends(get_state)) -> None:
-    """Revoke a key."""
-    if not (key_id.isascii() and key_id.isprintable() and len(key_id) <= 64) or not state.keys.revoke(key_id):
+    """Revoke a key; never the last active admin key (409): over HTTP that would leave nobody
+    able to administer the server. The CLI on the server's own database can still do it."""
+    key = _find_key(state, key_id)
+    if key is None or key.revoked_at is not None:
+        raise HTTPException(404, f"No active key {key_id!r}.")
+    grant_of = state.accounting.grant if state.accounting is not None else None
+    admins = [
+        k.id
+        for k in state.keys.list()
+        if k.revoked_at is None and grant_of and "admin" in grant_of(k.id).scopes
+    ]
+    if admins == [key_id]:
+        raise HTTPException(
+            409,
+            f"Key {key_id!r} is the last active admin key; revoking it would leave nobody able to "
+            "administer this server. Create another admin key first (POST /v1/admin/keys with "
+            'scopes ["generate", "read", "admin"]), or revoke it on the server: fluxserve keys revoke ID.',
+        )
+    if not state.keys.revoke(key_id):
         raise HTTPException(404, f"No active key {key_id!r}.")
 
 

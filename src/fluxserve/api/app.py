@@ -65,6 +65,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """Build the app. ``engine`` defaults to the diffusers FLUX engine."""
     from fluxserve.engines.checkpoints import apply_checkpoint_defaults
 
+    if settings.auth == "none" and not settings.loopback_only:
+        raise ValueError(
+            f'auth = "none" turns key checks off, so it is refused on {settings.host} (loopback only)'
+        )
     backends = open_backends(settings)
     catalog = ModelCatalog.from_settings(settings)
     apply_checkpoint_defaults(settings, catalog)  # family defaults, from files already here
@@ -156,6 +160,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.events.bind(asyncio.get_running_loop())
+        if settings.auth == "none":
+            log.warning(
+                'auth = "none": API key checks are OFF; anyone who can reach %s:%s may use this server',
+                settings.host,
+                settings.port,
+            )
         service.on_webhook = dispatcher.wakeup.set
         service.recover()
         tasks = [

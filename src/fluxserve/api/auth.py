@@ -1,8 +1,10 @@
 """Who is calling: the API key a request carries, checked against the current key set.
 
-Decided per request: with no active key, requests are accepted only while the server listens
-on loopback (anyone who can reach it is on this machine); a server reachable from elsewhere
-refuses every request until a key exists, also when the last key is revoked while it runs.
+Decided per request. Before the first key is ever created, requests are accepted only while
+the server listens on loopback (anyone who can reach it is on this machine). Once a key has
+existed, the server stays closed: every request needs an active key, on any address, also after
+the last key is revoked, so revoking a leaked key never opens the server. Only the explicit
+setting ``auth = "none"`` (loopback only) turns key checks off.
 """
 
 from __future__ import annotations
@@ -54,17 +56,30 @@ def authenticate(request: Request) -> str | None:
     """The caller's key id (None when the server runs open on loopback); raises
     :class:`AuthFailed` otherwise."""
     state = get_state(request)
-    if not state.keys.any_active():
+    if state.settings.auth == "none":  # explicit, loopback only (refused at start otherwise)
+        return None
+    keys = state.keys
+    if not keys.ever_created():
         if state.settings.loopback_only:
             return None
         raise AuthFailed(
-            "This server has no active API key and is reachable beyond this machine, so it "
+            "This server has no API key yet and is reachable beyond this machine, so it "
             f"refuses every request: {CREATE_HINT}.",
             no_keys=True,
         )
     key = presented_key(request)
-    key_id = state.keys.verify(key) if key else None
+    key_id = keys.verify(key) if key else None
     if key_id is None:
+        if key and keys.is_revoked(key):
+            raise AuthFailed(
+                f"This API key was revoked. Ask the server's operator for a new one ({CREATE_HINT})."
+            )
+        if not keys.any_active():
+            raise AuthFailed(
+                "This server has no active API key (the last one was revoked), so it refuses every "
+                f"request until a key is created: {CREATE_HINT}.",
+                no_keys=True,
+            )
         raise AuthFailed()
     accounting = state.accounting
     if accounting is not None:
@@ -91,11 +106,7 @@ def bfl_auth(request: Request) -> str | None:
         if exc.status != 401:
             headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
             raise HTTPException(exc.status, str(exc), headers=headers) from exc
-        message = (
-            str(exc)
-            if exc.no_keys
-            else (f"Invalid or missing API key: send it in the 'x-key' header ({CREATE_HINT}).")
-        )
+        message = str(exc) or f"Invalid or missing API key: send it in the 'x-key' header ({CREATE_HINT})."
         raise HTTPException(401, message) from exc
 
 
@@ -116,7 +127,6 @@ def openai_auth(request: Request) -> str | None:
             ) from exc
         message = (
             str(exc)
-            if exc.no_keys
-            else (f"Incorrect or missing API key. Pass it as 'Authorization: Bearer <key>' ({CREATE_HINT}).")
+            or f"Incorrect or missing API key. Pass it as 'Authorization: Bearer <key>' ({CREATE_HINT})."
         )
         raise OpenAIError(401, message, code="invalid_api_key") from exc

@@ -188,6 +188,15 @@ class KeyStore(Protocol):
         """Whether at least one key is active (may be cached for about a second)."""
         ...
 
+    def ever_created(self) -> bool:
+        """Whether a key was ever created in this store, revoked ones included: once true, the
+        server needs a valid key on every request (see ``api.auth``)."""
+        ...
+
+    def is_revoked(self, secret: str) -> bool:
+        """Whether ``secret`` is a key that was revoked."""
+        ...
+
     def verify(self, secret: str) -> str | None:
         """The key id when ``secret`` is an active key, else None."""
         ...

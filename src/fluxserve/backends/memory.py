@@ -351,6 +351,19 @@ class MemoryKeyStore:
         with self._lock:
             return any(k.revoked_at is None for k, _ in self._keys.values())
 
+    def ever_created(self) -> bool:
+        """Whether any key was ever created (revoked ones are kept)."""
+        with self._lock:
+            return bool(self._keys)
+
+    def is_revoked(self, secret: str) -> bool:
+        """Whether ``secret`` is a revoked key."""
+        digest = hash_key(secret)
+        with self._lock:
+            return any(
+                k.revoked_at is not None and hmac.compare_digest(h, digest) for k, h in self._keys.values()
+            )
+
     def verify(self, secret: str) -> str | None:
         """The id of the active key ``secret`` is, else None."""
         digest = hash_key(secret)

@@ -32,6 +32,7 @@ class SqlKeyStore:
         self._table = table
         self._p = placeholder
         self._cache: tuple[float, bool] | None = None
+        self._ever = False  # once a key existed, always: only a True answer is kept
 
     def _sql(self, text: str) -> str:
         return text.replace("{t}", self._table).replace("?", self._p)
@@ -72,6 +73,21 @@ class SqlKeyStore:
             rows = self._db.query(self._sql("SELECT 1 AS one FROM {t} WHERE revoked_at IS NULL LIMIT 1"))
             self._cache = (now, bool(rows))
         return self._cache[1]
+
+    def ever_created(self) -> bool:
+        """Whether any key was ever created here (revoked keys stay as rows): from then on the
+        server needs a key on every request. Cached once true, since it stays true."""
+        if not self._ever:
+            self._ever = bool(self._db.query(self._sql("SELECT 1 AS one FROM {t} LIMIT 1")))
+        return self._ever
+
+    def is_revoked(self, secret: str) -> bool:
+        """Whether ``secret`` is a key that was revoked (so its caller can be told so)."""
+        rows = self._db.query(
+            self._sql("SELECT key_hash FROM {t} WHERE key_hash = ? AND revoked_at IS NOT NULL"),
+            (hash_key(secret),),
+        )
+        return bool(rows)
 
     def verify(self, secret: str) -> str | None:
         """The id of the active key ``secret`` is, else None."""

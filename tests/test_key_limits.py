@@ -210,9 +210,9 @@ def test_cli_key_limits_also_for_default_account_keys(keyed) -> None:  # type: i
     missing = cli(srv, "keys", "limits", "--rpm", "1", key_id="nosuchkey", check=False)
     assert missing.returncode == 1 and "no key" in missing.stderr
     assert cli(srv, "keys", "create", "--max-active", "0", check=False).returncode == 2
-    # The default account's key kept its account and every scope (it also reads, and admins).
+    # The default account's key kept its account and generate,read (least privilege: no admin).
     assert poll_result(srv.base_url, job, headers={"x-key": secret}, timeout=120)["status"] in ENDED
-    assert httpx.get(f"{srv.base_url}/v1/admin/keys", headers={"x-key": secret}).status_code == 200
+    assert httpx.get(f"{srv.base_url}/v1/admin/keys", headers={"x-key": secret}).status_code == 403
 
 
 def test_an_older_sqlite_database_gains_the_key_limit_columns(tmp_path: Path) -> None:

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from fluxserve.client.webhooks import DELIVERY_HEADER, SECRET_HEADER, SIGNATURE_HEADER, sign, verify_signature
+from fluxserve.client.webhooks import (
+    BFL_SIGNATURE_HEADER,
+    DELIVERY_HEADER,
+    SECRET_HEADER,
+    SIGNATURE_HEADER,
+    sign,
+    sign_bfl,
+    verify_signature,
+)
 from fluxserve.jobs.models import WebhookDelivery
 from fluxserve.netguard import UrlRefused, check_url, guarded_client
 
@@ -92,6 +100,9 @@ class WebhookDispatcher:
                 body_obj = self.render(delivery.job_id, delivery.base_url)
                 if body_obj is None:
                     raise LookupError("the job no longer exists")
+                now = int(time.time())
+                # BFL's bodies carry the delivery's time; its signature has none of its own.
+                body_obj.setdefault("timestamp", now)
                 body = json.dumps(body_obj, separators=(",", ":")).encode()
                 headers = {
                     "Content-Type": "application/json",
@@ -99,7 +110,9 @@ class WebhookDispatcher:
                     DELIVERY_HEADER: delivery.id,
                 }
                 if delivery.secret:
-                    headers[SIGNATURE_HEADER] = sign(delivery.secret, int(time.time()), body)
+                    # Both signatures are over the exact bytes POSTed below.
+                    headers[SIGNATURE_HEADER] = sign(delivery.secret, now, body)
+                    headers[BFL_SIGNATURE_HEADER] = sign_bfl(delivery.secret, body)
                     # BFL sends the secret itself: receivers written for BFL check this one. A
                     # secret that is no valid header value (non-ASCII, control characters) is
                     # left to the signature alone.

@@ -164,6 +164,9 @@ def serve(
             port=settings.port,
             log_level=settings.log_level,
             access_log=False,
+            # X-Forwarded-For/-Proto count only from trusted_proxies (uvicorn's default trusts
+            # 127.0.0.1, which would let any local client choose its address)
+            forwarded_allow_ips=settings.trusted_proxies,
         )
     )
     server.run()

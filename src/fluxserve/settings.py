@@ -127,6 +127,9 @@ class Settings(BaseModel):
     logs a warning."""
     public_url: str | None = None
     """Base URL clients reach the server at (behind a proxy). Default: the request's own host."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Reverse proxies (IPs or CIDRs, env: comma-separated) whose ``X-Forwarded-For`` names the
+    client address that failed key checks are counted by. Empty: the socket peer is the client."""
 
     database_url: str | None = None
     """``postgresql://user:pass@host/db``: keep jobs, queue, webhooks and keys in PostgreSQL
@@ -285,7 +288,21 @@ class Settings(BaseModel):
     def _check_sizes(cls, value: list[str]) -> list[str]:
         return check_sizes(value)
 
-    @field_validator("gpus", "worker_models", "warmup_sizes", mode="before")
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        out = []
+        for entry in value:
+            try:
+                out.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies entry {entry!r}: write an IP address or CIDR network, "
+                    "e.g. 10.0.0.5 or 10.0.0.0/24"
+                ) from None
+        return out
+
+    @field_validator("gpus", "worker_models", "warmup_sizes", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         """``"0,1"`` (the environment's and the command line's form) → two entries."""

@@ -14,6 +14,7 @@ from fastapi import HTTPException, Request
 from fluxserve.accounts import LimitReached
 from fluxserve.api.errors import OpenAIError
 from fluxserve.api.state import get_state
+from fluxserve.api.throttle import client_address
 
 CREATE_HINT = "create one with: fluxserve keys create"
 
@@ -67,9 +68,17 @@ def authenticate(request: Request) -> str | None:
             f"refuses every request: {CREATE_HINT}.",
             no_keys=True,
         )
+    address = client_address(request, state.settings.trusted_proxies)  # guessing slowed down
+    if wait := state.throttle.check(address):
+        raise AuthFailed(
+            f"Too many failed API key checks from this address: retry after {wait} s.",
+            status=429,
+            retry_after_s=wait,
+        )
     key = presented_key(request)
     key_id = keys.verify(key) if key else None
     if key_id is None:
+        state.throttle.record_failure(address)
         if key and keys.is_revoked(key):
             raise AuthFailed(
                 f"This API key was revoked. Ask the server's operator for a new one ({CREATE_HINT})."

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from fluxserve.accounts import Accounting
+from fluxserve.api.throttle import FailedAuthThrottle
 from fluxserve.backends.interfaces import KeyStore
 from fluxserve.catalog import ModelCatalog
 from fluxserve.images import ImageLimits
@@ -35,6 +36,8 @@ class AppState:
     load_error: str | None = None
     accounting: Accounting | None = None
     """Accounts, scopes, credits and limits (None in apps built without them)."""
+    throttle: FailedAuthThrottle = field(default_factory=FailedAuthThrottle)
+    """Failed key checks per client address (guessing slowed down), one per app."""
 
     def base_url(self, request: Request) -> str:
         """Where clients reach this server: ``public_url``, else the request's own host."""

@@ -54,6 +54,7 @@ def slug(heading: str) -> str:
     dropped, each space a hyphen."""
     text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # links and images: their text
     text = re.sub(r"<[^>]+>", "", text)  # inline HTML
+    text = re.sub(r"(?<!\w)_+|_+(?!\w)", "", text)  # _emphasis_ (snake_case keeps its _)
     text = text.replace("`", "").lower()
     kept = []
     for ch in text:
@@ -163,6 +164,7 @@ def test_slugs_follow_github(tmp_path: Path) -> None:
     assert slug("`fluxserve serve` — the `--gpus` flag") == "fluxserve-serve--the---gpus-flag"
     assert slug("1024×1024 at 28 steps") == "10241024-at-28-steps"
     assert slug("snake_case stays") == "snake_case-stays"
+    assert slug("**Bold** and _emphasis_") == "bold-and-emphasis"
     page = "# A\n\n## Notes\n\n```\n# not a heading\n```\n\n## Notes\n\nSetext\n------\n"
     path = tmp_path / "probe.md"
     path.write_text(page)

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from fluxserve.embedded.config import Config
-from fluxserve.embedded.data import to_tensor
-from fluxserve.embedded.evaluate import score, size_for
-from fluxserve.embedded.model import make_vae
-from fluxserve.embedded.scenes import random_scene, render
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/ is the repository's, not installed
+from training.embedded.config import Config  # noqa: E402
+from training.embedded.data import to_tensor  # noqa: E402
+from training.embedded.evaluate import score, size_for  # noqa: E402
+from training.embedded.model import make_vae  # noqa: E402
+from training.embedded.scenes import random_scene, render  # noqa: E402
 
 
 def adherence(vae: torch.nn.Module, n: int) -> dict[str, float]:

@@ -14,10 +14,10 @@ from PIL import Image
 
 from conftest import Server, poll_result
 from fluxserve.embedded import embedded_checkpoint
-from fluxserve.embedded.evaluate import score, smoke_figures
-from fluxserve.embedded.scenes import Obj, Scene, layout, render
 from fluxserve.engines import EngineRequest
 from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+from training.embedded.evaluate import score, smoke_figures
+from training.embedded.scenes import Obj, Scene, layout, render
 
 CKPT = embedded_checkpoint()
 
@@ -86,7 +86,12 @@ def test_recolour_edit_runs_through_the_kontext_path(engine: DiffusersFluxEngine
 def test_server_uses_the_embedded_model_by_default(tmp_path: Path, engine: DiffusersFluxEngine) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
     env["FLUXSERVE_LOG_LEVEL"] = "warning"
-    srv = Server(data_dir=tmp_path, env=env)
+    # The server never imports the training code (it is not in the wheel): here it cannot.
+    blocker = tmp_path / "no-training"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['training'] = None\n")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blocker), env.get("PYTHONPATH")]))
+    srv = Server(data_dir=tmp_path / "data", env=env)
     srv.start()
     try:
         prompt = "a large yellow square on a blue background"
@@ -103,4 +108,4 @@ def test_server_uses_the_embedded_model_by_default(tmp_path: Path, engine: Diffu
         EngineRequest(str(CKPT), prompt, w, h, 3, meta["default_steps"], meta["default_guidance"])
     )[0]
     assert served.tobytes() == direct.tobytes()  # the same model, steps and guidance
-    assert not (tmp_path / "models").exists()  # no fallback checkpoint was built
+    assert not (tmp_path / "data" / "models").exists()  # no fallback checkpoint was built

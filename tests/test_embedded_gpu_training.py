@@ -15,16 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxserve.embedded.data import caption_labels, to_tensor, wild_caption
-from fluxserve.embedded.evaluate import analyse, size_for
-from fluxserve.embedded.gpu_scenes import object_masks, render_batch, scene_tensors
-from fluxserve.embedded.gpu_train import main
-from fluxserve.embedded.scenes import random_scene, render
-from fluxserve.embedded.state import PART_BYTES, load_state, read_summary, save_state
-from fluxserve.embedded.stream import BatchStream, Recipe, _tokenizer, make_batch, token_ids, worker_pool
 from fluxserve.embedded.vocabulary import SHAPES
 from fluxserve.engines import EngineRequest
 from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+from training.embedded.data import caption_labels, to_tensor, wild_caption
+from training.embedded.evaluate import analyse, size_for
+from training.embedded.gpu_scenes import object_masks, render_batch, scene_tensors
+from training.embedded.gpu_train import main
+from training.embedded.scenes import random_scene, render
+from training.embedded.state import PART_BYTES, load_state, read_summary, save_state
+from training.embedded.stream import BatchStream, Recipe, _tokenizer, make_batch, token_ids, worker_pool
 
 
 def test_torch_renderer_matches_the_pil_renderer() -> None:

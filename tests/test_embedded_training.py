@@ -13,10 +13,12 @@ from transformers import T5TokenizerFast  # type: ignore[attr-defined]
 
 from fluxserve.embedded import embedded_checkpoint
 from fluxserve.embedded.builder import make_t5_tokenizer
-from fluxserve.embedded.data import COLOUR_LIST, POSITION_LIST, caption_labels
 from fluxserve.embedded.vocabulary import BASE_WORDS
 from fluxserve.engines import EngineRequest
 from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+from training.embedded.data import COLOUR_LIST, POSITION_LIST, caption_labels
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _labels(text: str) -> dict[str, list[list[int]]]:
@@ -67,9 +69,14 @@ TOY = [
 
 
 def _train(work: Path, out: Path, steps: int) -> str:
-    cmd = [sys.executable, "-m", "fluxserve.embedded.train", "--work", str(work), "--out", str(out)]
+    cmd = [sys.executable, "-m", "training.embedded.train", "--work", str(work), "--out", str(out)]
     proc = subprocess.run(
-        [*cmd, *TOY, "--steps", str(steps)], capture_output=True, text=True, timeout=600, check=False
+        [*cmd, *TOY, "--steps", str(steps)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=REPO,  # training/ is importable from the repository root
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fluxserve.embedded.config import Config
-from fluxserve.embedded.data import HEADS, IGNORE
+from training.embedded.config import Config
+from training.embedded.data import HEADS, IGNORE
 
 
 def make_vae(cfg: Config):  # type: ignore[no-untyped-def]
@@ -96,7 +96,7 @@ def make_transformer(cfg: Config):  # type: ignore[no-untyped-def]
 class CaptionHeads(torch.nn.Module):
     """Linear heads on the T5 encoder's output that predict each token's caption labels.
 
-    Used only in training (caption parsing, see :func:`fluxserve.embedded.data.caption_labels`);
+    Used only in training (caption parsing, see :func:`training.embedded.data.caption_labels`);
     they are not exported.
     """
 

@@ -1,6 +1,6 @@
 """Train the embedded model from nothing: data, autoencoder, text encoder and transformer.
 
-    python -m fluxserve.embedded.train --work runs/embedded --out src/fluxserve/embedded/checkpoint
+    python -m training.embedded.train --work runs/embedded --out src/fluxserve/embedded/checkpoint
 
 Stages (each resumable from ``--work``; rerunning the same command continues where it stopped):
 1. autoencoder: an ``AutoencoderKL`` (4x downsampling, 8 latent channels) on rendered scenes;
@@ -17,7 +17,7 @@ Stages (each resumable from ``--work``; rerunning the same command continues whe
 4. export: a diffusers ``FluxKontextPipeline`` directory + ``fluxserve.json``.
 
 The same command runs on a GPU (``--device cuda``), but its pool is rendered on one CPU core
-first; :mod:`fluxserve.embedded.gpu_train` streams fresh batches instead (the GPU plan).
+first; :mod:`training.embedded.gpu_train` streams fresh batches instead (the GPU plan).
 This module holds the stages and the command; the settings are in ``config``, the components
 in ``model`` and the data (stage 2) in ``data``.
 """
@@ -37,9 +37,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fluxserve.embedded.config import Config
-from fluxserve.embedded.data import buckets, build_pool, label_batch, noisy_caption, object_mask, to_tensor
-from fluxserve.embedded.model import (
+from training.embedded.config import Config
+from training.embedded.data import buckets, build_pool, label_batch, noisy_caption, object_mask, to_tensor
+from training.embedded.model import (
     CaptionHeads,
     image_ids,
     make_text,
@@ -49,8 +49,8 @@ from fluxserve.embedded.model import (
     pack,
     vae_factor,
 )
-from fluxserve.embedded.progress import Progress
-from fluxserve.embedded.scenes import caption, random_scene, render
+from training.embedded.progress import Progress
+from training.embedded.scenes import caption, random_scene, render
 
 # ---------------------------------------------------------------- stage 1: autoencoder
 
@@ -386,7 +386,7 @@ def export(cfg: Config, vae: Any, pool: dict[str, Any], parts: Any, out: Path) -
 
 
 def main() -> None:
-    """The command line: ``python -m fluxserve.embedded.train`` (every Config field is a flag)."""
+    """The command line: ``python -m training.embedded.train`` (every Config field is a flag)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("runs/embedded"))
     ap.add_argument("--out", type=Path, default=Path("src/fluxserve/embedded/checkpoint"))

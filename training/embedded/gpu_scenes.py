@@ -1,11 +1,11 @@
 """Draw batches of laid-out scenes with torch, on any device (the GPU trainer's renderer).
 
-The scenes are the ones of :mod:`fluxserve.embedded.scenes` (same shapes, colours, sizes and
+The scenes are the ones of :mod:`training.embedded.scenes` (same shapes, colours, sizes and
 centres); :func:`scene_tensors` turns laid-out ``Scene`` objects into a few tensors, and
 :func:`render_batch` draws them all at once from signed distances: each subpixel's coverage is
 ``clamp(0.5 - distance, 0, 1)`` (a one-subpixel ramp), averaged over ``supersample`` x
 ``supersample`` subpixels, and the objects are composited over the background. A PIL render
-(:func:`fluxserve.embedded.scenes.render`, 4x supersampled) and this one agree to within a few
+(:func:`training.embedded.scenes.render`, 4x supersampled) and this one agree to within a few
 levels per pixel on average (``tests/test_embedded_gpu_training.py`` holds the tolerance); they
 differ only on outline pixels.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fluxserve.embedded.scenes import Scene
 from fluxserve.embedded.vocabulary import COLOURS, SHAPES
+from training.embedded.scenes import Scene
 
 COLOUR_INDEX = {name: i for i, name in enumerate(COLOURS)}
 SHAPE_INDEX = {name: i for i, name in enumerate(SHAPES)}
@@ -179,7 +179,7 @@ def render_batch(st: SceneTensors, w: int, h: int, supersample: int = 2) -> torc
 
 def object_masks(images: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """1.0 where a pixel is clearly not its scene's background colour, as
-    :func:`fluxserve.embedded.data.object_mask` decides it: (b, h, w)."""
+    :func:`training.embedded.data.object_mask` decides it: (b, h, w)."""
     bg = palette(images.device)[background][:, :, None, None]
     return ((images - bg).abs().sum(1) * 127.5 > 60).float()
 

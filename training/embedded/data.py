@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fluxserve.embedded.config import Config
-from fluxserve.embedded.progress import Progress
-from fluxserve.embedded.scenes import Scene, caption, random_edit, random_scene, render
 from fluxserve.embedded.vocabulary import COLOURS, POSITIONS, SHAPES, SIZES, SYNONYMS
 from fluxserve.spec import fit_area
+from training.embedded.config import Config
+from training.embedded.progress import Progress
+from training.embedded.scenes import Scene, caption, random_edit, random_scene, render
 
 RATIOS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (2, 1), (1, 2), (7, 3), (3, 7))
 FILLERS = (

@@ -1,9 +1,9 @@
 """Fresh training batches for the GPU trainer, drawn by CPU worker processes.
 
 A :class:`Recipe` says what one batch holds (captioned scenes or edit triples, the size, the
-seed); :func:`make_batch` draws it with :mod:`fluxserve.embedded.scenes` (the same grammar,
+seed); :func:`make_batch` draws it with :mod:`training.embedded.scenes` (the same grammar,
 layouts, held-out combinations and edit instructions as the CPU pool) and returns the scenes as
-:class:`~fluxserve.embedded.gpu_scenes.SceneTensors` fields (the trainer renders them on the
+:class:`~training.embedded.gpu_scenes.SceneTensors` fields (the trainer renders them on the
 GPU), the caption token ids and their caption-parsing labels. :class:`BatchStream` keeps
 worker processes drawing a few batches ahead; with no workers it draws in the caller.
 """
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fluxserve.embedded.data import label_batch, noisy_caption, wild_caption
-from fluxserve.embedded.gpu_scenes import SceneTensors, scene_tensors
-from fluxserve.embedded.scenes import Scene, caption, random_edit, random_scene
+from training.embedded.data import label_batch, noisy_caption, wild_caption
+from training.embedded.gpu_scenes import SceneTensors, scene_tensors
+from training.embedded.scenes import Scene, caption, random_edit, random_scene
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 # One call of the embedded model's GPU session plan (EMBEDDED_MODEL_RESULTS.md, "GPU session plan"),
 # run on the lent machine from the repository root:
 #
-#   bash src/fluxserve/embedded/gpu_session.sh 1   # call 1: autoencoder (+ its round-trip score), text
-#   bash src/fluxserve/embedded/gpu_session.sh 2   # call 2: transformer, 8.0 min
-#   bash src/fluxserve/embedded/gpu_session.sh 3   # call 3: transformer's last 7.5 min, export
+#   bash training/embedded/gpu_session.sh 1   # call 1: autoencoder (+ its round-trip score), text
+#   bash training/embedded/gpu_session.sh 2   # call 2: transformer, 8.0 min
+#   bash training/embedded/gpu_session.sh 3   # call 3: transformer's last 7.5 min, export
 #
 # Installs the carried diffusers wheel (.whl-embedded/, from gpu_wheels.sh) once per machine,
 # trains with the plan's flags (flags after the call number come last, so they override), writes
@@ -26,13 +26,13 @@ if ! python3 -c 'import diffusers' 2>/dev/null && [ ! -d "$site/diffusers" ]; th
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
         .whl-embedded/diffusers-*.whl || exit 1
 fi
-export PYTHONPATH="$site:src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$site:.:src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 resume=(--resume "$keep")
 [ -f runs/gpu/state.json ] && resume+=(--resume runs/gpu)
 [ -n "${FRESH:-}" ] && resume=()  # FRESH=1: start from nothing (e.g. a second autoencoder)
 workers=$(( $(nproc) - 2 ))
-python3 -m fluxserve.embedded.gpu_train --device "${DEVICE:-cuda}" --workers "$workers" \
+python3 -m training.embedded.gpu_train --device "${DEVICE:-cuda}" --workers "$workers" \
     --vae-blocks 24,48,96 --vae-layers 2 --vae-batch 256 --vae-edge-weight 4 \
     --batch 1024 --edit-batch 512 --reuse 2 --lr 1e-3 --warmup 300 --ema 0.9995 --wild-captions 0.1 \
     --vae-steps 1000000 --text-steps 1000000 --steps 1000000 \

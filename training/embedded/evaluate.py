@@ -4,7 +4,7 @@ Background = the dominant border colour; objects are found by colour (nearest pa
 their centroid gives the 3x3 cell, and their shape comes from area/bounding-box (extent),
 area/convex-hull (solidity), the centroid's height in the box and whether the centre is a hole.
 
-    python -m fluxserve.embedded.evaluate [--checkpoint DIR] [--out DIR]
+    python -m training.embedded.evaluate [--checkpoint DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fluxserve.embedded.scenes import (
+from fluxserve.embedded.vocabulary import COLOURS
+from fluxserve.spec import fit_area
+from training.embedded.scenes import (
     HELD_OUT,
     Obj,
     Scene,
@@ -31,8 +33,6 @@ from fluxserve.embedded.scenes import (
     random_scene,
     render,
 )
-from fluxserve.embedded.vocabulary import COLOURS
-from fluxserve.spec import fit_area
 
 PALETTE_NAMES = list(COLOURS)
 PALETTE = np.array([COLOURS[n] for n in PALETTE_NAMES], dtype=np.float32)
@@ -345,7 +345,7 @@ def vae_roundtrip(vae: Any, n: int = 120, native_area: int = 64 * 64, multiple: 
     This is the ceiling of whatever the transformer learns (the issue wants shape >= 95 %)."""
     import torch
 
-    from fluxserve.embedded.data import to_tensor
+    from training.embedded.data import to_tensor
 
     device = next(vae.parameters()).device
     rng = random.Random(5)
@@ -393,7 +393,7 @@ def smoke_figures(checkpoint: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    """The command line: ``python -m fluxserve.embedded.evaluate``."""
+    """The command line: ``python -m training.embedded.evaluate``."""
     from fluxserve.embedded import embedded_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

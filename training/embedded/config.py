@@ -1,6 +1,6 @@
 """The settings of one training run of the embedded model.
 
-Every field is a flag of ``python -m fluxserve.embedded.train`` (``vae_steps`` is
+Every field is a flag of ``python -m training.embedded.train`` (``vae_steps`` is
 ``--vae-steps``), and the exported checkpoint records them all in its ``fluxserve.json``.
 """
 
@@ -46,7 +46,7 @@ class Config:
     max_text: int = 32
     default_steps: int = 16
     default_guidance: float = 4.0
-    # --- used by the streaming GPU trainer (``fluxserve.embedded.gpu_train``) only ---
+    # --- used by the streaming GPU trainer (``training.embedded.gpu_train``) only ---
     vae_object_weight: float = 5.0  # autoencoder loss weight of object pixels (+1)
     vae_edge_weight: float = 0.0  # extra weight of pixels on an object's outline
     vae_refine: float = 0.25  # share of the autoencoder's time with the encoder frozen

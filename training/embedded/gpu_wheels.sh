@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Wheels the lent GPU machine lacks for the embedded model's trainer (fluxserve.embedded.gpu_train),
+# Wheels the lent GPU machine lacks for the embedded model's trainer (training.embedded.gpu_train),
 # downloaded here into .whl-embedded/ (ignored by git) so that a device `run` can carry them. Its own
 # folder, not the shared .whl/: what a call carries counts towards its 64 MiB, and this training
 # needs one wheel of 6 MB.
 #
-#   bash src/fluxserve/embedded/gpu_wheels.sh        # from the repository root, with the venv active
+#   bash training/embedded/gpu_wheels.sh        # from the repository root, with the venv active
 #
 # The device image has torch, transformers, tokenizers, safetensors, huggingface-hub, numpy and
 # pillow (/work/.library/device/KINDS.md) but not diffusers: this fetches the diffusers release

@@ -1,11 +1,11 @@
 """Train the embedded model on a GPU from freshly drawn batches, in time-budgeted stages.
 
-    python -m fluxserve.embedded.gpu_train --device cuda --out $OUT --resume runs/gpu \\
+    python -m training.embedded.gpu_train --device cuda --out $OUT --resume runs/gpu \\
         --vae-minutes 4 --text-minutes 0.75 --transformer-minutes 15.5 --stop-after 8.3 [Config flags]
 
-Nothing is pre-rendered: CPU worker processes (:mod:`fluxserve.embedded.stream`) draw scenes,
+Nothing is pre-rendered: CPU worker processes (:mod:`training.embedded.stream`) draw scenes,
 captions and edit instructions with the grammar's own code, and the GPU draws the images
-(:mod:`fluxserve.embedded.gpu_scenes`) and encodes them with the autoencoder on the fly. Stages:
+(:mod:`training.embedded.gpu_scenes`) and encodes them with the autoencoder on the fly. Stages:
 
 1. ``vae``: the autoencoder, object pixels and outlines weighted (``--vae-object-weight``,
    ``--vae-edge-weight``); the last ``--vae-refine`` share of its time trains the decoder alone
@@ -20,7 +20,7 @@ captions and edit instructions with the grammar's own code, and the GPU draws th
 
 A stage's schedule (learning rate, curriculum) follows its progress, the larger of its share of
 ``--*-minutes`` spent and of its step cap (``--vae-steps``, ``--text-steps``, ``--steps``)
-reached. The state (``fluxserve.embedded.state``) goes to ``--out`` every ``--save-every``
+reached. The state (``training.embedded.state``) goes to ``--out`` every ``--save-every``
 minutes, at every stage's end and when ``--stop-after`` minutes of this command are up (or
 the stage ``--until`` is reached); the next command continues from the newest state among
 ``--resume`` directories and ``--out``.
@@ -39,93 +39,26 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fluxserve.embedded.config import Config
-from fluxserve.embedded.data import IGNORE, buckets
-from fluxserve.embedded.gpu_scenes import object_masks, outline, render_batch
-from fluxserve.embedded.model import (
-    CaptionHeads,
-    image_ids,
-    make_text,
-    make_transformer,
-    make_vae,
-    pack,
-    vae_factor,
-)
-from fluxserve.embedded.state import compact_optimizer, expand_optimizer, load_state, read_summary, save_state
-from fluxserve.embedded.stream import BatchStream, Recipe, make_batch, scenes_of, token_ids, worker_pool
-from fluxserve.embedded.train import export, token_weights
+from training.embedded.config import Config
+from training.embedded.data import buckets
+from training.embedded.gpu_run import SHAPE_FIELDS, STAGES, Budget, Run, cpu_copy, newest_state
+from training.embedded.gpu_scenes import object_masks, outline, render_batch
+from training.embedded.gpu_transformer import train_transformer
+from training.embedded.model import CaptionHeads, make_text, make_transformer, make_vae, vae_factor
+from training.embedded.state import compact_optimizer, expand_optimizer, load_state, save_state
+from training.embedded.stream import BatchStream, Recipe, make_batch, scenes_of, worker_pool
+from training.embedded.train import export
 
-STAGES = ("vae", "text", "transformer", "done")
-# Settings that shape the weights: a resumed run keeps the saved ones (the rest may change).
-SHAPE_FIELDS = (
-    "native_area", "multiple", "latent_channels", "vae_blocks", "vae_layers", "width", "heads",
-    "double_blocks", "single_blocks", "text_dim", "text_layers", "max_text",
-)  # fmt: skip
+__all__ = ["Budget", "Run", "Trainer", "main", "newest_state"]
+
 VAE_LR = 1e-3
 TEXT_LR = 1e-3
-
-
-@dataclass
-class Budget:
-    """Minutes per stage (over all commands), this command's limit, and the save interval."""
-
-    vae: float = 4.0
-    text: float = 0.75
-    transformer: float = 15.5
-    stop_after: float = 8.3
-    save_every: float = 2.0
-
-
-@dataclass
-class Run:
-    """Where training stands: the stage, the time and steps spent per stage, the weights."""
-
-    cfg: Config
-    stage: str = "vae"
-    elapsed: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES[:3], 0.0))
-    steps: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES[:3], 0))
-    samples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES[:3], 0))
-    shift: float = 0.0
-    scale: float = 1.0
-    roundtrip: dict[str, float] = field(default_factory=dict)
-    weights: dict[str, Any] = field(default_factory=dict)  # state_dicts by part name
-
-    def to_state(self) -> dict[str, Any]:
-        """Everything, as plain containers (for :func:`~fluxserve.embedded.state.save_state`)."""
-        plain = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "cfg"}
-        return plain | {"cfg": asdict(self.cfg)}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Run:
-        """The inverse of :meth:`to_state`."""
-        return cls(**{k: v for k, v in state.items() if k != "cfg"}, cfg=Config(**state["cfg"]))
-
-    def summary(self) -> dict[str, Any]:
-        """What ``state.json`` says besides the parts."""
-        return {
-            "stage": self.stage,
-            "elapsed_min": {k: round(v / 60, 3) for k, v in self.elapsed.items()},
-            "steps": self.steps,
-            "samples": self.samples,
-            "vae_roundtrip": self.roundtrip,
-            "config": asdict(self.cfg),
-        }
-
-
-def _cpu(obj: Any) -> Any:
-    if torch.is_tensor(obj):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
 
 
 class Trainer:
@@ -171,7 +104,7 @@ class Trainer:
 
     def save(self, parts: dict[str, Any]) -> None:
         """Write the state (with ``parts``' current weights) to ``--out``."""
-        self.run.weights.update(_cpu(parts))
+        self.run.weights.update(cpu_copy(parts))
         t = time.monotonic()
         n = save_state(self.run.to_state(), self.out, self.run.summary())
         self.last_save = time.monotonic()
@@ -290,7 +223,7 @@ class Trainer:
             return
         vae.eval()
         self.latent_stats(vae)
-        from fluxserve.embedded.evaluate import vae_roundtrip
+        from training.embedded.evaluate import vae_roundtrip
 
         try:  # a figure for the record: its failure must not cost the stage
             run.roundtrip = vae_roundtrip(
@@ -371,160 +304,9 @@ class Trainer:
 
     # ------------------------------------------------------------ stage 3
 
-    def plan(self, base: int) -> Any:
-        """The transformer's recipes: single objects during the curriculum, then edits at
-        ``--edit-fraction`` (at ``--edit-batch``) and one- and two-object scenes. The phase
-        follows the progress when the batch is ordered (a few batches ahead of training)."""
-        cfg = self.cfg
-
-        def recipe(i: int) -> Recipe:
-            rng = random.Random(base + i)
-            if self.progress("transformer", cfg.steps) < cfg.curriculum:
-                return self.recipe("t2i", cfg.batch, base + i, singles=True)
-            if rng.random() < cfg.edit_fraction:
-                return self.recipe("edit", cfg.edit_batch or cfg.batch, base + i)
-            return self.recipe("t2i", cfg.batch, base + i)
-
-        return recipe
-
     def train_transformer(self) -> None:
-        """Stage 3: the transformer and the T5 encoder, from the frozen autoencoder's latents."""
-        cfg, run, dev = self.cfg, self.run, self.device
-        vae = self.vae().eval().requires_grad_(False)
-        _, _, _, t5, heads = self.text()
-        transformer = make_transformer(cfg)
-        if "transformer" in run.weights:
-            transformer.load_state_dict(run.weights["transformer"])
-            print(f"resuming transformer training at step {run.steps['transformer']}", flush=True)
-        transformer.to(dev).train()
-        t5.train()
-        params = [p for p in list(transformer.parameters()) + list(t5.parameters()) if p.requires_grad]
-        params += list(heads.parameters())
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
-        if "opt" in run.weights:
-            opt.load_state_dict(expand_optimizer(run.weights["opt"]))
-        ema_t = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
-        ema_5 = {k: v.detach().clone() for k, v in t5.state_dict().items()}
-        if "ema_t" in run.weights:
-            ema_t = {k: v.to(dev) for k, v in run.weights["ema_t"].items()}
-            ema_5 = {k: v.to(dev) for k, v in run.weights["ema_5"].items()}
-        n_params = sum(p.numel() for p in params) - sum(p.numel() for p in heads.parameters())
-        print(f"transformer+text parameters: {n_params / 1e6:.2f} M", flush=True)
-        model = torch.compile(transformer, dynamic=True) if self.compile else transformer
-        empty = token_ids([""], cfg.max_text).to(dev)
-        txt_ids = torch.zeros(cfg.max_text, 3, device=dev)
-        pooled = torch.zeros(1, 32, device=dev)
-        ids_cache: dict[tuple[int, int, int], torch.Tensor] = {}
-
-        def img_ids(lh: int, lw: int, index: int) -> torch.Tensor:
-            key = (lh, lw, index)
-            if key not in ids_cache:
-                ids_cache[key] = image_ids(lh, lw, index, dev)
-            return ids_cache[key]
-
-        def parts() -> dict[str, Any]:
-            return {
-                "transformer": transformer.state_dict(),
-                "t5": t5.state_dict(),
-                "heads": heads.state_dict(),
-                "opt": compact_optimizer(opt.state_dict()),
-                "ema_t": ema_t,
-                "ema_5": ema_5,
-            }
-
-        base = cfg.seed * 1_000_000 + 30_000_000 + run.steps["transformer"] * 7919
-        stream = self.stream(self.plan(base))
-        rate_t, rate_n, wait, last_log = time.monotonic(), 0, 0.0, 0.0
-        try:
-            while (p := self.progress("transformer", cfg.steps)) < 1.0 and not self.out_of_time():
-                t = time.monotonic()
-                batch = stream.next()
-                wait += time.monotonic() - t
-                is_edit = batch["kind"] == "edit"
-                w, h = batch["w"], batch["h"]
-                target = scenes_of(batch["target"], dev)
-                with torch.no_grad(), self.autocast:
-                    x = render_batch(target, w, h)
-                    mask = object_masks(x, target.background)
-                    x0 = (vae.encode(x).latent_dist.mode().float() - run.shift) * run.scale
-                    if is_edit:
-                        source = scenes_of(batch["source"], dev)
-                        xs = render_batch(source, w, h)
-                        mask = torch.maximum(mask, ((xs - x).abs().sum(1) * 127.5 > 60).float())
-                        cond = pack((vae.encode(xs).latent_dist.mode().float() - run.shift) * run.scale)
-                ids = torch.from_numpy(batch["ids"]).to(dev)
-                labels = torch.from_numpy(batch["labels"]).long().to(dev)
-                if cfg.reuse > 1:  # each drawn scene at several noise levels
-                    x0, mask, ids, labels = (
-                        v.repeat_interleave(cfg.reuse, 0) for v in (x0, mask, ids, labels)
-                    )
-                    if is_edit:
-                        cond = cond.repeat_interleave(cfg.reuse, 0)
-                b = x0.shape[0]
-                lh, lw = x0.shape[2], x0.shape[3]
-                x0p = pack(x0)
-                drop = torch.rand(b, device=dev) < cfg.caption_dropout
-                ids = torch.where(drop[:, None], empty, ids)
-                labels = labels.masked_fill(drop[:, None, None], IGNORE)
-                noise = torch.randn_like(x0p)
-                sigma = torch.sigmoid(torch.randn(b, device=dev))
-                sigma = torch.where(
-                    torch.rand(b, device=dev) < cfg.uniform_t, torch.rand(b, device=dev), sigma
-                )
-                xt = (1 - sigma[:, None, None]) * x0p + sigma[:, None, None] * noise
-                hidden, pos = xt, img_ids(lh, lw, 0)
-                if is_edit:
-                    hidden = torch.cat([xt, cond], 1)
-                    pos = torch.cat([pos, img_ids(lh, lw, 1)])
-                warm = min(1.0, (run.steps["transformer"] + 1) / cfg.warmup)
-                lr = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * p))
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                with self.autocast:
-                    emb = t5(ids)[0]
-                    pred = model(
-                        hidden_states=hidden,
-                        timestep=sigma,
-                        guidance=None,
-                        pooled_projections=pooled.expand(b, -1),
-                        encoder_hidden_states=emb,
-                        txt_ids=txt_ids,
-                        img_ids=pos,
-                        return_dict=False,
-                    )[0][:, : x0p.shape[1]]
-                wts = token_weights(mask, self.factor, cfg.object_weight)
-                loss = (((pred.float() - (noise - x0p)) ** 2).mean(-1) * wts).sum() / wts.sum()
-                if cfg.text_aux and not is_edit:
-                    loss = loss + cfg.text_aux * heads.loss(emb, labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                step = run.steps["transformer"]
-                with torch.no_grad():
-                    d = min(cfg.ema, (1 + step) / (10 + step))
-                    for ema, net in ((ema_t, transformer), (ema_5, t5)):
-                        pairs = [
-                            (ema[k], v) for k, v in net.state_dict().items() if v.dtype.is_floating_point
-                        ]
-                        torch._foreach_lerp_([e for e, _ in pairs], [v.detach() for _, v in pairs], 1 - d)
-                run.steps["transformer"] += 1
-                self.stepped = True
-                run.samples["transformer"] += b
-                rate_n += b
-                now = time.monotonic()
-                run.elapsed["transformer"] += now - t
-                if now - last_log >= 15 or self.progress("transformer", cfg.steps) >= 1.0:
-                    last_log = now
-                    self.log("transformer", run.steps["transformer"], p, rate_n / (now - rate_t),
-                             wait / (now - rate_t), loss=loss.item(), lr=lr, edit=float(is_edit))  # fmt: skip
-                    rate_t, rate_n, wait = now, 0, 0.0
-                self.maybe_save(parts)
-        finally:
-            stream.close()
-        if self.progress("transformer", cfg.steps) >= 1.0:
-            run.stage = "done"
-        self.save(parts())
+        """Stage 3: the transformer and the T5 encoder (:mod:`training.embedded.gpu_transformer`)."""
+        train_transformer(self)
 
     # ------------------------------------------------------------ stage 4
 
@@ -564,24 +346,8 @@ class Trainer:
         return tar
 
 
-def newest_state(dirs: list[Path]) -> Path | None:
-    """Of the directories holding a state, the one furthest on (stage, then time spent)."""
-    best, key = None, (-1, -1.0)
-    for d in dirs:
-        summary = read_summary(d)
-        if summary is None:
-            continue
-        k = (
-            STAGES.index(summary["stage"]),
-            sum(summary["elapsed_min"].values()) + sum(summary["steps"].values()) * 1e-9,
-        )
-        if k > key:
-            best, key = d, k
-    return best
-
-
 def main(argv: list[str] | None = None) -> None:
-    """The command line: ``python -m fluxserve.embedded.gpu_train`` (every Config field is a flag)."""
+    """The command line: ``python -m training.embedded.gpu_train`` (every Config field is a flag)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="state and checkpoint.tar go here ($OUT)")
     ap.add_argument("--resume", type=Path, action="append", default=[], help="directories to resume from")

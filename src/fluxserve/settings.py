@@ -113,7 +113,8 @@ class UpstreamSettings(BaseModel):
 
 
 class Settings(BaseModel):
-    """Every knob of a fluxserve deployment. Field docs double as the reference in the README."""
+    """Every knob of a fluxserve deployment. Field docs double as the reference in
+    docs/operations.md#settings."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -228,7 +228,7 @@ def apply_speed(
             applied.append(f"compile cache in {cache}")
         # dynamic=None (torch's default): each shape first compiles a static graph; a second
         # shape of the same block recompiles once with the changed sizes made dynamic, and that
-        # graph then serves every further size (see the warmup module and the README).
+        # graph then serves every further size (see the warmup module and docs/models.md#speed).
         # A step cache's hooks break the graph: compile around them (explicit compile only).
         transformer.compile_repeated_blocks(fullgraph=options.cache == "none")
         applied.append("regional torch.compile")

@@ -1,5 +1,5 @@
 """One job's conversation with an upstream: HTTP calls with retries, back-off and ``Retry-After``,
-and the result download (see the README, "Upstream providers (gateway)")."""
+and the result download (see docs/upstreams.md)."""
 
 from __future__ import annotations
 

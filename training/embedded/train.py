@@ -376,6 +376,7 @@ def export(cfg: Config, vae: Any, pool: dict[str, Any], parts: Any, out: Path) -
         "native_area": cfg.native_area,
         "max_sequence_length": cfg.max_text,
         "true_cfg": True,
+        "prompt_grammar": "scenes",  # prompts outside the grammar are fitted to it (engine)
         "default_steps": cfg.default_steps,
         "default_guidance": cfg.default_guidance,
         "training": asdict(cfg),

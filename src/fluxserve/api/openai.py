@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -22,6 +22,7 @@ from fluxserve.api.errors import NESTED_TOO_DEEPLY, OpenAIError, first_error
 from fluxserve.api.loras import lora_pairs
 from fluxserve.api.openai_render import (
     Finish,
+    approximation_headers,
     check_gpt_image_options,
     default_response_format,
     input_limits,
@@ -42,6 +43,7 @@ from fluxserve.api.openai_stream import stream_events
 from fluxserve.api.state import AppState, get_state
 from fluxserve.backends.interfaces import IdempotencyConflict
 from fluxserve.catalog import ModelEntry
+from fluxserve.embedded.grammar import fit
 from fluxserve.images import InputImageError
 from fluxserve.jobs import Job, QueueFull
 from fluxserve.spec import MAX_EDIT_IMAGES, SpecError, SpecOptions, build_spec, check_input_count
@@ -104,6 +106,7 @@ def _spec_error(exc: SpecError | InputImageError, code: str = "invalid_value") -
 
 async def _run(
     request: Request,
+    response: Response,
     state: AppState,
     opts: ImageOptions,
     refs: list[tuple[str, str | bytes]],
@@ -176,13 +179,20 @@ async def _run(
             headers={"Retry-After": str(exc.retry_after_s)},
         ) from exc
     if opts.stream:
+        # Sent before the image exists: the note the embedded model's engine will record, from
+        # the same function (the prompt is final once submitted).
+        note = None
+        if entry.id in state.service.scene_models:
+            note = fit(job.spec.prompt, editing=bool(refs)).note
         return StreamingResponse(
             stream_events(request, state, job.id, kind, Finish.of(opts)),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **approximation_headers(note)},
         )
     done = await _wait_or_cancel(request, state, job)
-    return render(request, state, done, Finish.of(opts))
+    rendered = render(request, state, done, Finish.of(opts))
+    response.headers.update(approximation_headers((done.details or {}).get("approximation")))
+    return rendered
 
 
 async def _wait_or_cancel(request: Request, state: AppState, job: Job) -> Job:
@@ -212,11 +222,13 @@ def _validation_to_openai(exc: ValidationError) -> OpenAIError:
 async def create_image(
     body: ImageOptions,
     request: Request,
+    response: Response,
     owner: str | None = Depends(openai_auth),
     state: AppState = Depends(get_state),
 ) -> Any:
     """Generate images (OpenAI ``images.generate``)."""
-    return await _run(request, state, body, [], owner, "image_generation", body.model_dump(mode="json"))
+    payload = body.model_dump(mode="json")
+    return await _run(request, response, state, body, [], owner, "image_generation", payload)
 
 
 EditParts = tuple[dict[str, Any], list[tuple[str, str | bytes]], tuple[str, str | bytes] | None]
@@ -297,6 +309,7 @@ async def _json_edit(request: Request) -> EditParts:
 )
 async def edit_image(
     request: Request,
+    response: Response,
     owner: str | None = Depends(openai_auth),
     state: AppState = Depends(get_state),
 ) -> Any:
@@ -316,7 +329,8 @@ async def edit_image(
         raise _validation_to_openai(exc) from exc
     # The idempotency digest covers the validated options (as for generations), not the raw
     # fields: unknown keys neither change it nor reach the digest (however deeply nested).
-    return await _run(request, state, opts, refs, owner, "image_edit", opts.model_dump(mode="json"), mask)
+    payload = opts.model_dump(mode="json")
+    return await _run(request, response, state, opts, refs, owner, "image_edit", payload, mask)
 
 
 @router.get("/v1/models", response_model=ModelList)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import unicodedata
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -197,6 +198,21 @@ def finished_image(state: AppState, job: Job, key: str, finish: Finish) -> tuple
     keyed = transparent(data, job.spec.output_format, job.spec.output_compression)
     state.storage.put(keyed_key, keyed)
     return keyed_key, keyed
+
+
+APPROXIMATION_HEADER = "X-Fluxserve-Approximation"
+"""Set when the embedded model could only approximate the prompt: the job's note, in ASCII."""
+
+
+def approximation_headers(note: str | None) -> dict[str, str]:
+    """The :data:`APPROXIMATION_HEADER` for ``note`` (a job's ``details.approximation``), none
+    without one. Header values are ASCII: other letters lose their accents, anything else
+    becomes ``?``."""
+    if not note:
+        return {}
+    letters = "".join(c for c in unicodedata.normalize("NFKD", note) if not unicodedata.combining(c))
+    plain = letters.encode("ascii", "replace").decode()
+    return {APPROXIMATION_HEADER: " ".join(plain.split())}
 
 
 def render(request: Request, state: AppState, job: Job, finish: Finish | None = None) -> ImagesResponse:

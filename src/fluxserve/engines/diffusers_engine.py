@@ -22,7 +22,7 @@ from PIL import Image
 from fluxserve.engines import EngineRequest, JobCancelled, PreviewCallback, StepCallback
 from fluxserve.engines.adapters import AdapterSet, activate
 from fluxserve.engines.loader import LoadedPipeline, load_pipeline
-from fluxserve.engines.prompts import FLUX1_FAMILIES, PromptCache
+from fluxserve.engines.prompts import FLUX1_FAMILIES, PromptCache, fit_prompt
 from fluxserve.engines.sources import CheckpointError, CheckpointSource
 from fluxserve.engines.warmup import warm_up
 from fluxserve.images import stitch_horizontally
@@ -179,12 +179,13 @@ class DiffusersFluxEngine:
         ):
             return False
         key = (request.checkpoint, m.max_sequence_length, ())
+        prompt, _ = fit_prompt(m.prompt_grammar, request.prompt, bool(request.images))
         if self.device.type == "cuda" and self._side_stream is None:
             self._side_stream = torch.cuda.Stream(self.device)
         stream = self._side_stream
         with torch.inference_mode(), torch.cuda.stream(stream) if stream is not None else nullcontext():
             encoded = self.prompt_cache.prepare(
-                m.pipe, key, request.prompt, m.max_sequence_length, negative=m.true_cfg
+                m.pipe, key, prompt, m.max_sequence_length, negative=m.true_cfg
             )
         if stream is not None:
             stream.synchronize()  # the embeddings are complete before a run on another stream reads them
@@ -218,11 +219,19 @@ class DiffusersFluxEngine:
                 raise JobCancelled()
             return kwargs
 
+        # What the checkpoint can read of each prompt (the embedded model: its grammar); the job's
+        # result says so when that is an approximation.
+        prompts = []
+        for r in reqs:
+            prompt, note = fit_prompt(m.prompt_grammar, r.prompt, bool(r.images))
+            prompts.append(prompt)
+            if note:
+                r.extras["approximation"] = note
         # One CPU generator per image: each image's noise depends on its seed alone.
         seeds = [r.seed + i for r in reqs for i in range(r.num_images)]
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs: dict[str, Any] = dict(
-            prompt=req.prompt,
+            prompt=prompts[0],
             height=height,
             width=width,
             num_inference_steps=req.steps,
@@ -252,9 +261,9 @@ class DiffusersFluxEngine:
                 kwargs["num_images_per_prompt"] = 1
                 parts = [
                     self.prompt_cache.pipeline_kwargs(
-                        pipe, key, r.prompt, r.num_images, m.max_sequence_length, negative=m.true_cfg
+                        pipe, key, prompt, r.num_images, m.max_sequence_length, negative=m.true_cfg
                     )
-                    for r in reqs
+                    for r, prompt in zip(reqs, prompts, strict=True)
                 ]
                 kwargs.update({name: torch.cat([p[name] for p in parts]) for name in parts[0]})
             images: list[Image.Image] = pipe(**kwargs).images

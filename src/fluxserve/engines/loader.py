@@ -53,6 +53,8 @@ class LoadedPipeline:
     """The inpainting pipeline over the same modules, made on the first masked edit."""
     compiled: bool = False
     """The transformer's blocks are compiled (the load warms them up, see the warmup module)."""
+    prompt_grammar: str | None = None
+    """The only prompts the checkpoint reads (the embedded model's ``scenes``); None: any."""
 
 
 def _file_tensor_names(path: Path) -> list[str]:
@@ -196,4 +198,5 @@ def load_pipeline(
         # model) are guided the classic way: against the empty prompt.
         true_cfg=bool(extra.get("true_cfg", False)),
         compiled=compile_on.value,
+        prompt_grammar=extra.get("prompt_grammar"),
     )

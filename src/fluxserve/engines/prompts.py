@@ -21,6 +21,21 @@ from typing import Any
 
 FLUX1_FAMILIES = ("flux1", "flux1-kontext")
 """Families whose pipelines take ``prompt_embeds`` + ``pooled_prompt_embeds``."""
+PROMPT_GRAMMARS = ("scenes",)
+"""What a checkpoint's ``fluxserve.json`` may declare as ``prompt_grammar``: ``scenes``, the
+embedded model's grammar (:mod:`fluxserve.embedded.grammar`)."""
+
+
+def fit_prompt(grammar: str | None, prompt: str, editing: bool) -> tuple[str, str | None]:
+    """The prompt a checkpoint's text encoders get, and a note for the job's result when that
+    is only an approximation of ``prompt``. Checkpoints that declare no grammar (every real
+    FLUX checkpoint) read any prompt: they get it unchanged, with no note."""
+    if grammar != "scenes":
+        return prompt, None
+    from fluxserve.embedded.grammar import fit
+
+    fitted = fit(prompt, editing)
+    return fitted.caption, fitted.note
 
 
 class PromptCache:

@@ -234,7 +234,11 @@ class Worker:
                     public = {"moderation": decision.public()}
                     await self._end(job, JobStatus.CONTENT_MODERATED, details=public, moderation=audit)
                 else:
-                    await self._end(job, JobStatus.READY, result=result, moderation=audit)
+                    # The engine's note that the picture only approximates the prompt (the
+                    # embedded model) is for the user: it goes where the API shows it.
+                    note = result.pop("approximation", None)
+                    shown = {"approximation": note} if note else None
+                    await self._end(job, JobStatus.READY, result=result, details=shown, moderation=audit)
         finally:
             self._slots.release()
 

@@ -177,3 +177,9 @@ def test_every_prompt_fits_the_grammar_and_grammar_prompts_pass_unchanged() -> N
     for caption in (IN_GRAMMAR, "a small red circle in the top left and a star", "A Red Circle!"):
         assert fit(caption) == Fitted(caption)  # unchanged, no note
     assert fit("make the circle blue", editing=True).note is None
+
+
+def test_the_header_is_in_the_openapi_document(srv: Server) -> None:
+    doc = httpx.get(f"{srv.base_url}/openapi.json").json()
+    for path in ("/v1/images/generations", "/v1/images/edits"):
+        assert APPROXIMATION_HEADER in doc["paths"][path]["post"]["responses"]["200"]["headers"]

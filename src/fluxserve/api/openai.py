@@ -21,6 +21,7 @@ from fluxserve.api.common import idempotency_claim, idempotency_key_header, imag
 from fluxserve.api.errors import NESTED_TOO_DEEPLY, OpenAIError, first_error
 from fluxserve.api.loras import lora_pairs
 from fluxserve.api.openai_render import (
+    APPROXIMATION_HEADER,
     Finish,
     approximation_headers,
     check_gpt_image_options,
@@ -213,10 +214,24 @@ def _validation_to_openai(exc: ValidationError) -> OpenAIError:
     return OpenAIError(400, message, param=param, code="invalid_value")
 
 
+APPROXIMATION_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            APPROXIMATION_HEADER: {
+                "description": "Set when the embedded demo model drew only an approximation of the "
+                "prompt (one outside what it can draw): that sentence, in ASCII.",
+                "schema": {"type": "string"},
+            }
+        }
+    }
+}
+
+
 @router.post(
     "/v1/images/generations",
     response_model=ImagesResponse,
     response_model_exclude_none=True,
+    responses=APPROXIMATION_DOC,
     dependencies=[Depends(idempotency_key_header)],
 )
 async def create_image(
@@ -305,6 +320,7 @@ async def _json_edit(request: Request) -> EditParts:
     response_model=ImagesResponse,
     response_model_exclude_none=True,
     openapi_extra=request_body({"multipart/form-data": EditMultipart, "application/json": EditJSON}),
+    responses=APPROXIMATION_DOC,
     dependencies=[Depends(idempotency_key_header)],
 )
 async def edit_image(

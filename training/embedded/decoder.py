@@ -58,7 +58,7 @@ def deepen(vae: Any, layers: int | None) -> Any:
     cfg = dict(vae.config)
     cfg["layers_per_block"] = layers
     keep = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    new = AutoencoderKL(**keep)
+    new: Any = AutoencoderKL(**keep)
     missing, unexpected = new.load_state_dict(vae.state_dict(), strict=False)
     assert not unexpected, unexpected
     old = vae.config["layers_per_block"]

@@ -24,7 +24,7 @@ from fluxserve.api.app import create_app
 from fluxserve.engines import EngineRequest
 from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
 from fluxserve.jobs.batching import BatchPolicy, batch_key, batch_mates
-from fluxserve.jobs.models import Job, JobStatus
+from fluxserve.records import Job, JobStatus
 from fluxserve.settings import Settings
 from fluxserve.spec import GenerationSpec, LoraRef
 

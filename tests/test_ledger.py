@@ -20,7 +20,7 @@ from fluxserve.accounts import AccountStore, BonusRule, Grant
 from fluxserve.accounts.ledger import charged
 from fluxserve.accounts.store import SQLITE_SCHEMA
 from fluxserve.backends.sqlite import Database
-from fluxserve.jobs.models import Job, JobStatus
+from fluxserve.records import Job, JobStatus
 from fluxserve.spec import GenerationSpec
 
 

@@ -392,7 +392,7 @@ def test_dispatch_follows_the_queue_policy_and_upgrades_keep_waiting_jobs(
     from fluxserve.backends.postgres import PostgresDatabase, PostgresJobStore
     from fluxserve.backends.postgres.db import MIGRATIONS, SCHEMA_VERSION
     from fluxserve.backends.postgres.dispatch import DispatchingJobStore
-    from fluxserve.jobs.models import Job, JobStatus, Recovery
+    from fluxserve.records import Job, JobStatus, Recovery
     from fluxserve.spec import GenerationSpec
 
     def job(job_id: str, protocol: str, created_at: float, model: str = "flux-dev") -> Job:

@@ -15,7 +15,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from fluxserve.backends.interfaces import IdempotencyConflict
 from fluxserve.backends.memory import MemoryJobStore, MemoryKeyStore
 from fluxserve.backends.postgres import (
     SCHEMA_VERSION,
@@ -25,9 +24,10 @@ from fluxserve.backends.postgres import (
     PostgresWebhookStore,
 )
 from fluxserve.backends.sqlite import Database, SQLiteJobStore, SQLiteKeyStore, SQLiteWebhookStore
-from fluxserve.jobs.models import IdempotencyClaim, Job, JobStatus, WebhookTarget
+from fluxserve.records import IdempotencyClaim, Job, JobStatus, WebhookTarget
 from fluxserve.spec import GenerationSpec
 from fluxserve.storage import LocalStorage, MemoryStorage, S3Storage, SignedUrls, Storage
+from fluxserve.stores import IdempotencyConflict
 
 
 @pytest.fixture(params=["sqlite", "memory", "postgres"])

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from fluxserve.accounts.models import Grant
 from fluxserve.accounts.store import AccountStore
-from fluxserve.jobs.models import Job, JobStatus
+from fluxserve.records import Job, JobStatus
 
 if TYPE_CHECKING:
     from fluxserve.catalog import ModelCatalog

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import Protocol
 
-from fluxserve.backends.sql_keys import SqlDatabase
+from fluxserve.stores import SqlDatabase
 
 WINDOW_S = 60.0
 """The window ``rpm`` limits count over."""

@@ -23,7 +23,7 @@ from fluxserve.accounts.models import (
     Grant,
     LedgerEntry,
 )
-from fluxserve.backends.sql_keys import SqlDatabase
+from fluxserve.stores import SqlDatabase
 
 if TYPE_CHECKING:
     from fluxserve.settings import Settings

@@ -26,12 +26,12 @@ from fluxserve.api.common import idempotency_claim, idempotency_key_header, imag
 from fluxserve.api.errors import bfl_validation_error
 from fluxserve.api.loras import lora_pairs
 from fluxserve.api.state import AppState, get_state
-from fluxserve.backends.interfaces import IdempotencyConflict
 from fluxserve.catalog import ModelEntry
 from fluxserve.images import InputImageError
 from fluxserve.jobs import Job, JobStatus, QueueFull
 from fluxserve.netguard import UrlRefused, check_url
 from fluxserve.spec import SpecError, SpecOptions, build_spec, check_input_count
+from fluxserve.stores import IdempotencyConflict
 
 STATUS_TEXT: dict[JobStatus, str] = {
     JobStatus.QUEUED: "Pending",

@@ -12,7 +12,7 @@ from fastapi import Header, Request
 from PIL import Image
 
 from fluxserve.images import ImageLimits, load_image_reference, normalize_image, normalize_mask
-from fluxserve.jobs.models import IdempotencyClaim
+from fluxserve.records import IdempotencyClaim
 from fluxserve.spec import MAX_EDIT_IMAGES, SpecError
 
 MAX_IDEMPOTENCY_KEY = 255

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from fluxserve.api.auth import bfl_auth
 from fluxserve.api.state import AppState, get_state
-from fluxserve.jobs.models import Job
+from fluxserve.records import Job
 
 
 class Metrics:

@@ -42,12 +42,12 @@ from fluxserve.api.openai_schemas import (
 )
 from fluxserve.api.openai_stream import stream_events
 from fluxserve.api.state import AppState, get_state
-from fluxserve.backends.interfaces import IdempotencyConflict
 from fluxserve.catalog import ModelEntry
 from fluxserve.embedded.grammar import fit
 from fluxserve.images import InputImageError
 from fluxserve.jobs import Job, QueueFull
 from fluxserve.spec import MAX_EDIT_IMAGES, SpecError, SpecOptions, build_spec, check_input_count
+from fluxserve.stores import IdempotencyConflict
 
 router = APIRouter(tags=["OpenAI Images API"])
 IMAGE_FIELDS = ("image", "image[]")

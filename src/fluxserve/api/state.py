@@ -8,13 +8,13 @@ from fastapi import Request
 
 from fluxserve.accounts import Accounting
 from fluxserve.api.throttle import FailedAuthThrottle
-from fluxserve.backends.interfaces import KeyStore
 from fluxserve.catalog import ModelCatalog
 from fluxserve.images import ImageLimits
 from fluxserve.jobs import JobService, Worker
 from fluxserve.loras import LoraLibrary
 from fluxserve.settings import Settings
 from fluxserve.storage import SignedUrls, Storage
+from fluxserve.stores import KeyStore
 
 
 @dataclass

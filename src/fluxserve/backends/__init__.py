@@ -1,7 +1,7 @@
 """Backends: where jobs, the queue, webhooks, keys and files live, chosen from settings.
 
 :func:`open_backends` is the one place that picks them. Each seam is a protocol in
-:mod:`fluxserve.backends.interfaces`; ``sqlite`` (default), ``memory`` and ``postgres`` implement them all,
+:mod:`fluxserve.stores`; ``sqlite`` (default), ``memory`` and ``postgres`` implement them all,
 and files live in ``local`` storage (default), ``memory``, or S3 when ``storage_url`` is set.
 """
 
@@ -10,16 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fluxserve.backends.interfaces import (
-    EventBus,
-    JobClaims,
-    JobDispatch,
-    JobQueue,
-    JobStore,
-    KeyStore,
-    WebhookStore,
-)
-from fluxserve.jobs.events import LocalBus
 from fluxserve.settings import Settings
 from fluxserve.storage import (
     LocalStorage,
@@ -28,6 +18,16 @@ from fluxserve.storage import (
     SignedUrls,
     Storage,
     load_or_create_secret,
+)
+from fluxserve.stores import (
+    EventBus,
+    JobClaims,
+    JobDispatch,
+    JobQueue,
+    JobStore,
+    KeyStore,
+    LocalBus,
+    WebhookStore,
 )
 
 

@@ -14,8 +14,8 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fluxserve.backends.interfaces import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
-from fluxserve.jobs.models import (
+from fluxserve.keys import ApiKey, hash_key, new_key
+from fluxserve.records import (
     IdempotencyClaim,
     Job,
     JobStatus,
@@ -24,7 +24,7 @@ from fluxserve.jobs.models import (
     WebhookDelivery,
     WebhookTarget,
 )
-from fluxserve.keys import ApiKey, hash_key, new_key
+from fluxserve.stores import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
 
 
 @dataclass

@@ -5,27 +5,13 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import Any, Protocol
 
 from fluxserve.keys import ApiKey, hash_key, new_key
-
-
-class SqlDatabase(Protocol):
-    """What the key store needs of a database (both backends' ``Database`` classes have it)."""
-
-    def transaction(self) -> AbstractContextManager[Any]:
-        """A connection inside one write transaction."""
-        ...
-
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> Sequence[Any]:
-        """Rows of a read query, indexable by column name."""
-        ...
+from fluxserve.stores import SqlDatabase
 
 
 class SqlKeyStore:
-    """:class:`~fluxserve.backends.interfaces.KeyStore` over one table of a SQL database."""
+    """:class:`~fluxserve.stores.KeyStore` over one table of a SQL database."""
 
     def __init__(self, db: SqlDatabase, table: str, placeholder: str) -> None:
         self._db = db

@@ -1,7 +1,7 @@
 """Durable jobs: the service that owns a job's life, the worker, webhooks and live events."""
 
-from fluxserve.jobs.models import TERMINAL, Job, JobStatus
 from fluxserve.jobs.service import JobPolicy, JobService, QueueFull
 from fluxserve.jobs.worker import Worker
+from fluxserve.records import TERMINAL, Job, JobStatus
 
 __all__ = ["TERMINAL", "Job", "JobPolicy", "JobService", "JobStatus", "QueueFull", "Worker"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fluxserve.jobs.models import Job
+from fluxserve.records import Job
 from fluxserve.spec import GenerationSpec
 
 PEEK = 64

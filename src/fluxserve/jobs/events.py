@@ -1,8 +1,8 @@
 """Live job events for server-sent-event streams: queued, progress, preview, partial, end.
 
 Each process keeps a short history per job and its subscribers, on its event loop. An
-:class:`~fluxserve.backends.interfaces.EventBus` carries events between processes: with
-:class:`LocalBus` (SQLite, one process) nothing leaves the process; with PostgreSQL,
+:class:`~fluxserve.stores.EventBus` carries events between processes: with
+:class:`~fluxserve.stores.LocalBus` (SQLite, one process) nothing leaves the process; with PostgreSQL,
 LISTEN/NOTIFY brings a job's events from the worker that runs it to every API node. A stream
 that reconnects after a restart gets the job's state from the store (its terminal event is
 always rebuilt from the job row), not the old previews."""
@@ -10,12 +10,11 @@ always rebuilt from the job row), not the old previews."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from fluxserve.backends.interfaces import EventBus
+from fluxserve.stores import EventBus, LocalBus
 
 MAX_HISTORY = 256
 RUN_IDS = 1_000_000
@@ -29,28 +28,6 @@ class Event:
     id: int
     type: str  # "progress", "preview", "partial" or "end"
     data: dict[str, Any] = field(default_factory=dict)
-
-
-class LocalBus:
-    """The in-process :class:`~fluxserve.backends.interfaces.EventBus`: one process holds the
-    API and the worker, so there is nobody else to tell."""
-
-    def send(self, job_id: str, event_id: int, type: str, data: dict[str, Any]) -> None:
-        """Nothing to carry."""
-
-    def watch(self, job_id: str) -> None:
-        """Nobody else to tell."""
-
-    def watched(self, job_id: str) -> bool:
-        """No other process streams anything."""
-        return False
-
-    async def run(
-        self,
-        deliver: Callable[[str, int, str, dict[str, Any]], None],
-        watching: Callable[[], Iterable[str]],
-    ) -> None:
-        """Nothing arrives from elsewhere."""
 
 
 class JobEvents:

@@ -4,7 +4,7 @@ that takes jobs from the shared PostgreSQL database.
 
 With SQLite each worker claims from the in-process queue; with PostgreSQL each is a
 procrastinate worker that takes only the models its engine loaded
-(:class:`~fluxserve.backends.interfaces.JobDispatch`).
+(:class:`~fluxserve.stores.JobDispatch`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from fluxserve.jobs.service import JobService
 from fluxserve.jobs.worker import Worker, WorkerHealth
 
 if TYPE_CHECKING:
-    from fluxserve.backends.interfaces import JobDispatch
     from fluxserve.loras import LoraLibrary
     from fluxserve.settings import Settings
+    from fluxserve.stores import JobDispatch
 
 log = logging.getLogger("fluxserve.worker")
 

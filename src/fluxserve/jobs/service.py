@@ -16,20 +16,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image
 
+from fluxserve.accounts import Accounting
 from fluxserve.jobs.events import JobEvents
-from fluxserve.jobs.models import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
+from fluxserve.records import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
 from fluxserve.safety import Moderator
 from fluxserve.spec import GenerationSpec
 from fluxserve.storage import Storage
+from fluxserve.stores import EventBus, JobQueue, JobStore, WebhookStore
 from fluxserve.upsampling import BuiltinUpsampler, PromptUpsampler
-
-if TYPE_CHECKING:  # the backends import the job models; only types are needed here
-    from fluxserve.accounts import Accounting
-    from fluxserve.backends.interfaces import EventBus, JobQueue, JobStore, WebhookStore
 
 log = logging.getLogger("fluxserve.jobs")
 

@@ -1,6 +1,6 @@
 """Webhook delivery: signed POSTs of get_result's answer, retried with exponential backoff by a
 dispatcher task that never blocks the generation worker. Deliveries and attempts are kept by a
-:class:`~fluxserve.backends.interfaces.WebhookStore`, so they survive restarts.
+:class:`~fluxserve.stores.WebhookStore`, so they survive restarts.
 
 Delivery is at least once: every POST of one delivery carries the same
 ``X-Fluxserve-Delivery`` id, by which a receiver drops repeats (after a crash between a
@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
@@ -27,11 +27,9 @@ from fluxserve.client.webhooks import (
     sign_bfl,
     verify_signature,
 )
-from fluxserve.jobs.models import WebhookDelivery
 from fluxserve.netguard import UrlRefused, check_url, guarded_client
-
-if TYPE_CHECKING:
-    from fluxserve.backends.interfaces import WebhookStore
+from fluxserve.records import WebhookDelivery
+from fluxserve.stores import WebhookStore
 
 log = logging.getLogger("fluxserve.webhooks")
 # The signature scheme lives in the SDK, which receivers use to verify what this module sends.

@@ -24,7 +24,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -32,12 +32,10 @@ from fluxserve.catalog import ModelCatalog
 from fluxserve.engines import Engine, EngineModerated, EngineRequest, JobCancelled, generate_batch, prefetch
 from fluxserve.images import encode_image
 from fluxserve.jobs.batching import PEEK, BatchPolicy, batch_mates
-from fluxserve.jobs.models import Job, JobStatus
 from fluxserve.jobs.service import JobService
+from fluxserve.records import Job, JobStatus
 from fluxserve.safety import Decision
-
-if TYPE_CHECKING:
-    from fluxserve.backends.interfaces import JobDispatch
+from fluxserve.stores import JobDispatch
 
 log = logging.getLogger("fluxserve.worker")
 PREVIEW_SIDE = 256

@@ -32,10 +32,10 @@ from procrastinate import jobs as procrastinate_jobs
 from procrastinate.utils import utcnow
 from psycopg import Connection
 
-from fluxserve.backends.interfaces import JobClaims
 from fluxserve.backends.postgres.db import PostgresDatabase
 from fluxserve.backends.postgres.jobs import PostgresJobStore
-from fluxserve.jobs.models import Job, Recovery
+from fluxserve.records import Job, Recovery
+from fluxserve.stores import JobClaims
 
 log = logging.getLogger("fluxserve.dispatch")
 TASK_NAME = "fluxserve.run_job"

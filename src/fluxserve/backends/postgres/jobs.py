@@ -10,10 +10,10 @@ from typing import Any
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 
-from fluxserve.backends.interfaces import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
 from fluxserve.backends.postgres.db import PostgresDatabase
-from fluxserve.jobs.models import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
+from fluxserve.records import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
 from fluxserve.spec import GenerationSpec
+from fluxserve.stores import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
 
 
 def _json(value: Any) -> Jsonb | None:

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from fluxserve.backends.postgres.db import PostgresDatabase
-from fluxserve.jobs.models import WebhookAttempt, WebhookDelivery
+from fluxserve.records import WebhookAttempt, WebhookDelivery
 
 COLUMNS = "delivery_id, job_id, url, secret, base_url, state, attempts, next_at"
 

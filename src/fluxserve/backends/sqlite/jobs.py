@@ -9,10 +9,10 @@ import time
 import uuid
 from typing import Any
 
-from fluxserve.backends.interfaces import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
 from fluxserve.backends.sqlite.db import Database
-from fluxserve.jobs.models import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
+from fluxserve.records import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
 from fluxserve.spec import GenerationSpec
+from fluxserve.stores import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
 
 CANCELLED = json.dumps({"error": "cancelled", "steps_done": 0})
 
@@ -39,7 +39,7 @@ def _row_to_job(r: sqlite3.Row) -> Job:
 
 
 class SQLiteJobStore:
-    """:class:`~fluxserve.backends.interfaces.JobStore` and ``JobQueue`` over one table."""
+    """:class:`~fluxserve.stores.JobStore` and ``JobQueue`` over one table."""
 
     def __init__(self, db: Database, batch_delay_s: float = 60.0) -> None:
         self._db = db

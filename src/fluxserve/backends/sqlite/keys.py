@@ -7,7 +7,7 @@ from fluxserve.backends.sqlite.db import Database
 
 
 class SQLiteKeyStore(SqlKeyStore):
-    """:class:`~fluxserve.backends.interfaces.KeyStore` in the jobs database."""
+    """:class:`~fluxserve.stores.KeyStore` in the jobs database."""
 
     def __init__(self, db: Database) -> None:
         super().__init__(db, "api_keys", "?")

@@ -7,7 +7,7 @@ import time
 import uuid
 
 from fluxserve.backends.sqlite.db import Database
-from fluxserve.jobs.models import WebhookAttempt, WebhookDelivery
+from fluxserve.records import WebhookAttempt, WebhookDelivery
 
 
 def _delivery(r: sqlite3.Row) -> WebhookDelivery:
@@ -25,7 +25,7 @@ def _delivery(r: sqlite3.Row) -> WebhookDelivery:
 
 
 class SQLiteWebhookStore:
-    """:class:`~fluxserve.backends.interfaces.WebhookStore` in the jobs database."""
+    """:class:`~fluxserve.stores.WebhookStore` in the jobs database."""
 
     def __init__(self, db: Database) -> None:
         self._db = db

@@ -8,9 +8,11 @@ event loop for short writes and from worker threads during a run.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from fluxserve.jobs.models import (
+from fluxserve.keys import ApiKey
+from fluxserve.records import (
     IdempotencyClaim,
     Job,
     JobStatus,
@@ -19,7 +21,6 @@ from fluxserve.jobs.models import (
     WebhookDelivery,
     WebhookTarget,
 )
-from fluxserve.keys import ApiKey
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 """How long an Idempotency-Key keeps naming its job."""
@@ -231,6 +232,28 @@ class EventBus(Protocol):
         ...
 
 
+class LocalBus:
+    """The in-process :class:`EventBus`: one process holds the
+    API and the worker, so there is nobody else to tell."""
+
+    def send(self, job_id: str, event_id: int, type: str, data: dict[str, Any]) -> None:
+        """Nothing to carry."""
+
+    def watch(self, job_id: str) -> None:
+        """Nobody else to tell."""
+
+    def watched(self, job_id: str) -> bool:
+        """No other process streams anything."""
+        return False
+
+    async def run(
+        self,
+        deliver: Callable[[str, int, str, dict[str, Any]], None],
+        watching: Callable[[], Iterable[str]],
+    ) -> None:
+        """Nothing arrives from elsewhere."""
+
+
 class JobClaims(Protocol):
     """Claiming one named job, for dispatch that hands out job ids (procrastinate) rather than
     letting workers pick from the queue (``JobQueue.claim_next``)."""
@@ -269,4 +292,17 @@ class JobDispatch(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+class SqlDatabase(Protocol):
+    """What the SQL stores (keys, accounts) need of a database (both backends' ``Database``
+    classes have it)."""
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """A connection inside one write transaction."""
+        ...
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> Sequence[Any]:
+        """Rows of a read query, indexable by column name."""
         ...

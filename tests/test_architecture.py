@@ -19,12 +19,6 @@ DOC = ROOT / "docs" / "architecture.md"
 EXCEPTIONS: dict[tuple[str, str], str] = {
     ("fluxserve.api.app", "web"): "the app factory mounts the playground router, and web imports "
     "api's schemas, state and key check: the factory belongs above both",
-    ("fluxserve.jobs.fleet", "backends"): "fluxserve worker opens its backends itself, in "
-    "parallel with api.app: one wiring function above jobs should build them",
-    ("fluxserve.jobs.fleet", "upstreams"): "fluxserve worker wraps its engines with the "
-    "upstreams itself (same wiring as above)",
-    ("fluxserve.accounts.store", "backends"): "open_account_store opens its own database: the "
-    "wiring should open it and hand it over",
 }
 
 

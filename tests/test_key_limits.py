@@ -216,8 +216,8 @@ def test_cli_key_limits_also_for_default_account_keys(keyed) -> None:  # type: i
 
 
 def test_an_older_sqlite_database_gains_the_key_limit_columns(tmp_path: Path) -> None:
-    from fluxserve.accounts import open_account_store
     from fluxserve.settings import Settings
+    from fluxserve.system import open_account_store
 
     settings = Settings.load(None, data_dir=tmp_path)
     settings.db_path.parent.mkdir(parents=True, exist_ok=True)

@@ -184,7 +184,7 @@ def worker(
     """Run engine workers without the HTTP API, one per GPU, each taking jobs of the models it
     loaded from the shared PostgreSQL database (database_url). Stops after its jobs on SIGTERM."""
     with server_imports():
-        from fluxserve.jobs.fleet import run_worker_process
+        from fluxserve.system import run_worker_process
 
     settings = _settings(config, gpus=gpus, worker_models=models, data_dir=data_dir)
     logging.basicConfig(
@@ -240,9 +240,10 @@ def keys_create(
 ) -> None:
     """Create a key. It is printed once; only its hash is stored."""
     with server_imports():
-        from fluxserve.accounts import open_account_store, parse_scopes
+        from fluxserve.accounts import parse_scopes
         from fluxserve.accounts.models import DEFAULT_GRANT_SCOPES
         from fluxserve.backends import open_key_store
+        from fluxserve.system import open_account_store
 
     settings = _settings(config, data_dir=data_dir)
     try:  # least privilege: generate,read unless --scope names more (admin only when named)
@@ -304,7 +305,7 @@ def keys_limits(
 
 def _account_store(data_dir: Path | None, config: Path | None) -> tuple[Settings, Any]:
     with server_imports():
-        from fluxserve.accounts import open_account_store
+        from fluxserve.system import open_account_store
 
     settings = _settings(config, data_dir=data_dir)
     if settings.backend == "memory" and not settings.database_url:
@@ -433,8 +434,8 @@ def usage(
 def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """List keys (ids and names, never the secrets)."""
     with server_imports():
-        from fluxserve.accounts import open_account_store
         from fluxserve.backends import open_key_store
+        from fluxserve.system import open_account_store
 
     settings = _settings(config, data_dir=data_dir)
     accounts = open_account_store(settings)

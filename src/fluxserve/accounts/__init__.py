@@ -15,19 +15,19 @@ from fluxserve.accounts.models import (
     LedgerEntry,
     parse_scopes,
 )
-from fluxserve.accounts.store import AccountStore, open_account_store
+from fluxserve.accounts.store import AccountStore, account_store
 
 __all__ = [
     "ALL_SCOPES",
     "DEFAULT_ACCOUNT",
     "Account",
     "AccountStore",
+    "account_store",
     "Accounting",
     "BonusRule",
     "Grant",
     "InsufficientCredits",
     "LedgerEntry",
     "LimitReached",
-    "open_account_store",
     "parse_scopes",
 ]

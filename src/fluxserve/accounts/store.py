@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fluxserve.accounts.limits import RateLimiter, RequestCounter, SharedRateLimiter
 from fluxserve.accounts.models import (
@@ -24,9 +23,6 @@ from fluxserve.accounts.models import (
     LedgerEntry,
 )
 from fluxserve.stores import SqlDatabase
-
-if TYPE_CHECKING:
-    from fluxserve.settings import Settings
 
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -434,20 +430,12 @@ def _account(r: Any) -> Account:
     )
 
 
-def open_account_store(settings: Settings, db: SqlDatabase | None = None) -> AccountStore:
-    """The account store for the settings' database: PostgreSQL (``database_url``), the
-    SQLite file, or (memory backend) an in-memory SQLite database. ``db``: an open one to use."""
-    from fluxserve.backends.sqlite import Database
-
-    if settings.database_url:
-        if db is None:
-            from fluxserve.backends.postgres import PostgresDatabase
-
-            db = PostgresDatabase(settings.database_url)
-            db.check()
+def account_store(db: SqlDatabase, postgres: bool) -> AccountStore:
+    """The account store over an open database: PostgreSQL (its schema comes from the numbered
+    migrations, ``fluxserve db upgrade``) or SQLite, whose tables are made or brought up to
+    date here."""
+    if postgres:
         return AccountStore(db, "fluxserve_", "%s", postgres=True)
-    if db is None:
-        db = Database(Path(":memory:") if settings.backend == "memory" else settings.db_path)
     with db.transaction() as c:
         for statement in SQLITE_SCHEMA.split(";"):
             if statement.strip():

@@ -11,8 +11,6 @@ from typing import Any
 from fastapi import FastAPI
 
 from fluxserve import __version__
-from fluxserve.accounts import Accounting, open_account_store
-from fluxserve.accounts.ledger import AccountLimits
 from fluxserve.api.admin import router as admin_router
 from fluxserve.api.bfl import make_router, render_result
 from fluxserve.api.credits import router as credits_router
@@ -25,23 +23,19 @@ from fluxserve.api.openai import router as openai_router
 from fluxserve.api.service_routes import router as service_router
 from fluxserve.api.state import AppState
 from fluxserve.api.usage import router as usage_router
-from fluxserve.backends import open_backends
-from fluxserve.catalog import BUILTIN_CHECKPOINT, ModelCatalog
 from fluxserve.engines import Engine
 from fluxserve.images import ImageLimits
-from fluxserve.jobs import JobPolicy, JobService, Worker
+from fluxserve.jobs import Worker
 from fluxserve.jobs.fleet import (
     EngineWorkers,
     NoEngine,
     batch_policy,
-    diffusers_engine,
     worker_devices,
     worker_name,
 )
 from fluxserve.jobs.webhooks import WebhookDispatcher
-from fluxserve.loras import LoraLibrary
-from fluxserve.safety import Moderator
 from fluxserve.settings import Settings
+from fluxserve.system import build_system
 from fluxserve.upsampling import BuiltinUpsampler, ChatUpsampler, PromptUpsampler
 from fluxserve.upstreams import with_upstreams
 
@@ -69,39 +63,19 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         raise ValueError(
             f'auth = "none" turns key checks off, so it is refused on {settings.host} (loopback only)'
         )
-    backends = open_backends(settings)
-    catalog = ModelCatalog.from_settings(settings)
+    system = build_system(settings, _upsampler(settings))
+    backends, catalog, service, loras = system.backends, system.catalog, system.service, system.loras
     apply_checkpoint_defaults(settings, catalog)  # family defaults, from files already here
-    moderator = Moderator.from_settings(settings)
-    service = JobService(
-        backends.jobs,
-        backends.queue,
-        backends.webhooks,
-        backends.storage,
-        moderator,
-        _upsampler(settings),
-        scene_models=frozenset(e.id for e in catalog if e.checkpoint == BUILTIN_CHECKPOINT),
-        policy=JobPolicy(settings.max_queued_jobs, settings.max_attempts, settings.retention_s),
-        bus=backends.bus,
-    )
-    accounts = open_account_store(settings)
-    service.accounting = Accounting(
-        accounts, catalog, AccountLimits(max_active_max_models=settings.account_max_active_max_models)
-    )
-    loras = LoraLibrary(settings.lora_dirs)
     for directory in settings.lora_dirs:
         if not directory.is_dir():
             log.warning("lora_dirs: %s is not a directory; it holds no LoRAs", directory)
-
-    def make_engine(device: str) -> Engine:
-        return diffusers_engine(settings, catalog, device, loras)
 
     # One engine worker per device (``gpus``); none on a stateless API node (``--no-worker``).
     workers: EngineWorkers | None = None
     if settings.run_worker:
         devices = worker_devices(settings.gpus, settings.device)
         engines = [
-            (worker_name(d, i), with_upstreams(engine or make_engine(d), settings, catalog))
+            (worker_name(d, i), with_upstreams(engine, settings, catalog) if engine else system.engine(d))
             for i, d in enumerate(devices[: 1 if engine else None])
         ]
         workers = EngineWorkers(
@@ -190,8 +164,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 await workers.drain()  # results generated before the stop are stored
             if backends.dispatch is not None:
                 await backends.dispatch.close()
-            backends.close()
-            accounts.close()
+            system.close()
 
     app = FastAPI(
         title="fluxserve",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fluxserve.settings import Settings
 from fluxserve.storage import (
@@ -27,6 +28,7 @@ from fluxserve.stores import (
     JobStore,
     KeyStore,
     LocalBus,
+    SqlDatabase,
     WebhookStore,
 )
 
@@ -99,6 +101,21 @@ def open_backends(settings: Settings) -> Backends:
     return Backends(jobs, jobs, SQLiteWebhookStore(db), SQLiteKeyStore(db), storage, signer, db.close)
 
 
+def open_database(settings: Settings) -> SqlDatabase:
+    """A connection of its own to the settings' SQL database (the account store's):
+    PostgreSQL when ``database_url`` is set (its schema must be current), else the SQLite
+    file, or an in-memory SQLite database for the memory backend."""
+    if settings.database_url:
+        from fluxserve.backends.postgres import PostgresDatabase
+
+        pg = PostgresDatabase(settings.database_url)
+        pg.check()
+        return pg
+    from fluxserve.backends.sqlite import Database
+
+    return Database(Path(":memory:") if settings.backend == "memory" else settings.db_path)
+
+
 def open_key_store(settings: Settings) -> KeyStore:
     """The key store alone (for ``fluxserve keys``), without opening anything else."""
     if settings.database_url:
@@ -124,5 +141,6 @@ __all__ = [
     "KeyStore",
     "WebhookStore",
     "open_backends",
+    "open_database",
     "open_key_store",
 ]

@@ -1,6 +1,7 @@
 """The engine workers of one process: one :class:`~fluxserve.jobs.worker.Worker` per device
-(``gpus``), loading their checkpoints at start; and ``fluxserve worker``, a process of them
-that takes jobs from the shared PostgreSQL database.
+(``gpus``), loading their checkpoints at start (in the server, and in ``fluxserve worker``,
+:func:`fluxserve.system.run_worker_process`, a process of them that takes jobs from the shared
+PostgreSQL database).
 
 With SQLite each worker claims from the in-process queue; with PostgreSQL each is a
 procrastinate worker that takes only the models its engine loaded
@@ -155,92 +156,3 @@ def diffusers_engine(settings: Settings, catalog: ModelCatalog, device: str, lor
         lora_cache_size=settings.lora_cache_size,
         prompt_cache_size=settings.prompt_cache_size,
     )
-
-
-def run_worker_process(settings: Settings) -> int:
-    """``fluxserve worker``: engine workers (one per device in ``gpus``) that take jobs from the
-    shared PostgreSQL database, with live events and the stalled-job reaper, and no HTTP API.
-    SIGTERM or SIGINT lets the running jobs finish, then returns. Returns the exit status."""
-    return asyncio.run(_worker_main(settings))
-
-
-async def _worker_main(settings: Settings) -> int:
-    import signal
-
-    from fluxserve.accounts import Accounting, open_account_store
-    from fluxserve.accounts.ledger import AccountLimits
-    from fluxserve.backends import open_backends
-    from fluxserve.jobs.service import JobPolicy
-    from fluxserve.loras import LoraLibrary
-    from fluxserve.safety import Moderator
-    from fluxserve.upstreams import with_upstreams
-
-    backends = open_backends(settings)
-    dispatch = backends.dispatch
-    if dispatch is None:
-        backends.close()
-        log.error("fluxserve worker needs database_url (PostgreSQL)")
-        return 2
-    catalog = ModelCatalog.from_settings(settings)
-    moderator = Moderator.from_settings(settings)
-    service = JobService(
-        backends.jobs,
-        backends.queue,
-        backends.webhooks,
-        backends.storage,
-        moderator,
-        policy=JobPolicy(settings.max_queued_jobs, settings.max_attempts, settings.retention_s),
-        bus=backends.bus,
-    )
-    # Jobs end here: their credit holds are settled or released here too (as on a server).
-    accounts = open_account_store(settings)
-    limits = AccountLimits(max_active_max_models=settings.account_max_active_max_models)
-    service.accounting = Accounting(accounts, catalog, limits)
-    loras = LoraLibrary(settings.lora_dirs)
-    engines: list[tuple[str, Engine]] = [
-        (
-            worker_name(device, i),
-            with_upstreams(diffusers_engine(settings, catalog, device, loras), settings, catalog),
-        )
-        for i, device in enumerate(worker_devices(settings.gpus, settings.device))
-    ]
-    try:
-        workers = EngineWorkers(
-            service, catalog, engines, dispatch, settings.worker_models, batching=batch_policy(settings)
-        )
-    except ValueError as exc:
-        log.error("%s", exc)
-        backends.close()
-        accounts.close()
-        return 2
-    loop = asyncio.get_running_loop()
-    service.events.bind(loop)
-    main = asyncio.current_task()
-    assert main is not None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)
-    side = [
-        asyncio.create_task(service.events.run()),
-        asyncio.create_task(dispatch.reap_forever(settings.max_attempts, service.job_ended)),
-    ]
-    status = 0
-    try:
-        error = await workers.load()
-        if error is not None:
-            log.error("no model could be loaded: %s", error)
-            status = 1
-        else:
-            names = ", ".join(w.name for w in workers.workers)
-            print(f"fluxserve worker ready: {names} take {', '.join(workers.loaded_models())}", flush=True)
-            await workers.run()
-    except asyncio.CancelledError:
-        log.info("stopping: the running jobs finish first")
-    finally:
-        await workers.drain()  # results generated before the stop are stored
-        for t in side:
-            t.cancel()
-        await asyncio.gather(*side, return_exceptions=True)
-        await dispatch.close()
-        backends.close()
-        accounts.close()
-    return status

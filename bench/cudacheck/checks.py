@@ -194,7 +194,9 @@ def check_memory_cap(run: Run, row: dict[str, Any], cap_gib: float) -> None:
             row["load_s"] = round(loaded(engine, ckpt, run.device), 2)
             chosen = engine.loaded(str(ckpt)).memory
             row.update(mode=chosen.mode, mode_reason=chosen.reason)
-            _, seconds = timed(engine, request(ckpt, "flux1-dev", run, run.steps), run.device)
+            timed(engine, request(ckpt, "flux1-dev", run, 1, seed=1), run.device)  # warm-up: 1 step
+            image, seconds = timed(engine, request(ckpt, "flux1-dev", run, run.steps), run.device)
+            row.update(image_facts(image))
             row.update(seconds_per_image=round(seconds, 2), **peak_gib(run.device))
             del engine
     else:
@@ -203,7 +205,9 @@ def check_memory_cap(run: Run, row: dict[str, Any], cap_gib: float) -> None:
         engine = make_engine(run, ckpt, row["check"], memory=mode, quantize="auto")
         row["load_s"] = round(loaded(engine, ckpt, run.device), 2)
         row["mode"] = engine.loaded(str(ckpt)).memory.mode
-        _, seconds = timed(engine, request(ckpt, "flux1-dev", run, run.steps), run.device)
+        timed(engine, request(ckpt, "flux1-dev", run, 1, seed=1), run.device)  # warm-up: 1 step
+        image, seconds = timed(engine, request(ckpt, "flux1-dev", run, run.steps), run.device)
+        row.update(image_facts(image))
         row.update(seconds_per_image=round(seconds, 2), **peak_gib(run.device))
         row["cpu_limits"] = (
             f"no memory cap on the CPU: the plan is the engine's plan_memory for a {cap_gib:g} GiB "
@@ -212,7 +216,7 @@ def check_memory_cap(run: Run, row: dict[str, Any], cap_gib: float) -> None:
         )
         del engine
     row["mode_matches_plan"] = row["mode"] == row["plan"]["mode"] if run.device.type == "cuda" else None
-    row["ok"] = True
+    row["ok"] = row["pixel_std"] > 0  # finished, and not a blank (NaN) image
 
 
 def check_fp8(run: Run, row: dict[str, Any]) -> None:
@@ -235,7 +239,7 @@ def check_fp8(run: Run, row: dict[str, Any]) -> None:
         again, _ = timed(engine, quick, run.device)
         part["repeat_identical"] = same_pixels(first, again)
         images[label], seconds = timed(engine, request(ckpt, "flux1-dev", run, run.steps), run.device)
-        part.update(seconds_per_image=round(seconds, 2), **peak_gib(run.device))
+        part.update(image_facts(images[label]), seconds_per_image=round(seconds, 2), **peak_gib(run.device))
         if label == "fp8":
             part["quantize_chosen"] = (
                 quantize_choice(run.device).value if run.device.type == "cuda" else "none"
@@ -247,7 +251,7 @@ def check_fp8(run: Run, row: dict[str, Any]) -> None:
     )
     if run.device.type != "cuda":
         row["cpu_limits"] = "fp8 needs CUDA: quantize = 'auto' chose none here, so both images are float32"
-    row["ok"] = row["bf16"]["repeat_identical"] and row["fp8"]["repeat_identical"]
+    row["ok"] = all(row[k]["repeat_identical"] and row[k]["pixel_std"] > 0 for k in ("bf16", "fp8"))
 
 
 def check_loras(run: Run, row: dict[str, Any]) -> None:
@@ -287,10 +291,16 @@ def check_loras(run: Run, row: dict[str, Any]) -> None:
         for name in sets
         if not row["equal_to_alone"][name]
     }
+    row["pixel_std"] = {name: image_facts(im)["pixel_std"] for name, im in alone.items()}
+    row["lora_vs_none"] = {name: image_difference(alone[name], alone["none"]) for name in ("ink", "chalk")}
     row["lora_changes_image"] = {
         name: not same_pixels(alone[name], alone["none"]) for name in ("ink", "chalk")
     }
-    row["ok"] = all(row["equal_to_alone"].values()) and all(row["lora_changes_image"].values())
+    row["ok"] = (
+        all(row["equal_to_alone"].values())
+        and all(row["lora_changes_image"].values())
+        and all(std > 0 for std in row["pixel_std"].values())
+    )
 
 
 def check_kontext(run: Run, row: dict[str, Any]) -> None:

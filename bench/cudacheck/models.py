@@ -8,6 +8,7 @@ shapes scaled down for ``--tiny`` on the CPU.
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import string
@@ -326,7 +327,7 @@ def build_klein(out: Path, arch: dict[str, dict[str, Any]], device: torch.device
 def make_lora(out: Path, transformer_config: dict[str, Any], seed: int, rank: int = 4) -> Path:
     """A random LoRA on the attention projections of a FLUX.1 transformer, made with peft (its
     layer names and shapes, on the meta device: no 12 B model is built) and saved as diffusers
-    saves trained LoRAs. Strong enough to change the image in a few steps."""
+    saves trained LoRAs."""
     from diffusers import FluxPipeline, FluxTransformer2DModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -341,9 +342,8 @@ def make_lora(out: Path, transformer_config: dict[str, Any], seed: int, rank: in
     layers = {}
     for key, meta in get_peft_model_state_dict(transformer).items():
         fan_in = meta.shape[1]
-        layers[key] = torch.randn(tuple(meta.shape), generator=g) * (
-            2.0 / fan_in**0.5 if "lora_A" in key else 1.0
-        )
+        # x A^T B^T about as large as the base projection's output: a visible change, no overflow
+        layers[key] = torch.randn(tuple(meta.shape), generator=g) / fan_in**0.5
     tmp = out.parent / f".{out.stem}"
     FluxPipeline.save_lora_weights(str(tmp), transformer_lora_layers=layers)
     (tmp / "pytorch_lora_weights.safetensors").rename(out)
@@ -420,6 +420,7 @@ class Checkpoints:
         else:
             raise ValueError(f"unknown checkpoint {name!r}")
         (out / ".complete").touch()
+        gc.collect()  # the built modules hold GPU memory until their reference cycles go
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.log(

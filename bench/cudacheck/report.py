@@ -84,7 +84,7 @@ class Report:
     def save(self) -> None:
         """Write the JSON document atomically (a reader never sees half a file)."""
         tmp = self.json_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.doc, indent=2, default=str) + "\n")
+        tmp.write_text(json.dumps(self.doc, indent=2, default=str, allow_nan=False) + "\n")
         tmp.replace(self.json_path)
 
 
@@ -112,14 +112,14 @@ def peak_gib(device: torch.device) -> dict[str, float | None]:
 
 
 def image_difference(a: Any, b: Any) -> dict[str, float]:
-    """Mean absolute difference (levels of 255) and PSNR (dB; inf: identical) of two images."""
+    """Mean absolute difference (levels of 255) and PSNR (dB; None: identical) of two images."""
     import numpy as np
 
     x = np.asarray(a.convert("RGB"), dtype=np.float64)
     y = np.asarray(b.convert("RGB"), dtype=np.float64)
     mse = float(((x - y) ** 2).mean())
-    psnr = math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
-    return {"mean_abs": round(float(np.abs(x - y).mean()), 4), "psnr_db": round(psnr, 2)}
+    psnr = None if mse == 0 else round(10 * math.log10(255**2 / mse), 2)
+    return {"mean_abs": round(float(np.abs(x - y).mean()), 4), "psnr_db": psnr, "identical": mse == 0}
 
 
 def same_pixels(a: Any, b: Any) -> bool:

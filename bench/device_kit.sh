@@ -2,8 +2,9 @@
 # Device kit for bench/gpu.py: downloads, here where pip works, every wheel the lent GPU machine
 # lacks into .whl/ (git-ignored through .git/info/exclude, never committed), checks that each
 # wheel's requirements are met by the machine's packages or by another wheel here, prints the
-# total size (the carry limit is 64 MiB for the whole working tree), then prints the two `run`
-# commands of the runbook (bench/RESULTS.md, "GPU benchmark").
+# total size (the carry limit is 64 MiB for the whole working tree), then prints the one `run`
+# command of the runbook (bench/RESULTS.md, "GPU benchmark"): `bench/gpu.py --plan first`,
+# about 7 minutes, so that a 15-minute loan (machine start and a re-run included) holds it.
 #
 # The machine (/work/.library/device/KINDS.md): Python 3.12, torch 2.11.0+cu130, transformers,
 # accelerate, peft, safetensors, tokenizers, huggingface-hub, httpx, onnxruntime, numpy, pillow,
@@ -11,7 +12,7 @@
 # server's own dependencies (fastapi, starlette, pydantic, uvicorn, python-multipart, the
 # moderation packages). fluxserve itself travels as the repository (src/ on PYTHONPATH).
 #
-#     bash bench/device_kit.sh            # download + check + print the commands
+#     bash bench/device_kit.sh            # download + check + print the command
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -84,18 +85,15 @@ tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 echo "tracked tree: $((tree / 1048576)) MiB; with .whl: $(((tree + $(du -sb .whl | cut -f1)) / 1048576)) MiB"
 
 SETUP='python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 || exit; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; df -h /tmp | tail -1;'
+PLAN='python3 bench/gpu.py --plan first --budget-s 400'
 cat <<EOF
 
-Runbook (bench/RESULTS.md, "GPU benchmark"): two device commands, carry [".whl"], timeout_s 600.
+Runbook (bench/RESULTS.md, "GPU benchmark"): one device command, about 7 minutes
+(--budget-s 400 counts from the script's start; the wheels' install adds ~20 s; timeout_s 480
+leaves the rest of a 15-minute loan for the machine's start and one re-run):
 
-1. engine part, FLUX.1 dev and Kontext dev (~8.5 min):
-   run(carry=[".whl"], timeout_s=600, command='$SETUP python3 bench/gpu.py --part engine --models flux1-dev,flux1-kontext-dev --budget-s 500')
+run(carry=[".whl"], timeout_s=480, command='$SETUP $PLAN')
 
-   Then copy the returned gpu-<device>-<date>.json and .log into bench/results/ (they travel
-   with the tree as untracked files) before the second command.
-
-2. engine part for klein and schnell, then the server under 8 clients (~7 min):
-   run(carry=[".whl"], timeout_s=600, command='$SETUP python3 bench/gpu.py --part engine,server --models flux2-klein-4b,flux1-schnell --server-model flux1-schnell --merge bench/results/gpu-DEVICE-DATE.json --budget-s 500')
-
-   Copy the returned files into bench/results/ (the merged JSON replaces the first) and commit them.
+Then copy the returned gpu-<device>-<date>.json, .log and server.log into bench/results/,
+add the table to bench/RESULTS.md and commit them.
 EOF

@@ -49,8 +49,11 @@ inductor cache on local disk makes the next compile of the same blocks faster).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+STARTED = time.monotonic()
+"""When the benchmark's process began (before torch's import): ``--budget-s`` counts from here."""
 REPO = Path(__file__).resolve().parents[2]
 """The repository root (on the device machine fluxserve is this tree, ``src/`` on the path)."""
 GIB = 1024**3

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +22,6 @@ from gpubench.cases import (
     BUILD_ESTIMATE_S,
     CASES,
     ESTIMATE_S,
-    LOSSY_MODES,
     MODELS,
     MODES,
     PLAN,
@@ -31,16 +29,26 @@ from gpubench.cases import (
     fp8_ok,
 )
 from gpubench.configs import FULL, TINY
+from gpubench.measure import measure_case, new_row, record_error
+from gpubench.plan import PLANS, run_plan
 from gpubench.report import Report, print_table
-from gpubench.runners import fast_quantize, run_diffusers, run_fluxserve
+from gpubench.runners import fast_quantize
 from gpubench.server import run_server
-from gpubench.timing import image_difference
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the parts asked for; returns the exit status (0 even when a case failed: its row says why)."""
     ap = argparse.ArgumentParser(description=(gpubench.__doc__ or "").split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny configs on the CPU (proves the script)")
+    ap.add_argument(
+        "--plan",
+        choices=sorted(PLANS),
+        default=None,
+        help=(
+            "a named plan instead of --part/--models/--modes: 'first' builds dev once and runs "
+            "dev diffusers, dev fast, schnell fast, then the server (gpubench.plan)"
+        ),
+    )
     ap.add_argument("--part", default="engine,server", help="engine, server, or both (comma-separated)")
     ap.add_argument("--models", default=",".join(MODELS), help="models for the engine part")
     ap.add_argument(
@@ -51,12 +59,16 @@ def main(argv: list[str] | None = None) -> int:
             "most important first (--tiny: every model in every mode)"
         ),
     )
-    ap.add_argument("--runs", type=int, default=5, help="timed runs per case (median; >= 5 for the record)")
+    ap.add_argument(
+        "--runs", type=int, default=5, help="timed runs per case (median; >= 5 for the record; a plan: 3)"
+    )
     ap.add_argument("--size", type=int, default=None, help="image side (default 1024; tiny 64)")
     ap.add_argument("--server-model", default="flux1-schnell", choices=MODELS)
     ap.add_argument("--server-mode", default="fast", choices=list(MODES))
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=None, help="server requests (default 64; tiny 16)")
+    ap.add_argument(
+        "--requests", type=int, default=None, help="server requests (default 64; tiny and --plan first 16)"
+    )
     ap.add_argument(
         "--workdir", type=Path, default=None, help="checkpoints (default a temp dir on local disk)"
     )
@@ -80,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if m != "diffusers" and m not in MODES:
             ap.error(f"unknown mode {m!r}: diffusers or one of {', '.join(MODES)}")
 
-    start = time.monotonic()
+    start = gpubench.STARTED
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded (the device has no network)
     device = torch.device("cpu" if args.tiny else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -101,12 +113,32 @@ def main(argv: list[str] | None = None) -> int:
     report.log(
         f"device {report.doc['device_full']}, torch {torch.__version__}, "
         f"diffusers {report.doc['diffusers']}, fp8 {'yes' if fp8_ok(device) else 'no'}, "
-        f"fast quantize {fast_quantize(device)!r}; parts {sorted(parts)}; "
-        f"checkpoints in {workdir}; results {report.json_path}"
+        f"fast quantize {fast_quantize(device)!r}; "
+        + (f"plan {args.plan!r}; " if args.plan else f"parts {sorted(parts)}; ")
+        + f"checkpoints in {workdir}; results {report.json_path}"
     )
 
     def left() -> float:
         return float("inf") if args.budget_s is None else args.budget_s - (time.monotonic() - start)
+
+    if args.plan:
+        requests = args.requests or 16
+        run_plan(
+            args.plan,
+            report,
+            checkpoints,
+            device,
+            dtype,
+            size,
+            args.clients,
+            requests,
+            left,
+            args.tiny,
+            args.budget_s,
+        )
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
 
     cases = {k: replace(c, steps=2) for k, c in CASES.items()} if args.tiny else CASES
     plan = [(m, mode) for m, mode in PLAN if m in models and mode in modes] if "engine" in parts else []
@@ -125,13 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     images: dict[str, dict[str, Any]] = {}  # model -> mode -> first timed image
     for k, (model, mode) in enumerate(plan):
         case = cases[model]
-        row: dict[str, Any] = {
-            "model": model,
-            "mode": mode,
-            "width": size[0],
-            "height": size[1],
-            "steps": case.steps,
-        }
+        row = new_row(case, mode, size)
         built = (workdir / model / ".complete").exists()
         need = ESTIMATE_S.get((model, mode), 60) + (0 if built else BUILD_ESTIMATE_S[model])
         need += SERVER_ESTIMATE_S if server_needs else 0
@@ -142,53 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             ckpt = checkpoints.path(model)
-            report.log(f"{model} {mode}: {case.steps} steps at {size[0]}x{size[1]} ...")
             warmup = 2 if mode != "diffusers" and MODES[mode]["compile"] else 1
-            if mode == "diffusers":
-                timing = run_diffusers(case, ckpt, device, dtype, size, warmup, runs)
-                row["call"] = f"{case.pipeline}.from_pretrained(dir, torch_dtype={dtype}).to('{device.type}')"
-            else:
-                timing, values, extra = run_fluxserve(
-                    case, mode, ckpt, device, size, warmup, runs, data_root / f"{model}-{mode}"
-                )
-                row.update(settings=values, **extra)
-                if mode in LOSSY_MODES:
-                    row["lossy"] = True
-                    row["note"] = (
-                        "step caching with random weights: how many steps it skips is not what real "
-                        "weights give; the time is an indication only"
-                    )
-            # What each mode does to the image: against every mode measured before it for this
-            # model (bf16 against diffusers should be ~0; fp8 and step caching show their cost).
-            if timing.first_image is not None:
-                earlier = images.setdefault(model, {})
-                row["image_vs"] = {m: image_difference(timing.first_image, im) for m, im in earlier.items()}
-                earlier[mode] = timing.first_image
-            median = statistics.median(timing.seconds)
-            base = report.baseline(model) if mode != "diffusers" else median
-            row.update(
-                seconds_median=round(median, 4),
-                seconds=[round(s, 4) for s in timing.seconds],
-                runs=len(timing.seconds),
-                warmup_runs=warmup,
-                peak_mem_gib=None if timing.peak_mem_gib is None else round(timing.peak_mem_gib, 2),
-                load_s=round(timing.load_s, 2),
-                warmup_s=round(timing.warmup_s, 2),
-                # from the load to the first image at full speed (fluxserve may compile at load)
-                ready_s=round(timing.load_s + timing.warmup_s, 2),
-                ratio_to_diffusers=None if not base else round(median / base, 4),
-                speedup_vs_diffusers=None if not base else round(base / median, 3),
-            )
-            report.log(
-                f"{model} {mode}: {median:.3f} s/image (median of {len(timing.seconds)}), "
-                f"peak {row['peak_mem_gib']} GiB, load {row['load_s']} s, warm-up {row['warmup_s']} s"
-                + (f", x{row['speedup_vs_diffusers']} vs diffusers" if base else "")
-            )
+            data_dir = data_root / f"{model}-{mode}"
+            measure_case(row, case, ckpt, device, dtype, size, warmup, runs, data_dir, images, report)
         except Exception as exc:  # one failing mode must not cost the others
-            import traceback
-
-            row["error"] = f"{exc.__class__.__name__}: {exc}"
-            report.log(f"{model} {mode}: FAILED {row['error']}\n{traceback.format_exc()}")
+            record_error(row, f"{model} {mode}", exc, report)
         free_memory()  # the pipeline of this case is garbage now
         report.add_case(row)
         later = {m for m, _ in plan[k + 1 :]} | server_needs

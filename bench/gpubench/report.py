@@ -94,7 +94,9 @@ def print_table(report: Report) -> None:
         else:
             report.log(f"{c['model']:<18} {c['mode']:<13} {c.get('error') or c.get('skipped')}")
     s = report.doc.get("server")
-    if s:
+    if s and ("skipped" in s or "images_per_s" not in s):
+        report.log(f"server: {s.get('skipped') or s.get('error')}")
+    elif s:
         report.log(
             f"server {s.get('model')} {s.get('mode')}: {s.get('clients')} clients, "
             f"{s.get('images_per_s')} images/s, gpu busy {s.get('gpu_busy')}, "

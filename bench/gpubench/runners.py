@@ -69,11 +69,17 @@ def fast_quantize(device: torch.device) -> str:
 
 
 def mode_settings(
-    mode: str, device: torch.device, ckpt: Path, data_dir: Path, size: tuple[int, int]
+    mode: str,
+    device: torch.device,
+    ckpt: Path,
+    data_dir: Path,
+    size: tuple[int, int],
+    compile_cache: Path | None = None,
 ) -> tuple[dict[str, Any], Any]:
     """fluxserve Settings values for ``mode`` on ``device`` (explicit values: they do not depend
     on the defaults of the day), and the Settings object. A compiled mode warms up at ``size``
-    when the Settings have ``warmup_sizes`` (fluxserve then compiles at load time)."""
+    when the Settings have ``warmup_sizes`` (fluxserve then compiles at load time), and keeps
+    its compiled kernels in ``compile_cache`` when given (default: under ``data_dir``)."""
     from fluxserve.settings import Settings
 
     values = dict(MODES[mode])
@@ -81,6 +87,8 @@ def mode_settings(
         values["quantize"] = fast_quantize(device)
     if "warmup_sizes" in Settings.model_fields:
         values["warmup_sizes"] = [f"{size[0]}x{size[1]}"] if values["compile"] else []
+    if compile_cache is not None and values["compile"]:
+        values["compile_cache_dir"] = str(compile_cache)
     settings = Settings(
         default_checkpoint=str(ckpt),
         data_dir=data_dir,
@@ -101,6 +109,7 @@ def run_fluxserve(
     warmup: int,
     runs: int,
     data_dir: Path,
+    compile_cache: Path | None = None,
 ) -> tuple[Timing, dict[str, Any], dict[str, Any]]:
     """fluxserve's engine loading ``ckpt`` through its own loader, in ``mode``."""
     from fluxserve.catalog import ModelCatalog
@@ -108,7 +117,7 @@ def run_fluxserve(
     from fluxserve.engines.checkpoints import checkpoint_resolver
     from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
 
-    values, settings = mode_settings(mode, device, ckpt, data_dir, size)
+    values, settings = mode_settings(mode, device, ckpt, data_dir, size, compile_cache)
     catalog = ModelCatalog.from_settings(settings)
     engine = DiffusersFluxEngine(
         checkpoint_resolver(settings, catalog),

@@ -101,13 +101,14 @@ def run_server(
     out_dir: Path,
     data_dir: Path,
     timeout_s: float,
+    compile_cache: Path | None = None,
 ) -> dict[str, Any]:
     """``fluxserve serve`` on loopback with ``ckpt`` in ``mode``, driven by ``clients`` threads
     of synchronous OpenAI Images calls (httpx, b64_json) until ``requests`` images are made."""
     import httpx
 
     model = case.name
-    values, _ = mode_settings(mode, device, ckpt, data_dir, size)
+    values, _ = mode_settings(mode, device, ckpt, data_dir, size, compile_cache)
     port = free_port()
     env = dict(
         os.environ,
@@ -123,6 +124,8 @@ def run_server(
     )
     if values.get("warmup_sizes"):
         env["FLUXSERVE_WARMUP_SIZES"] = ",".join(values["warmup_sizes"])
+    if values.get("compile_cache_dir"):
+        env["FLUXSERVE_COMPILE_CACHE_DIR"] = values["compile_cache_dir"]
     log_file = (out_dir / "server.log").open("w")
     cmd = [
         sys.executable,

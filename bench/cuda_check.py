@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                 report.add(row)
             continue
         report.log(f"{', '.join(names)}: starting (estimate {need:.0f} s, {report.left_s():.0f} s left)")
+        for row in rows:  # in the file while it runs: a run cut off names the check it was in
+            report.add(dict(row, running=True, estimate_s=round(need)))
+            row["estimate_s"] = round(need)
         start = time.perf_counter()
         try:
             check(run, rows, args)

@@ -45,7 +45,7 @@ def test_every_check_runs_at_tiny_size(tmp_path: Path) -> None:
     rows = {r["check"]: r for r in doc["checks"]}
     assert list(rows) == CHECKS
     for name, row in rows.items():
-        assert "error" not in row, row
+        assert "error" not in row and "running" not in row, row
         if name == "serve-compiled":  # the CPU does not compile by default: said so, not faked
             assert row["ok"] is False and "compile" in row["skipped"] and row["compiled"] is False
             assert row["ready_s"] > 0 and row["first_request_compiled"]["unique_graphs"] == 0

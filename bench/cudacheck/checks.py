@@ -140,7 +140,7 @@ def card_of(device: torch.device, cap_gib: float) -> Iterator[dict[str, Any]]:
         card_free = cap - outside - torch.cuda.memory_reserved(device)
         return max(0, min(physical_free, card_free)), cap
 
-    torch.cuda.mem_get_info = card_mem_get_info
+    torch.cuda.mem_get_info = card_mem_get_info  # type: ignore[assignment]
     try:
         yield {"cap_gib": cap_gib, "outside_allocator_gib": round(outside / GIB, 2)}
     finally:

@@ -294,7 +294,7 @@ def build_flux1_dev(
         tokenizer_2=tokenizer_2,
         **_flux1_modules(arch, device, dtype),
     )
-    pipe.save_pretrained(str(out))
+    pipe.save_pretrained(str(out))  # type: ignore[attr-defined]
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -321,7 +321,7 @@ def build_klein(out: Path, arch: dict[str, dict[str, Any]], device: torch.device
         is_distilled=True,
         **_klein_modules(arch, device, dtype),
     )
-    pipe.save_pretrained(str(out))
+    pipe.save_pretrained(str(out))  # type: ignore[attr-defined]
 
 
 def make_lora(out: Path, transformer_config: dict[str, Any], seed: int, rank: int = 4) -> Path:
@@ -337,7 +337,7 @@ def make_lora(out: Path, transformer_config: dict[str, Any], seed: int, rank: in
     config = LoraConfig(
         r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False
     )
-    transformer.add_adapter(config)
+    transformer.add_adapter(config)  # type: ignore[attr-defined]
     g = torch.Generator().manual_seed(seed)
     layers = {}
     for key, meta in get_peft_model_state_dict(transformer).items():

@@ -77,7 +77,9 @@ class Report:
         row.setdefault("ok", False)
         self.doc["checks"] = [r for r in self.doc["checks"] if r["check"] != row["check"]] + [row]
         self.save()
-        state = "ok" if row["ok"] else ("skipped" if row.get("skipped") else "FAILED")
+        state = "ok" if row["ok"] else "skipped" if row.get("skipped") else "FAILED"
+        if row.get("running"):
+            state = "running"
         why = row.get("skipped") or row.get("error") or ""
         self.log(f"{row['check']}: {state}" + (f" ({why})" if why else ""))
 
@@ -111,7 +113,7 @@ def peak_gib(device: torch.device) -> dict[str, float | None]:
     }
 
 
-def image_difference(a: Any, b: Any) -> dict[str, float]:
+def image_difference(a: Any, b: Any) -> dict[str, Any]:
     """Mean absolute difference (levels of 255) and PSNR (dB; None: identical) of two images."""
     import numpy as np
 

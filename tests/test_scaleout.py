@@ -389,7 +389,9 @@ def test_dispatch_follows_the_queue_policy_and_upgrades_keep_waiting_jobs(
 ) -> None:
     """The procrastinate task is deferred with its job (same transaction), on its model's queue,
     placed by the queue policy; jobs queued before ``db upgrade`` to the dispatch schema get theirs."""
-    from fluxserve.backends.postgres import PostgresDatabase, PostgresJobStore
+    from psycopg.types.json import Jsonb
+
+    from fluxserve.backends.postgres import PostgresDatabase
     from fluxserve.backends.postgres.db import MIGRATIONS, SCHEMA_VERSION
     from fluxserve.backends.postgres.dispatch import DispatchingJobStore
     from fluxserve.records import Job, JobStatus, Recovery
@@ -409,7 +411,13 @@ def test_dispatch_follows_the_queue_policy_and_upgrades_keep_waiting_jobs(
         c.execute(MIGRATIONS[0])  # type: ignore[arg-type]
         c.execute("INSERT INTO fluxserve_schema (version) VALUES (1)")
     now = time.time()
-    PostgresJobStore(old, batch_delay_s=60).create(job("waiting", "bfl", now - 100, "flux-kontext-pro"))
+    waiting = job("waiting", "bfl", now - 100, "flux-kontext-pro")
+    with old.transaction() as c:  # queued by a fluxserve of that schema
+        c.execute(
+            "INSERT INTO fluxserve_jobs (id, status, model, protocol, spec, created_at, sort_at)"
+            " VALUES (%s, 'queued', %s, 'bfl', %s, %s, %s)",
+            (waiting.id, waiting.spec.model, Jsonb(waiting.spec.to_json()), now - 100, now - 40),
+        )
     assert old.upgrade() == list(range(2, SCHEMA_VERSION + 1))
     store = DispatchingJobStore(old, batch_delay_s=60)
     store.create(job("batch", "bfl", now))  # a BFL job queues 60 s behind its creation ...

@@ -254,7 +254,12 @@ class Settings(BaseModel):
     """Serve Prometheus metrics at ``/metrics`` (admin scope when keys exist)."""
     batch_delay_s: float = Field(default=60.0, ge=0)
     """Queue policy: a job nobody waits on (BFL) takes its place in the queue this many seconds
-    after it was made, so synchronous OpenAI calls overtake recent BFL jobs but not old ones."""
+    after it was made, so synchronous OpenAI calls overtake recent BFL jobs but not old ones
+    (with ``fair_share``, seconds of the fair clock: one image is one second)."""
+    fair_share: bool = True
+    """Queue policy: the next job is taken by account, round-robin with the accounts'
+    weights (keys without an account count as their own), so one account's batch does not
+    delay the others; False: by arrival (``batch_delay_s`` still applies)."""
     max_attempts: int = Field(default=3, ge=1)
     """A job running when the server died this many times ends as Error instead of re-running."""
 

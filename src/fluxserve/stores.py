@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from fluxserve.fair import FairShare
 from fluxserve.keys import ApiKey
 from fluxserve.records import (
     IdempotencyClaim,
@@ -46,11 +47,13 @@ class JobStore(Protocol):
         job: Job,
         idempotency: IdempotencyClaim | None = None,
         webhook: WebhookTarget | None = None,
+        fair: FairShare | None = None,
     ) -> Job:
         """Persist a new job, its idempotency key and its webhook registration in one
         transaction. When the key (for the job's owner) already names a job made within
         :data:`IDEMPOTENCY_WINDOW_S`, nothing is written and that job is returned; raises
-        :class:`IdempotencyConflict` when the body digest differs."""
+        :class:`IdempotencyConflict` when the body digest differs. With ``fair``, a queued
+        job's place follows fair share (:func:`fluxserve.fair.place`), else creation time."""
         ...
 
     def get(self, job_id: str) -> Job | None:

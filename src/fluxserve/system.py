@@ -73,7 +73,9 @@ def build_system(settings: Settings, upsampler: PromptUpsampler | None = None) -
         moderator,
         upsampler,
         scene_models=frozenset(e.id for e in catalog if e.checkpoint == BUILTIN_CHECKPOINT),
-        policy=JobPolicy(settings.max_queued_jobs, settings.max_attempts, settings.retention_s),
+        policy=JobPolicy(
+            settings.max_queued_jobs, settings.max_attempts, settings.retention_s, settings.fair_share
+        ),
         bus=backends.bus,
     )
     accounts = open_account_store(settings)

@@ -24,6 +24,7 @@ from fluxserve.backends.postgres import (
     PostgresWebhookStore,
 )
 from fluxserve.backends.sqlite import Database, SQLiteJobStore, SQLiteKeyStore, SQLiteWebhookStore
+from fluxserve.fair import FairShare
 from fluxserve.records import IdempotencyClaim, Job, JobStatus, WebhookTarget
 from fluxserve.spec import GenerationSpec
 from fluxserve.storage import LocalStorage, MemoryStorage, S3Storage, SignedUrls, Storage
@@ -277,6 +278,48 @@ def test_keys_hashed_verified_revoked(backend: dict[str, Any]) -> None:
     time.sleep(1.05)  # any_active may be cached for a second
     assert not keys.any_active() and keys.verify(secret) is None
     assert [k.revoked_at is not None for k in keys.list()] == [True]
+
+
+def _claim_all(queue: Any) -> list[str]:
+    order = []
+    while (taken := queue.claim_next()) is not None:
+        order.append(taken.id)
+    return order
+
+
+def test_fair_share_takes_turns_between_accounts(backend: dict[str, Any]) -> None:
+    """A's batch of 10 is queued and two of it taken; B's two jobs then wait at most one of
+    A's each, and A's cancelled jobs do not push A's later work back."""
+    jobs, queue = backend["jobs"], backend["queue"]
+    a, b = FairShare("account:a"), FairShare("account:b")
+    for i in range(10):
+        jobs.create(job(f"a{i}"), fair=a)
+    assert [queue.claim_next().id, queue.claim_next().id] == ["a0", "a1"]
+    for i in range(2):
+        jobs.create(job(f"b{i}"), fair=b)
+    assert queue.position("b0") == 0 and queue.position("b1") == 2
+    assert [j.id for j in queue.peek(4)] == ["b0", "a2", "b1", "a3"]
+    for i in range(4, 10):
+        assert jobs.cancel_queued(f"a{i}")
+    jobs.create(job("a-late"), fair=a)  # after a3: the cancelled a4..a9 hold no place
+    assert _claim_all(queue) == ["b0", "a2", "b1", "a3", "a-late"]
+
+
+def test_fair_share_weights_and_lanes(backend: dict[str, Any]) -> None:
+    """Weight 2 gets two images for every one of weight 1; an OpenAI call (interactive lane)
+    still goes before every queued BFL job, its own account's included."""
+    jobs, queue = backend["jobs"], backend["queue"]
+    light, heavy = FairShare("account:light"), FairShare("account:heavy", weight=2.0)
+    for i in range(4):
+        jobs.create(job(f"l{i}"), fair=light)
+    for i in range(4):
+        jobs.create(job(f"h{i}"), fair=heavy)
+    jobs.create(job("l-openai", protocol="openai"), fair=light)
+    order = _claim_all(queue)
+    assert order[0] == "l-openai"
+    first_six = order[1:7]
+    assert sum(x.startswith("h") for x in first_six) == 4, order
+    assert sorted(order) == sorted(["l-openai"] + [f"l{i}" for i in range(4)] + [f"h{i}" for i in range(4)])
 
 
 def test_storage_put_get_stream_delete(storage: Any) -> None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from fluxserve.accounts.models import Grant
 from fluxserve.accounts.store import AccountStore
+from fluxserve.fair import ANONYMOUS, FairShare
 from fluxserve.records import Job, JobStatus
 
 if TYPE_CHECKING:
@@ -177,6 +178,17 @@ class Accounting:
     def grant(self, owner: str | None) -> Grant:
         """The caller's grant."""
         return self.store.grant_of(owner)
+
+    def fair_share(self, owner: str | None) -> FairShare:
+        """Whose share a new job of ``owner`` draws on: its named account (with the account's
+        weight), else the key itself (weight 1), else the anonymous share."""
+        if owner is None:
+            return FairShare(ANONYMOUS)
+        grant = self.store.grant_of(owner)
+        if not grant.shared:
+            return FairShare(f"key:{owner}")
+        account = self.store.get_account(grant.account)
+        return FairShare(f"account:{grant.account}", account.weight if account else 1.0)
 
     def same_account(self, job_owner: str | None, caller: str | None) -> bool:
         """Whether ``caller`` may see a job made by ``job_owner``: the same key, or two keys of

@@ -14,6 +14,8 @@ credits, usage; ``admin``: the ``/v1/admin/...`` routes."""
 
 MAX_LIMIT = 1_000_000_000
 """The highest ``max_active`` or ``rpm`` an account or key may be given (a database INTEGER)."""
+MIN_WEIGHT, MAX_WEIGHT = 0.01, 1000.0
+"""The range of an account's fair-share weight."""
 
 DEFAULT_GRANT_SCOPES = ("generate", "read")
 """Scopes of a key created with ``--account`` and no ``--scope``."""
@@ -39,6 +41,9 @@ class Account:
     max_active: int | None
     rpm: int | None
     created_at: float
+    weight: float = 1.0
+    """Its share of the engines under fair share: weight 2 gets two images for every one of
+    an account of weight 1 while both have jobs queued (see :mod:`fluxserve.fair`)."""
 
     @property
     def unlimited(self) -> bool:

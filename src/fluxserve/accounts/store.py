@@ -17,6 +17,8 @@ from fluxserve.accounts.models import (
     ALL_SCOPES,
     DEFAULT_ACCOUNT,
     MAX_LIMIT,
+    MAX_WEIGHT,
+    MIN_WEIGHT,
     Account,
     BonusRule,
     Grant,
@@ -30,7 +32,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     balance    REAL,
     max_active INTEGER,
     rpm        INTEGER,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    weight     REAL NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS account_keys (
     key_id     TEXT PRIMARY KEY,
@@ -57,6 +60,7 @@ CREATE INDEX IF NOT EXISTS ledger_by_account ON ledger (account, kind, at);
 SQLITE_COLUMNS = (
     ("account_keys", "max_active", "INTEGER"),
     ("account_keys", "rpm", "INTEGER"),
+    ("accounts", "weight", "REAL NOT NULL DEFAULT 1"),
 )
 """Columns added after the accounts tables first shipped; an older SQLite file gains them on
 open (PostgreSQL: a numbered migration, ``fluxserve db upgrade``)."""
@@ -91,25 +95,32 @@ class AccountStore:
     # accounts -------------------------------------------------------------------------------
 
     def create_account(
-        self, name: str, credits: float | None, max_active: int | None, rpm: int | None = None
+        self,
+        name: str,
+        credits: float | None,
+        max_active: int | None,
+        rpm: int | None = None,
+        weight: float = 1.0,
     ) -> Account:
-        """A new account; ``credits`` None: unlimited. Initial credits are a ``topup`` row."""
+        """A new account; ``credits`` None: unlimited. Initial credits are a ``topup`` row.
+        ``weight``: its share of the engines under fair share (see :mod:`fluxserve.fair`)."""
         if not valid_name(name):
             raise AccountError("account names are 1 to 64 letters, digits, '-' or '_'")
+        _check_weight(weight)
         now = time.time()
         with self._db.transaction() as c:
             cur = c.execute(
                 self._sql(
-                    "INSERT INTO {accounts} (name, balance, max_active, rpm, created_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING"
+                    "INSERT INTO {accounts} (name, balance, max_active, rpm, created_at, weight) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING"
                 ),
-                (name, None if credits is None else 0.0, max_active, rpm, now),  # the topup row adds
+                (name, None if credits is None else 0.0, max_active, rpm, now, weight),  # topup adds
             )
             if cur.rowcount != 1:
                 raise AccountError(f"an account named {name!r} exists already")
             if credits is not None:
                 self._append(c, name, None, None, None, "topup", credits, 0.0, now)
-        return Account(name, credits, max_active, rpm, now)
+        return Account(name, credits, max_active, rpm, now, weight)
 
     def get_account(self, name: str) -> Account | None:
         """The account, or None (also for a name no account could have)."""
@@ -131,6 +142,17 @@ class AccountStore:
                 self._sql("UPDATE {accounts} SET max_active = ?, rpm = ? WHERE name = ?"),
                 (max_active, rpm, name),
             )
+            if cur.rowcount != 1:
+                raise AccountError(f"no account named {name!r}")
+        account = self.get_account(name)
+        assert account is not None
+        return account
+
+    def set_weight(self, name: str, weight: float) -> Account:
+        """Set an account's fair-share weight (its later jobs follow it)."""
+        _check_weight(weight)
+        with self._db.transaction() as c:
+            cur = c.execute(self._sql("UPDATE {accounts} SET weight = ? WHERE name = ?"), (weight, name))
             if cur.rowcount != 1:
                 raise AccountError(f"no account named {name!r}")
         account = self.get_account(name)
@@ -420,6 +442,11 @@ def _check_limits(max_active: int | None, rpm: int | None) -> None:
             raise AccountError(f"{name} is a whole number from 1 to {MAX_LIMIT} (or none)")
 
 
+def _check_weight(weight: float) -> None:
+    if not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+        raise AccountError(f"weight is a number from {MIN_WEIGHT} to {MAX_WEIGHT:g}")
+
+
 def _account(r: Any) -> Account:
     return Account(
         r["name"],
@@ -427,6 +454,7 @@ def _account(r: Any) -> Account:
         r["max_active"],
         r["rpm"],
         float(r["created_at"]),
+        float(r["weight"]),
     )
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fluxserve.accounts import ALL_SCOPES, DEFAULT_ACCOUNT, Account, BonusRule, parse_scopes
 from fluxserve.accounts.ledger import Accounting
-from fluxserve.accounts.models import DEFAULT_GRANT_SCOPES, MAX_LIMIT
+from fluxserve.accounts.models import DEFAULT_GRANT_SCOPES, MAX_LIMIT, MAX_WEIGHT, MIN_WEIGHT
 from fluxserve.accounts.store import AccountError
 from fluxserve.api.auth import bfl_auth
 from fluxserve.api.state import AppState, get_state
@@ -40,6 +40,7 @@ class AccountInfo(BaseModel):
     credits: float | None = Field(description="Balance in credits (1 credit = 0.01 USD); null: unlimited.")
     max_active: int | None
     rpm: int | None
+    weight: float = Field(description="Its share of the engines under fair share (default 1).")
     active: int
     keys: list[KeyInfo]
 
@@ -57,6 +58,18 @@ class AccountCreate(BaseModel):
         default=None, ge=1, le=MAX_LIMIT, description="Default: the server's account_max_active."
     )
     rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    weight: float = Field(
+        default=1.0, ge=MIN_WEIGHT, le=MAX_WEIGHT, description="Its share of the engines under fair share."
+    )
+
+
+class Weight(BaseModel):
+    """``PUT /v1/admin/accounts/{name}/weight``: the account's fair-share weight; its jobs
+    submitted from now on follow it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(ge=MIN_WEIGHT, le=MAX_WEIGHT)
 
 
 class Limits(BaseModel):
@@ -133,6 +146,7 @@ def account_info(state: AppState, account: Account) -> AccountInfo:
         credits=account.balance,
         max_active=account.max_active,
         rpm=account.rpm,
+        weight=account.weight,
         active=accounting.store.active(account.name),
         keys=keys,
     )
@@ -170,7 +184,7 @@ async def create_account(body: AccountCreate, state: AppState = Depends(get_stat
     credits = None if body.credits_usd is None else round(body.credits_usd * 100, 4)
     max_active = body.max_active or state.settings.account_max_active
     try:
-        account = store.create_account(body.name, credits, max_active, body.rpm)
+        account = store.create_account(body.name, credits, max_active, body.rpm, body.weight)
     except AccountError as exc:
         raise HTTPException(409 if "exists" in str(exc) else 422, str(exc)) from exc
     return account_info(state, account)
@@ -193,6 +207,17 @@ async def set_limits(name: str, body: Limits, state: AppState = Depends(get_stat
         raise HTTPException(404, f"No account named {name!r}.")
     try:
         account = store.set_limits(name, body.max_active, body.rpm)
+    except AccountError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return account_info(state, account)
+
+
+@router.put("/accounts/{name}/weight", response_model=AccountInfo)
+async def set_weight(name: str, body: Weight, state: AppState = Depends(get_state)) -> AccountInfo:
+    """Set an account's fair-share weight."""
+    store = _accounting(state).store
+    try:
+        account = store.set_weight(name, body.weight)
     except AccountError as exc:
         raise HTTPException(404, str(exc)) from exc
     return account_info(state, account)

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fluxserve.fair import FairShare, Place, place
 from fluxserve.keys import ApiKey, hash_key, new_key
 from fluxserve.records import (
     IdempotencyClaim,
@@ -30,9 +31,18 @@ from fluxserve.stores import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_
 @dataclass
 class _Row:
     job: Job
-    sort_at: float
+    place: Place
     seq: int
     cancel_requested: bool = False
+
+    @property
+    def sort_at(self) -> float:
+        return self.place.sort_at
+
+    @property
+    def counts(self) -> bool:
+        """Whether its fair-share end still counts for its flow (not cancelled before it ran)."""
+        return self.job.started_at is not None or self.job.status == JobStatus.QUEUED
 
 
 @dataclass
@@ -58,6 +68,7 @@ class MemoryJobStore:
         job: Job,
         idempotency: IdempotencyClaim | None = None,
         webhook: WebhookTarget | None = None,
+        fair: FairShare | None = None,
     ) -> Job:
         """Store the job with its idempotency key and webhook, atomically."""
         now = time.time()
@@ -74,11 +85,27 @@ class MemoryJobStore:
                     if found.job_id in self._rows:
                         return self._rows[found.job_id].job
                 self._idempotency[slot] = _Idempotency(idempotency.digest, job.id, now)
-            sort_at = job.created_at + (0.0 if job.spec.interactive else self.batch_delay_s)
-            self._rows[job.id] = _Row(job, sort_at, next(self._seq))
+            where = place(
+                created_at=job.created_at,
+                interactive=job.spec.interactive,
+                images=job.spec.num_images,
+                batch_delay_s=self.batch_delay_s,
+                fair=fair if job.status == JobStatus.QUEUED else None,
+                clock=self._fair_clock,
+                flow_end=self._flow_end,
+            )
+            self._rows[job.id] = _Row(job, where, next(self._seq))
             if webhook is not None:
                 self.webhooks.register(job.id, webhook)
         return job
+
+    def _fair_clock(self) -> float | None:
+        taken = [r.place.start for r in self._rows.values() if r.job.started_at is not None]
+        return max((t for t in taken if t is not None), default=None)
+
+    def _flow_end(self, flow: str) -> float | None:
+        ends = [r.place.end for r in self._rows.values() if r.place.flow == flow and r.counts]
+        return max((e for e in ends if e is not None), default=None)
 
     def get(self, job_id: str) -> Job | None:
         """The job, or None."""

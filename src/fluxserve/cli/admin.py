@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from fluxserve.settings import Settings
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+WEIGHT_HELP = "Fair-share weight: 2 gets two images for every one of an account of weight 1."
 accounts_app = typer.Typer(help="Accounts: credits, limits and the keys they own.", no_args_is_help=True)
 
 KeyMaxActive = Annotated[
@@ -185,6 +186,7 @@ def accounts_create(
         int | None, typer.Option("--max-active", help="Active tasks (default: account_max_active).", min=1)
     ] = None,
     rpm: Annotated[int | None, typer.Option("--rpm", help="Requests per minute per key.", min=1)] = None,
+    weight: Annotated[float, typer.Option("--weight", help=WEIGHT_HELP, min=0.01, max=1000)] = 1.0,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
@@ -194,11 +196,30 @@ def accounts_create(
     settings, store = _account_store(data_dir, config)
     try:
         initial = None if credits is None else round(credits * 100, 4)
-        store.create_account(name, initial, max_active or settings.account_max_active, rpm)
+        store.create_account(name, initial, max_active or settings.account_max_active, rpm, weight)
     except AccountError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     err_console.print(f"Created account [bold]{name}[/bold].")
+
+
+@accounts_app.command("weight")
+def accounts_weight(
+    name: str,
+    weight: Annotated[float, typer.Argument(help=WEIGHT_HELP, min=0.01, max=1000)],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Set an account's fair-share weight (its jobs submitted from now on follow it)."""
+    from fluxserve.accounts.store import AccountError
+
+    _, store = _account_store(data_dir, config)
+    try:
+        store.set_weight(name, weight)
+    except AccountError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    err_console.print(f"Account [bold]{name}[/bold] has weight {weight:g}.")
 
 
 @accounts_app.command("topup")
@@ -234,7 +255,7 @@ def accounts_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     settings, store = _account_store(data_dir, config)
     keys = open_key_store(settings).list()
     granted = {k: a.name for a in store.list_accounts() for k in store.keys_of(a.name)}
-    table = Table("account", "credits", "usd", "max active", "rpm", "active", "keys")
+    table = Table("account", "credits", "usd", "max active", "rpm", "weight", "active", "keys")
     for a in store.list_accounts():
         mine = [
             f"{k.id} ({','.join(store.grant_of(k.id).scopes)}{', revoked' if k.revoked_at else ''})"
@@ -247,6 +268,7 @@ def accounts_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
             "" if a.balance is None else f"{a.balance / 100:.2f}",
             "-" if a.max_active is None else str(a.max_active),
             "-" if a.rpm is None else str(a.rpm),
+            f"{a.weight:g}",
             str(store.active(a.name)),
             "\n".join(mine),
         )

@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from fluxserve.accounts import Accounting
+from fluxserve.fair import ANONYMOUS, FairShare
 from fluxserve.jobs.events import JobEvents
 from fluxserve.records import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
 from fluxserve.safety import Moderator
@@ -51,6 +52,8 @@ class JobPolicy:
     """Times a job is started before a crash during it ends it as Error instead of re-running."""
     retention_s: float = 86_400
     """How long ended jobs (rows and files) are kept."""
+    fair_share: bool = True
+    """Queue by account, round-robin with weights (:mod:`fluxserve.fair`); False: by arrival."""
 
 
 class JobService:
@@ -145,7 +148,7 @@ class JobService:
                 owner=owner,
             )
         try:
-            stored = self.store.create(job, idempotency, webhook)
+            stored = self.store.create(job, idempotency, webhook, self._fair_share(owner))
         except BaseException:
             self._release(job_id)
             await asyncio.to_thread(self.storage.delete_prefix, f"inputs/{job_id}")
@@ -159,6 +162,13 @@ class JobService:
         else:
             self.work_available.set()
         return stored
+
+    def _fair_share(self, owner: str | None) -> FairShare | None:
+        if not self.policy.fair_share:
+            return None
+        if self.accounting is not None:
+            return self.accounting.fair_share(owner)
+        return FairShare(ANONYMOUS if owner is None else f"key:{owner}")
 
     async def _moderate(
         self, spec: GenerationSpec, input_images: list[bytes]

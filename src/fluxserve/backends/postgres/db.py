@@ -138,6 +138,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX fluxserve_key_requests_by_key ON fluxserve_key_requests (key_id, at);
     CREATE INDEX fluxserve_key_requests_at ON fluxserve_key_requests (at);
     """,
+    # 5: fair share (fluxserve.fair: each job's flow and start/end tags; each account's weight)
+    """
+    ALTER TABLE fluxserve_jobs ADD COLUMN fair_flow TEXT, ADD COLUMN fair_start DOUBLE PRECISION,
+        ADD COLUMN fair_end DOUBLE PRECISION;
+    CREATE INDEX fluxserve_jobs_fair_clock ON fluxserve_jobs (fair_start);
+    CREATE INDEX fluxserve_jobs_fair_flow ON fluxserve_jobs (fair_flow, fair_end);
+    ALTER TABLE fluxserve_accounts ADD COLUMN weight DOUBLE PRECISION NOT NULL DEFAULT 1;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

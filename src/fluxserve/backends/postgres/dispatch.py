@@ -34,6 +34,7 @@ from psycopg import Connection
 
 from fluxserve.backends.postgres.db import PostgresDatabase
 from fluxserve.backends.postgres.jobs import PostgresJobStore
+from fluxserve.fair import Place
 from fluxserve.records import Job, Recovery
 from fluxserve.stores import JobClaims
 
@@ -51,8 +52,8 @@ def queue_name(model: str) -> str:
 
 def priority(sort_at: float) -> int:
     """procrastinate runs higher priorities first: an earlier place in our queue (creation
-    time, plus the batch delay for BFL jobs) is a higher priority, at one-second resolution;
-    ties go in submission order."""
+    time, or the fair-share start tag, plus the batch delay for BFL jobs) is a higher priority,
+    at one-second resolution; ties go in submission order."""
     return -round(sort_at - PRIORITY_EPOCH)
 
 
@@ -65,13 +66,12 @@ class DispatchingJobStore(PostgresJobStore):
         self._deferrer = App(connector=SyncPsycopgConnector())
         self._deferrer.open(db.pool)
 
-    def _enqueued(self, c: Connection[dict[str, Any]], job: Job) -> None:
-        sort_at = job.created_at + (0.0 if job.spec.interactive else self.batch_delay_s)
+    def _enqueued(self, c: Connection[dict[str, Any]], job: Job, where: Place) -> None:
         self._deferrer.job_manager.defer_job(
             procrastinate_jobs.Job(
                 id=None,
                 queue=queue_name(job.spec.model),
-                priority=priority(sort_at),
+                priority=priority(where.sort_at),
                 lock=None,
                 queueing_lock=None,
                 task_name=TASK_NAME,

@@ -11,9 +11,25 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 
 from fluxserve.backends.postgres.db import PostgresDatabase
+from fluxserve.fair import FairShare, Place, place
 from fluxserve.records import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
 from fluxserve.spec import GenerationSpec
 from fluxserve.stores import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
+
+FAIR_CLOCK = (
+    "SELECT fair_start FROM fluxserve_jobs WHERE started_at IS NOT NULL AND fair_start IS NOT NULL"
+    " ORDER BY fair_start DESC LIMIT 1"
+)
+"""The fair clock: the start tag of the latest job taken (see :mod:`fluxserve.fair`)."""
+FLOW_END = (
+    "SELECT fair_end FROM fluxserve_jobs WHERE fair_flow = %s"
+    " AND (started_at IS NOT NULL OR status = 'queued') ORDER BY fair_end DESC LIMIT 1"
+)
+"""The end tag of a flow's last job, leaving out jobs cancelled before they ran."""
+
+
+def _first(row: dict[str, Any] | None, column: str) -> float | None:
+    return None if row is None else row[column]
 
 
 def _json(value: Any) -> Jsonb | None:
@@ -53,6 +69,7 @@ class PostgresJobStore:
         job: Job,
         idempotency: IdempotencyClaim | None = None,
         webhook: WebhookTarget | None = None,
+        fair: FairShare | None = None,
     ) -> Job:
         """Job, idempotency key and webhook in one transaction (see ``JobStore.create``)."""
         now = time.time()
@@ -84,11 +101,26 @@ class PostgresJobStore:
                     " VALUES (%s, %s, %s, %s, %s)",
                     (idempotency.key, owner, idempotency.digest, job.id, now),
                 )
-            sort_at = job.created_at + (0.0 if job.spec.interactive else self.batch_delay_s)
+            queued = job.status == JobStatus.QUEUED
+            if fair is not None and queued:  # one reader of a flow's last end at a time
+                c.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"fair\n{fair.share}",))
+
+            def flow_end(flow: str) -> float | None:
+                return _first(c.execute(FLOW_END, (flow,)).fetchone(), "fair_end")
+
+            where = place(
+                created_at=job.created_at,
+                interactive=job.spec.interactive,
+                images=job.spec.num_images,
+                batch_delay_s=self.batch_delay_s,
+                fair=fair if queued else None,
+                clock=lambda: _first(c.execute(FAIR_CLOCK).fetchone(), "fair_start"),
+                flow_end=flow_end,
+            )
             c.execute(
                 "INSERT INTO fluxserve_jobs (id, status, model, protocol, spec, created_at, sort_at,"
-                " progress, result, details, moderation, owner, finished_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " progress, result, details, moderation, owner, finished_at, fair_flow, fair_start,"
+                " fair_end) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     job.id,
                     job.status.value,
@@ -96,13 +128,16 @@ class PostgresJobStore:
                     job.spec.protocol,
                     Jsonb(job.spec.to_json()),
                     job.created_at,
-                    sort_at,
+                    where.sort_at,
                     job.progress,
                     _json(job.result),
                     _json(job.details),
                     _json(job.moderation),
                     job.owner,
                     job.finished_at,
+                    where.flow,
+                    where.start,
+                    where.end,
                 ),
             )
             if webhook is not None:
@@ -111,12 +146,13 @@ class PostgresJobStore:
                     " state, attempts, next_at, created_at) VALUES (%s, %s, %s, %s, %s, 'waiting', 0, 0, %s)",
                     (job.id, str(uuid.uuid4()), webhook.url, webhook.secret, webhook.base_url, now),
                 )
-            if job.status == JobStatus.QUEUED:
-                self._enqueued(c, job)
+            if queued:
+                self._enqueued(c, job, where)
         return job
 
-    def _enqueued(self, c: Connection[dict[str, Any]], job: Job) -> None:
-        """Called inside the transaction that creates a queued job (dispatch hooks in here)."""
+    def _enqueued(self, c: Connection[dict[str, Any]], job: Job, where: Place) -> None:
+        """Called inside the transaction that creates a queued job, with its place in the
+        queue (dispatch hooks in here)."""
 
     def claim(self, job_id: str, worker: str) -> Job | None:
         """Mark the job running under one more attempt (see ``JobClaims.claim``)."""

@@ -72,8 +72,15 @@ CREATE TABLE IF NOT EXISTS api_keys (
 MIGRATIONS = (
     ("jobs", "sort_at", "REAL"),
     ("webhook_deliveries", "delivery_id", "TEXT"),
+    ("jobs", "fair_flow", "TEXT"),
+    ("jobs", "fair_start", "REAL"),
+    ("jobs", "fair_end", "REAL"),
 )
-INDEXES = "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, sort_at);"
+INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, sort_at);
+CREATE INDEX IF NOT EXISTS jobs_fair_clock ON jobs (fair_start);
+CREATE INDEX IF NOT EXISTS jobs_fair_flow ON jobs (fair_flow, fair_end);
+"""
 
 
 class Database:

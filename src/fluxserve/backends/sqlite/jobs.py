@@ -10,11 +10,28 @@ import uuid
 from typing import Any
 
 from fluxserve.backends.sqlite.db import Database
+from fluxserve.fair import FairShare, place
 from fluxserve.records import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
 from fluxserve.spec import GenerationSpec
 from fluxserve.stores import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
 
 CANCELLED = json.dumps({"error": "cancelled", "steps_done": 0})
+
+
+FAIR_CLOCK = (
+    "SELECT fair_start FROM jobs WHERE started_at IS NOT NULL AND fair_start IS NOT NULL"
+    " ORDER BY fair_start DESC LIMIT 1"
+)
+"""The fair clock: the start tag of the latest job taken (see :mod:`fluxserve.fair`)."""
+FLOW_END = (
+    "SELECT fair_end FROM jobs WHERE fair_flow = ? AND (started_at IS NOT NULL OR status = 'queued')"
+    " ORDER BY fair_end DESC LIMIT 1"
+)
+"""The end tag of a flow's last job, leaving out jobs cancelled before they ran."""
+
+
+def _first(row: sqlite3.Row | None) -> float | None:
+    return None if row is None else row[0]
 
 
 def _dumps(value: Any) -> str | None:
@@ -50,6 +67,7 @@ class SQLiteJobStore:
         job: Job,
         idempotency: IdempotencyClaim | None = None,
         webhook: WebhookTarget | None = None,
+        fair: FairShare | None = None,
     ) -> Job:
         """See ``JobStore.create``: job, idempotency key and webhook in one transaction."""
         now = time.time()
@@ -74,11 +92,19 @@ class SQLiteJobStore:
                     " VALUES (?, ?, ?, ?, ?)",
                     (idempotency.key, owner, idempotency.digest, job.id, now),
                 )
-            sort_at = job.created_at + (0.0 if job.spec.interactive else self.batch_delay_s)
+            where = place(
+                created_at=job.created_at,
+                interactive=job.spec.interactive,
+                images=job.spec.num_images,
+                batch_delay_s=self.batch_delay_s,
+                fair=fair if job.status == JobStatus.QUEUED else None,
+                clock=lambda: _first(c.execute(FAIR_CLOCK).fetchone()),
+                flow_end=lambda flow: _first(c.execute(FLOW_END, (flow,)).fetchone()),
+            )
             c.execute(
                 "INSERT INTO jobs (id, status, model, protocol, spec, created_at, sort_at, progress,"
-                " result, details, moderation, api_key_id, finished_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " result, details, moderation, api_key_id, finished_at, fair_flow, fair_start,"
+                " fair_end) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job.id,
                     job.status.value,
@@ -86,13 +112,16 @@ class SQLiteJobStore:
                     job.spec.protocol,
                     json.dumps(job.spec.to_json()),
                     job.created_at,
-                    sort_at,
+                    where.sort_at,
                     job.progress,
                     _dumps(job.result),
                     _dumps(job.details),
                     _dumps(job.moderation),
                     job.owner,
                     job.finished_at,
+                    where.flow,
+                    where.start,
+                    where.end,
                 ),
             )
             if webhook is not None:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import poll_result
-from fluxserve.spec import aspect_to_size
+from fluxserve.spec.geometry import aspect_to_size
 
 
 def submit(server, model: str, **body) -> dict:  # type: ignore[no-untyped-def,type-arg]

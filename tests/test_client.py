@@ -25,7 +25,7 @@ from fluxserve.client import (
     compose,
     load_batch_file,
 )
-from fluxserve.spec import aspect_to_size
+from fluxserve.spec.geometry import aspect_to_size
 
 
 def _png(colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:

@@ -10,7 +10,7 @@ import openai
 import pytest
 from PIL import Image
 
-from fluxserve.spec import aspect_to_size
+from fluxserve.spec.geometry import aspect_to_size
 
 
 @pytest.fixture(scope="module")

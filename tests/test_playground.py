@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from conftest import Server, poll_result
-from fluxserve.spec import aspect_to_size
+from fluxserve.spec.geometry import aspect_to_size
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "playground"

@@ -12,11 +12,9 @@ from fluxserve.spec import (
     GenerationSpec,
     SpecError,
     SpecOptions,
-    aspect_to_size,
     build_spec,
-    parse_aspect_ratio,
-    parse_size,
 )
+from fluxserve.spec.geometry import aspect_to_size, parse_aspect_ratio, parse_size
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from fluxserve.embedded.vocabulary import COLOURS, POSITIONS, SHAPES, SIZES, SYNONYMS
-from fluxserve.spec import fit_area
+from fluxserve.spec.geometry import fit_area
 from training.embedded.config import Config
 from training.embedded.progress import Progress
 from training.embedded.scenes import Scene, caption, random_edit, random_scene, render

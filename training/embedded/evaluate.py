@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fluxserve.embedded.vocabulary import COLOURS
-from fluxserve.spec import fit_area
+from fluxserve.spec.geometry import fit_area
 from training.embedded.scenes import (
     HELD_OUT,
     Obj,

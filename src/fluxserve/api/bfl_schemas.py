@@ -13,19 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fluxserve.api.loras import LoraInput
 from fluxserve.spec import (
-    FLUX2_MIN_SIDE,
     MAX_GUIDANCE,
     MAX_GUIDANCE_FLUX2,
     MAX_LORAS,
-    MAX_OUTPUT_PIXELS,
     MAX_SEED,
     MAX_STEPS,
     MAX_WEBHOOK_URL,
     MIN_GUIDANCE,
     MIN_STEPS,
     PROMPT_LIMITS,
-    SIDE_MULTIPLE,
 )
+from fluxserve.spec.geometry import FLUX2_MIN_SIDE, MAX_OUTPUT_PIXELS, SIDE_MULTIPLE
 
 BFLStatus = Literal["Task not found", "Pending", "Request Moderated", "Content Moderated", "Ready", "Error"]
 MAX_PROMPT = PROMPT_LIMITS["bfl"]

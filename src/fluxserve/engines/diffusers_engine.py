@@ -27,7 +27,7 @@ from fluxserve.engines.sources import CheckpointError, CheckpointSource
 from fluxserve.engines.warmup import warm_up
 from fluxserve.images import stitch_horizontally
 from fluxserve.loras import LoraLibrary
-from fluxserve.spec import fit_area
+from fluxserve.spec.geometry import fit_area
 
 log = logging.getLogger("fluxserve.engine")
 

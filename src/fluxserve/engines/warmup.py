@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from fluxserve.engines.loader import LoadedPipeline
-from fluxserve.spec import fit_area
+from fluxserve.spec.geometry import fit_area
 
 log = logging.getLogger("fluxserve.engine")
 

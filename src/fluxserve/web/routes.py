@@ -21,8 +21,8 @@ from fluxserve.spec import (
     MAX_STEPS,
     MIN_GUIDANCE,
     MIN_STEPS,
-    aspect_to_size,
 )
+from fluxserve.spec.geometry import aspect_to_size
 
 router = APIRouter(tags=["Playground"])
 

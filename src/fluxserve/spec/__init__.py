@@ -1,8 +1,9 @@
 """The normalized generation request, and the one builder that makes it.
 
 Both protocol adapters map their own field names onto :class:`SpecOptions` and call
-:func:`build_spec`; every size rule, default, bound and the seed draw live here, so a request
-means the same thing whichever protocol it came by.
+:func:`build_spec`; every default, bound, the size cascade and the seed draw live here (the
+size geometry itself in :mod:`fluxserve.spec.geometry`), so a request means the same thing
+whichever protocol it came by. Every rule raises :class:`SpecError`.
 """
 
 from __future__ import annotations
@@ -15,18 +16,25 @@ from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from typing import Any, Literal, Protocol
 
+from fluxserve.spec.errors import SpecError as SpecError  # part of this package's surface
+from fluxserve.spec.geometry import (
+    FLUX2_MIN_SIDE,
+    MAX_RATIO,
+    MIN_RATIO,
+    ONE_MEGAPIXEL,
+    SIDE_MULTIPLE,
+    aspect_to_size,
+    check_flux2_size,
+    check_size,
+    parse_aspect_ratio,
+    parse_size,
+)
+
 OutputFormat = Literal["jpeg", "png", "webp"]
 OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "png", "webp")
 ResponseFormat = Literal["url", "b64_json"]
 WireProtocol = Literal["bfl", "openai"]
 
-ONE_MEGAPIXEL = 1024 * 1024
-MIN_RATIO = Fraction(3, 7)
-MAX_RATIO = Fraction(7, 3)
-RATIO_RANGE_TEXT = "between 3:7 and 7:3 (21:9 and 9:21)"
-
-MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 256, 2048, 16
-MAX_OUTPUT_PIXELS = 4 * ONE_MEGAPIXEL
 MAX_SEED = 2**63 - 1
 """Largest seed accepted (a signed 64-bit integer: what every job store can hold)."""
 DRAWN_SEED_BELOW = 2**32
@@ -39,8 +47,6 @@ MAX_INPUT_IMAGES = 4
 """Input images of a model that declares no limit of its own (the catalog's entries do)."""
 MAX_EDIT_IMAGES = 16
 """The most input images any model takes (OpenAI's GPT image models): no request has more."""
-FLUX2_MIN_SIDE = 64
-"""FLUX.2 sizes: sides multiples of 16 from 64 pixels, at most 4 megapixels (as BFL's)."""
 MAX_GUIDANCE_FLUX2 = 10.0
 """FLUX.2 takes guidance up to 10 (BFL's flex); FLUX.1 up to :data:`MAX_GUIDANCE`."""
 MAX_WEBHOOK_URL = 2083
@@ -50,107 +56,6 @@ MIN_LORA_SCALE, MAX_LORA_SCALE = -2.0, 2.0
 _LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 PROMPT_LIMITS: dict[WireProtocol, int] = {"bfl": 4096, "openai": 32000}
 """Longest prompt, in characters, per protocol: BFL documents 4096, OpenAI 32,000."""
-
-_RATIO = re.compile(r"\s*([0-9]{1,5})\s*:\s*([0-9]{1,5})\s*")
-_SIZE = re.compile(r"([0-9]{1,5})[xX]([0-9]{1,5})")
-
-
-class SpecError(ValueError):
-    """A request value that breaks a rule; ``param`` names the offending field."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-def parse_aspect_ratio(text: str) -> Fraction:
-    """Parse ``"W:H"`` (positive integers) into a ratio within 3:7 .. 7:3."""
-    match = _RATIO.fullmatch(text)
-    if match is None:
-        raise SpecError(
-            f"aspect_ratio must look like '16:9' (two positive integers), got {text[:40]!r}",
-            "aspect_ratio",
-        )
-    w, h = int(match[1]), int(match[2])
-    if w <= 0 or h <= 0:
-        raise SpecError("aspect_ratio sides must be positive integers", "aspect_ratio")
-    ratio = Fraction(w, h)
-    if not MIN_RATIO <= ratio <= MAX_RATIO:
-        raise SpecError(
-            f"aspect_ratio {text.strip()} is outside the supported range: it must be {RATIO_RANGE_TEXT}",
-            "aspect_ratio",
-        )
-    return ratio
-
-
-def aspect_to_size(
-    ratio: Fraction | str,
-    area: int = ONE_MEGAPIXEL,
-    multiple: int = 16,
-    tolerance: float = 0.05,
-) -> tuple[int, int]:
-    """Width and height for ``ratio`` at about ``area`` pixels.
-
-    Both sides are multiples of ``multiple`` and the area is within ``tolerance`` of ``area``;
-    among those sizes the one whose ratio is closest wins (then the one closest in area), so
-    1:1 gives 1024x1024 and 16:9 gives the closest 16:9 the grid allows.
-    """
-    r = parse_aspect_ratio(ratio) if isinstance(ratio, str) else ratio
-    target = float(r)
-    best: tuple[float, float, int, int] | None = None
-    ideal_w = math.sqrt(area * target)
-    lo = max(multiple, int(ideal_w * 0.9) // multiple * multiple)
-    hi = int(ideal_w * 1.1) // multiple * multiple + multiple
-    for w in range(lo, hi + 1, multiple):
-        for h in {
-            max(multiple, math.floor(w / target / multiple) * multiple),
-            max(multiple, math.ceil(w / target / multiple) * multiple),
-        }:
-            if abs(w * h - area) > tolerance * area:
-                continue
-            key = (abs(math.log((w / h) / target)), abs(w * h - area), w, h)
-            if best is None or key < best:
-                best = key
-    if best is None:  # only reachable for extreme multiples; fall back to plain rounding
-        h = max(multiple, round(math.sqrt(area / target) / multiple) * multiple)
-        w = max(multiple, round(h * target / multiple) * multiple)
-        return w, h
-    return best[2], best[3]
-
-
-def fit_area(width: int, height: int, area: int, multiple: int) -> tuple[int, int]:
-    """The size with ``width:height``'s ratio at about ``area`` pixels, sides multiples of
-    ``multiple`` (used to find a checkpoint's native size for a requested size)."""
-    ratio = width / height
-    w = max(multiple, round(math.sqrt(area * ratio) / multiple) * multiple)
-    h = max(multiple, round(math.sqrt(area / ratio) / multiple) * multiple)
-    return w, h
-
-
-def check_size(width: int, height: int, param: str = "size") -> None:
-    """Explicit output sizes: sides multiples of 16 from 256 to 2048, at most 4 megapixels."""
-    for side in (width, height):
-        if side % SIDE_MULTIPLE or not MIN_SIDE <= side <= MAX_SIDE:
-            raise SpecError(
-                f"{param}: width and height must be multiples of {SIDE_MULTIPLE} between "
-                f"{MIN_SIDE} and {MAX_SIDE}, got {width}x{height}",
-                param,
-            )
-    if width * height > MAX_OUTPUT_PIXELS:
-        raise SpecError(f"{param}: {width}x{height} is more than 4 megapixels", param)
-
-
-def parse_size(size: str) -> tuple[int, int]:
-    """Parse an OpenAI ``size`` such as ``"1024x1536"`` and check it (see :func:`check_size`)."""
-    match = _SIZE.fullmatch(size.strip())
-    if match is None:
-        raise SpecError(
-            f"size must be 'auto' or 'WIDTHxHEIGHT' such as '1024x1024', got {size[:40]!r}", "size"
-        )
-    width, height = int(match[1]), int(match[2])
-    check_size(width, height)
-    return width, height
 
 
 def new_seed() -> int:
@@ -343,19 +248,6 @@ def default_size(entry: ModelDefaults) -> tuple[int, int]:
     if entry.family == "ultra":
         return aspect_to_size(Fraction(16, 9), entry.area)
     return 1024, 1024
-
-
-def check_flux2_size(width: int, height: int, param: str = "width") -> None:
-    """FLUX.2 output sizes: sides multiples of 16 of at least 64 pixels, at most 4 megapixels."""
-    for side in (width, height):
-        if side % SIDE_MULTIPLE or side < FLUX2_MIN_SIDE:
-            raise SpecError(
-                f"{param}: width and height must be multiples of {SIDE_MULTIPLE} of at least "
-                f"{FLUX2_MIN_SIDE}, got {width}x{height}",
-                param,
-            )
-    if width * height > MAX_OUTPUT_PIXELS:
-        raise SpecError(f"{param}: {width}x{height} is more than 4 megapixels", param)
 
 
 def input_limit(entry: ModelDefaults) -> int:

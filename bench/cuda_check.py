@@ -17,7 +17,9 @@ run through fluxserve's own engine and server, most valuable check first:
 - ``seed-determinism`` and ``serve-compiled``: ``fluxserve serve`` with the default settings
   (compiled on CUDA, warmed up before ready): the time to ``/readyz``, what the first request
   compiles (dynamo's counters, counted not timed: it must be nothing), and whether the same
-  request twice gives the same PNG bytes.
+  request gives the same PNG bytes twice in a row (its prompt encoded again: the prompt cache
+  holds one entry here) and with its prompt encoded ahead beside a long job (the worker's
+  prefetch: a second CUDA stream, where cuBLAS promises the same bits only for one stream).
 - ``klein``: FLUX.2 klein 4B text to image (last: FLUX.1-dev's files are deleted first, the
   GPU machine's disk cannot hold both).
 
@@ -100,7 +102,7 @@ def summary(row: dict[str, Any]) -> str:
     if "first_request_compiled" in row:
         facts.append(f"first request compiled {row['first_request_compiled']}")
     if "same_bytes" in row:
-        facts.append(f"same bytes {row['same_bytes']}")
+        facts.append(f"same bytes {row['same_bytes']}, encoded ahead {row.get('prefetched_same_bytes')}")
     return ("ok" if row["ok"] else "NOT OK") + (": " + ", ".join(facts) if facts else "")
 
 

@@ -89,7 +89,7 @@ def build_flux1(
         tokenizer_2=tokenizer_2,
         transformer=_make(device, dtype, lambda: FluxTransformer2DModel(**transformer_cfg)),
     )
-    pipe.save_pretrained(str(out))
+    pipe.save_pretrained(str(out))  # type: ignore[attr-defined]  # diffusers mixin, untyped
     shutil.rmtree(tmp, ignore_errors=True)
     del pipe
 
@@ -129,7 +129,8 @@ def build_schnell_links(out: Path, dev: Path) -> None:
     )
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    FlowMatchEulerDiscreteScheduler(**FLUX1_SCHNELL_SCHEDULER).save_pretrained(str(out / "scheduler"))
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX1_SCHNELL_SCHEDULER)
+    scheduler.save_pretrained(str(out / "scheduler"))  # type: ignore[attr-defined]
     shutil.copy(dev / "model_index.json", out / "model_index.json")
     (out / LINKED).touch()
 
@@ -155,7 +156,7 @@ def build_klein(out: Path, arch: dict[str, Any], device: torch.device, dtype: to
         transformer=_make(device, dtype, lambda: Flux2Transformer2DModel(**arch["klein_transformer"])),
         is_distilled=True,
     )
-    pipe.save_pretrained(str(out))
+    pipe.save_pretrained(str(out))  # type: ignore[attr-defined]
     del pipe
 
 

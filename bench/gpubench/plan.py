@@ -22,7 +22,6 @@ left in ``--budget-s`` is skipped and recorded as skipped, with the reason.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -159,7 +158,8 @@ def run_plan(
         report.log(f"  {e['step']:<28} ~{e['estimate_s']:>6.1f} s")
     report.log(f"  {'total':<28} ~{sum(e['estimate_s'] for e in estimates):>6.1f} s")
 
-    data_root = Path(tempfile.mkdtemp(prefix="fluxserve-gpu-data-"))
+    # The servers' data beside the checkpoints: a run cut off leaves nothing elsewhere.
+    data_root = checkpoints.root / "data"
     compile_cache = data_root / "compile-cache"  # one for the plan: a later compile reads it
     images: dict[str, dict[str, Any]] = {}
     for step in state.steps:

@@ -7,11 +7,20 @@ the checkpoint's autoencoder, and through any training states given with ``--sta
 ``vae_refined.pt`` of ``python -m training.embedded.train``).
 
     python bench/vae_roundtrip.py [--checkpoint DIR] [--state FILE ...] [--layers N] [--n 120]
+    python bench/vae_roundtrip.py --time 10 [--checkpoint DIR ...]
+
+``--time N`` instead times the engine end to end on the checkpoints given (the shipped one by
+default): N text-to-image generations at 1024x1024 with the checkpoint's default steps and
+guidance (sampled at the native area, decoded, resized), each encoded to PNG as the server
+does, after one warm-up; prints the median and the minimum, and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,6 +53,33 @@ class Identity(torch.nn.Module):
         return self._Out(x)
 
 
+def time_engine(checkpoint: Path, n: int) -> None:
+    """Seconds per 1024x1024 image through the engine (generate + PNG encode), median of ``n``."""
+    import json
+
+    from fluxserve.engines import EngineRequest
+    from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+
+    meta = json.loads((checkpoint / "fluxserve.json").read_text())
+    steps, guidance = int(meta.get("default_steps", 16)), float(meta.get("default_guidance", 4.0))
+    engine = DiffusersFluxEngine(lambda name: Path(name), device="cpu")
+    engine.load(str(checkpoint))
+    walls = []
+    for i in range(n + 1):
+        t0 = time.perf_counter()
+        req = EngineRequest(
+            str(checkpoint), "a large green star in the top left", 1024, 1024, i, steps, guidance
+        )
+        engine.generate(req)[0].save(io.BytesIO(), format="PNG")
+        if i:  # the first is a warm-up
+            walls.append(time.perf_counter() - t0)
+    print(
+        f"{str(checkpoint):36s} 1024x1024, {steps} steps: median {statistics.median(walls):.3f} s, "
+        f"min {min(walls):.3f} s over {n} (load average {os.getloadavg()[0]:.2f})",
+        flush=True,
+    )
+
+
 def main() -> None:
     from fluxserve.embedded import embedded_checkpoint
 
@@ -53,8 +89,14 @@ def main() -> None:
     ap.add_argument("--layers", type=int, help="the states' --layers (training/embedded/decoder.py)")
     ap.add_argument("--n", type=int, default=120)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--time", type=int, metavar="N", help="time N 1024x1024 generations instead")
+    ap.add_argument("--time-checkpoints", type=Path, nargs="*", default=[], help="with --time: these too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.time:
+        for checkpoint in [args.checkpoint, *args.time_checkpoints]:
+            time_engine(checkpoint, args.time)
+        return
     rows: list[tuple[str, torch.nn.Module]] = [("ground truth", Identity())]
     rows.append((f"{args.checkpoint.name}/vae", shipped_vae(args.checkpoint)))
     for path in args.state:

@@ -255,9 +255,11 @@ def _train_loop(
     ema_5: dict[str, torch.Tensor],
     start: int,
     state_path: Path,
+    stop_at: float | None = None,
 ) -> None:
     """Rectified-flow steps from ``start`` to ``cfg.steps``, saving state every 500 steps.
-    Random streams are seeded from the step, so a resumed run continues deterministically."""
+    Random streams are seeded from the step, so a resumed run continues deterministically.
+    With ``stop_at`` (a ``time.time()``), it also stops there, after saving the state."""
     shift, scale = pool["shift"], pool["scale"]
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 3 + start)
     rng = random.Random(cfg.seed * 1000 + 4 + start)
@@ -329,7 +331,8 @@ def _train_loop(
                 pairs = [(ema[k], v) for k, v in model.state_dict().items() if v.dtype.is_floating_point]
                 torch._foreach_lerp_([e for e, _ in pairs], [v.detach() for _, v in pairs], 1 - d)
         prog.update(step + 1, loss=loss.item(), lr=lr)
-        if (step + 1) % 500 == 0 or step + 1 == cfg.steps:
+        out_of_time = stop_at is not None and time.time() > stop_at
+        if (step + 1) % 500 == 0 or step + 1 == cfg.steps or out_of_time:
             torch.save(
                 {
                     "transformer": transformer.state_dict(),
@@ -342,6 +345,9 @@ def _train_loop(
                 },
                 state_path,
             )
+        if out_of_time:
+            print(f"out of time at step {step + 1}; state saved", flush=True)
+            return
 
 
 # ---------------------------------------------------------------- stage 4: export

@@ -13,6 +13,7 @@ from fluxserve.spec import (
     SpecError,
     SpecOptions,
     build_spec,
+    check_options,
 )
 from fluxserve.spec.geometry import aspect_to_size, parse_aspect_ratio, parse_size
 
@@ -151,3 +152,30 @@ def test_json_roundtrip_and_rows_from_before_typed_fields() -> None:
     read = GenerationSpec.from_json(old)
     assert (read.response_format, read.input_megapixels, read.partial_images) == ("b64_json", 0.5, 2)
     assert read.input_images == ("inputs/j/0.png",)
+
+
+def test_checked_options_build_what_build_spec_builds() -> None:
+    # An adapter checks the options before fetching any image, then builds its one spec.
+    cases: list[tuple[Entry, dict[str, object], list[tuple[int, int]]]] = [
+        (KONTEXT, {"aspect_ratio": "16:9"}, [(300, 900)]),
+        (KONTEXT, {}, [(300, 900)]),
+        (KONTEXT, {"size": "auto", "loras": [("style", 0.5)]}, []),
+        (PRO, {"width": 512, "height": 768, "steps": 4}, []),
+        (ULTRA, {}, []),
+    ]
+    for entry, fields, images in cases:
+        options = SpecOptions(prompt="p", seed=3, **fields)  # type: ignore[arg-type]
+        checked = check_options(entry, options, ["style"])  # type: ignore[arg-type]
+        assert checked.build(images) == build_spec(entry, options, images, ["style"])  # type: ignore[arg-type]
+
+
+def test_check_options_needs_no_image_and_build_checks_the_count() -> None:
+    with pytest.raises(SpecError) as refused:
+        check_options(KONTEXT, SpecOptions(prompt="p", aspect_ratio="9:1"))  # type: ignore[arg-type]
+    assert refused.value.param == "aspect_ratio"
+    checked = check_options(KONTEXT, SpecOptions(prompt="p"))  # type: ignore[arg-type]
+    assert checked.size is None  # nothing requested: the first input image will decide
+    portrait = checked.build([(300, 900)])
+    assert portrait.width < portrait.height and portrait.input_megapixels == 0.27
+    with pytest.raises(SpecError, match="at most 4 input images"):
+        checked.build([(64, 64)] * 5)

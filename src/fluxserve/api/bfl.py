@@ -30,7 +30,7 @@ from fluxserve.catalog import ModelEntry
 from fluxserve.images import InputImageError
 from fluxserve.jobs import Job, JobStatus, QueueFull
 from fluxserve.netguard import UrlRefused, check_url
-from fluxserve.spec import SpecError, SpecOptions, build_spec, check_input_count
+from fluxserve.spec import SpecError, SpecOptions, check_input_count, check_options
 from fluxserve.stores import IdempotencyConflict
 
 STATUS_TEXT: dict[JobStatus, str] = {
@@ -84,9 +84,7 @@ async def submit(
         return bfl_validation_error(["body", "raw"], "raw mode is not supported by this server")
     try:
         claim = idempotency_claim(request, body.model_dump(mode="json"))
-        options = _options(body)
-        loras = state.loras.names()
-        build_spec(entry, options, loras=loras)  # cheap checks first: no image is fetched
+        checked = check_options(entry, _options(body), state.loras.names())  # before any fetch
         if body.webhook_url:
             await check_url(body.webhook_url, state.settings.allow_private_urls)
         refs: list[tuple[str, str | bytes]] = []
@@ -96,7 +94,7 @@ async def submit(
             refs = list(body.references())
         check_input_count(entry, len(refs), refs[-1][0] if refs else None)  # before any fetch
         inputs = await load_inputs(refs, state.limits)
-        spec = build_spec(entry, options, [image_size(i) for i in inputs], loras)
+        spec = checked.build([image_size(i) for i in inputs])  # the request's one spec
     except UrlRefused as exc:
         return bfl_validation_error(["body", "webhook_url"], str(exc))
     except (SpecError, InputImageError) as exc:

@@ -279,10 +279,9 @@ def size_from_image(entry: ModelDefaults, image_size: tuple[int, int]) -> tuple[
     return aspect_to_size(ratio, entry.area)
 
 
-def resolve_size(
-    entry: ModelDefaults, options: SpecOptions, first_image: tuple[int, int] | None
-) -> tuple[int, int]:
-    """The size cascade: width/height > aspect_ratio > size > first input image > model default."""
+def requested_size(entry: ModelDefaults, options: SpecOptions) -> tuple[int, int] | None:
+    """The size the request names, checked: width/height > aspect_ratio > size; ``None`` when
+    it names none (then the first input image or the model's default decides)."""
     if options.width is not None or options.height is not None:
         if options.width is None or options.height is None:
             raise SpecError("give both width and height, or neither", "width")
@@ -295,23 +294,64 @@ def resolve_size(
         return aspect_to_size(parse_aspect_ratio(options.aspect_ratio), entry.area)
     if options.size and options.size != "auto":
         return parse_size(options.size)
-    if first_image is not None:
-        return size_from_image(entry, first_image)
-    return default_size(entry)
+    return None
 
 
-def build_spec(
-    entry: ModelDefaults,
-    options: SpecOptions,
-    input_sizes: Sequence[tuple[int, int]] = (),
-    loras: Collection[str] = (),
-) -> GenerationSpec:
-    """Check ``options`` against every rule and fill in the model's defaults.
+@dataclass(frozen=True)
+class CheckedOptions:
+    """A request's options that passed every rule needing no input image (what
+    :func:`check_options` returns): an adapter checks them before it fetches any image, then
+    builds the one spec with :meth:`build` once the images' sizes are known."""
 
-    ``input_sizes`` are the (width, height) of the request's input images, already decoded;
-    the spec's ``input_images`` are filled in by the job service once they are stored.
-    ``loras`` are the LoRA names the server has. Raises :class:`SpecError` naming the offending field.
-    """
+    entry: ModelDefaults
+    options: SpecOptions
+    loras: tuple[LoraRef, ...]
+    size: tuple[int, int] | None
+    """From :func:`requested_size`."""
+
+    def build(self, input_sizes: Sequence[tuple[int, int]] = ()) -> GenerationSpec:
+        """The spec, with the model's defaults filled in and the seed drawn if none was given.
+
+        ``input_sizes`` are the (width, height) of the request's input images, already decoded;
+        the spec's ``input_images`` are filled in by the job service once they are stored.
+        The size cascade ends here: the requested size, else the first input image's, else
+        the model's default."""
+        entry, options = self.entry, self.options
+        check_input_count(entry, len(input_sizes))
+        if self.size is not None:
+            width, height = self.size
+        elif input_sizes:
+            width, height = size_from_image(entry, input_sizes[0])
+        else:
+            width, height = default_size(entry)
+        return GenerationSpec(
+            model=entry.id,
+            prompt=options.prompt,
+            width=width,
+            height=height,
+            seed=options.seed if options.seed is not None else new_seed(),
+            steps=options.steps or entry.steps,
+            guidance=options.guidance if options.guidance is not None else entry.guidance,
+            output_format=options.output_format or entry.default_output_format,
+            safety_tolerance=options.safety_tolerance,
+            prompt_upsampling=options.prompt_upsampling,
+            num_images=options.num_images,
+            output_compression=options.output_compression,
+            input_megapixels=round(sum(w * h for w, h in input_sizes) / 1e6, 3),
+            webhook_url=options.webhook_url,
+            webhook_secret=options.webhook_secret,
+            protocol=options.protocol,
+            response_format=options.response_format,
+            user=options.user,
+            partial_images=options.partial_images,
+            loras=self.loras,
+        )
+
+
+def check_options(entry: ModelDefaults, options: SpecOptions, loras: Collection[str] = ()) -> CheckedOptions:
+    """Check ``options`` against every rule that needs no input image: text, bounds, LoRAs
+    (``loras`` are the names the server has) and the requested size. Raises
+    :class:`SpecError` naming the offending field."""
     check_text(options.prompt, "prompt", PROMPT_LIMITS[options.protocol])
     for param in ("webhook_secret", "user"):
         value = getattr(options, param)
@@ -329,28 +369,20 @@ def build_spec(
     _check_range(options.partial_images, 0, MAX_PARTIAL_IMAGES, "partial_images")
     if options.guidance is not None and not math.isfinite(options.guidance):
         raise SpecError("guidance must be a finite number", "guidance")
-    check_input_count(entry, len(input_sizes))
     lora_refs = check_loras(options.loras, loras)
-    width, height = resolve_size(entry, options, input_sizes[0] if input_sizes else None)
-    return GenerationSpec(
-        model=entry.id,
-        prompt=options.prompt,
-        width=width,
-        height=height,
-        seed=options.seed if options.seed is not None else new_seed(),
-        steps=options.steps or entry.steps,
-        guidance=options.guidance if options.guidance is not None else entry.guidance,
-        output_format=options.output_format or entry.default_output_format,
-        safety_tolerance=options.safety_tolerance,
-        prompt_upsampling=options.prompt_upsampling,
-        num_images=options.num_images,
-        output_compression=options.output_compression,
-        input_megapixels=round(sum(w * h for w, h in input_sizes) / 1e6, 3),
-        webhook_url=options.webhook_url,
-        webhook_secret=options.webhook_secret,
-        protocol=options.protocol,
-        response_format=options.response_format,
-        user=options.user,
-        partial_images=options.partial_images,
-        loras=lora_refs,
-    )
+    return CheckedOptions(entry, options, lora_refs, requested_size(entry, options))
+
+
+def build_spec(
+    entry: ModelDefaults,
+    options: SpecOptions,
+    input_sizes: Sequence[tuple[int, int]] = (),
+    loras: Collection[str] = (),
+) -> GenerationSpec:
+    """Check ``options`` against every rule and fill in the model's defaults: in one step,
+    :func:`check_options` then :meth:`CheckedOptions.build`.
+
+    ``input_sizes`` are the (width, height) of the request's input images, already decoded;
+    ``loras`` are the LoRA names the server has. Raises :class:`SpecError` naming the offending field.
+    """
+    return check_options(entry, options, loras).build(input_sizes)

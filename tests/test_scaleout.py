@@ -429,6 +429,19 @@ def test_dispatch_follows_the_queue_policy_and_upgrades_keep_waiting_jobs(
         ("sync", "fluxserve.flux-dev"),
         ("batch", "fluxserve.flux-dev"),
     ]
+    # A job that overflow sends upstream waits on the upstream lanes' queue; sent back (its
+    # upstream did not accept it), it gets a task on its model's queue, in the same transaction.
+    routed = Job(
+        "routed", JobStatus.QUEUED, job("x", "bfl", now).spec, now, routing={"served_by": "upstream:bfl"}
+    )
+    store.create(routed)
+    assert rows(url, "SELECT queue_name FROM procrastinate_jobs WHERE args->>'job_id' = 'routed'") == [
+        ("fluxserve.upstream.flux-dev",)
+    ]
+    taken = store.claim("routed", "upstream#0@here:1")
+    assert taken is not None and store.reroute("routed", taken.attempts, {"served_by": "local"})
+    queues = "SELECT queue_name FROM procrastinate_jobs WHERE args->>'job_id' = 'routed' ORDER BY id"
+    assert rows(url, queues) == [("fluxserve.upstream.flux-dev",), ("fluxserve.flux-dev",)]
     # A node that starts takes back nothing another node's worker runs (stalled jobs come back
     # through the heartbeat reaper only).
     assert store.claim("sync", "gpu#0@elsewhere:1") is not None

@@ -30,6 +30,23 @@ def parse_upstream_checkpoint(checkpoint: str) -> tuple[str, str] | None:
 
 
 @dataclass(frozen=True)
+class Overflow:
+    """Where a local model's jobs go when the local engines are too busy."""
+
+    checkpoint: str
+    """``upstream:<upstream>:<model>``."""
+    wait_s: float
+    """The estimated local wait beyond which a new job goes there."""
+
+    @property
+    def upstream(self) -> str:
+        """The upstream's name."""
+        parsed = parse_upstream_checkpoint(self.checkpoint)
+        assert parsed is not None
+        return parsed[0]
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """What fluxserve knows about one model id."""
 
@@ -57,6 +74,9 @@ class ModelEntry:
     """Priced per megapixel (FLUX.2) rather than per image."""
     upstream_price: float | None = None
     """Forwarded models: what the upstream charges per image (USD) when it reports no cost."""
+    overflow: Overflow | None = None
+    """``route = "overflow"``: the upstream that takes this model's jobs when the local wait
+    is too long."""
 
     @property
     def upstream(self) -> tuple[str, str] | None:
@@ -190,8 +210,14 @@ class ModelCatalog:
                 raise ValueError(
                     f"models.{model_id}.upstream names {o.upstream!r}: no [upstreams.{o.upstream}]"
                 )
-            if o.upstream is not None and o.checkpoint is not None:
-                raise ValueError(f"models.{model_id}: set upstream or checkpoint, not both")
+            route = o.route or ("upstream" if o.upstream else "local")
+            if route == "upstream" and o.upstream is not None and o.checkpoint is not None:
+                raise ValueError(
+                    f"models.{model_id}: set upstream or checkpoint, not both (or a route: "
+                    "'overflow' runs here and at the upstream when the wait here is too long)"
+                )
+            if route != "local" and o.upstream is None:
+                raise ValueError(f"models.{model_id}: route = {route!r} needs an upstream")
             base = entries.get(model_id)
             if base is None:
                 if o.family is None:
@@ -210,14 +236,12 @@ class ModelCatalog:
                     memory=settings.memory,
                     quantize=settings.quantize,
                 )
+            forwarded = f"{UPSTREAM_PREFIX}{o.upstream}:{o.upstream_model or model_id}"
             entries[model_id] = replace(
                 base,
                 family=o.family or base.family,
-                checkpoint=(
-                    f"{UPSTREAM_PREFIX}{o.upstream}:{o.upstream_model or model_id}"
-                    if o.upstream
-                    else o.checkpoint or base.checkpoint
-                ),
+                checkpoint=forwarded if route == "upstream" else o.checkpoint or base.checkpoint,
+                overflow=Overflow(forwarded, o.overflow_wait_s) if route == "overflow" else None,
                 upstream_price=o.upstream_price if o.upstream_price is not None else base.upstream_price,
                 steps=o.steps or base.steps,
                 guidance=o.guidance if o.guidance is not None else base.guidance,
@@ -269,7 +293,11 @@ class ModelCatalog:
         return ids
 
     def unavailable(self, model_id: str) -> str | None:
-        """Why ``model_id`` cannot serve (its checkpoint failed to load), or None."""
+        """Why ``model_id`` cannot serve (its checkpoint failed to load), or None. A model with
+        ``route = "overflow"`` still serves (at its upstream) when its local checkpoint failed."""
+        entry = self._entries.get(model_id)
+        if entry is not None and entry.overflow is not None:
+            return None
         return self._unavailable.get(model_id)
 
     def unavailable_models(self) -> dict[str, str]:

@@ -45,11 +45,21 @@ class Job:
     """Audit trail: every moderation decision (source, category, score, tolerance, threshold)."""
     owner: str | None = None
     """The API key id that made the job; None for jobs made while no key was configured."""
+    routing: dict[str, Any] | None = None
+    """Models with ``route = "overflow"``: where the job runs and why (``served_by``: ``local``
+    or ``upstream:<name>``, ``reason``, ``estimated_wait_s``)."""
 
     @property
     def terminal(self) -> bool:
         """True once the job has ended (ready, error or moderated)."""
         return self.status in TERMINAL
+
+    @property
+    def route(self) -> str | None:
+        """The queue lane it waits in: ``upstream`` when routed to an upstream (taken by the
+        upstream lane, never by a local engine), else None (the local queue)."""
+        served_by = (self.routing or {}).get("served_by", "")
+        return "upstream" if str(served_by).startswith("upstream:") else None
 
 
 @dataclass(frozen=True)

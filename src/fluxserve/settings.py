@@ -78,6 +78,14 @@ class ModelOverride(BaseModel):
     upstream_price: float | None = Field(default=None, ge=0.0)
     """What the upstream charges us per image, in USD, when its answer gives no cost (default:
     ``price``). Recorded with each result; users are charged ``price``."""
+    route: Literal["local", "upstream", "overflow"] | None = None
+    """Where a model with a checkpoint here *and* an ``upstream`` runs: ``local`` (here),
+    ``upstream`` (forwarded; the default when only ``upstream`` is set) or ``overflow``: here,
+    unless the estimated wait for a local engine passes ``overflow_wait_s`` (or no worker here
+    takes the model), then at the upstream."""
+    overflow_wait_s: float = Field(default=30.0, ge=0.0)
+    """``route = "overflow"``: the estimated local wait, in seconds, beyond which a new job goes
+    to the upstream."""
 
     @field_validator("warmup_sizes")
     @classmethod

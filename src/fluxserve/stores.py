@@ -27,6 +27,10 @@ IDEMPOTENCY_WINDOW_S = 24 * 3600
 """How long an Idempotency-Key keeps naming its job."""
 
 
+REQUEUED_LOCALLY = "the server restarted while the upstream ran it: requeued here"
+"""``routing.reason`` of an overflow job a restart sent back to the local queue."""
+
+
 def gave_up_error(attempts: int) -> str:
     """``details.error`` of a job ended by restart recovery after ``attempts`` crashes."""
     return (
@@ -107,18 +111,32 @@ class JobStore(Protocol):
 class JobQueue(Protocol):
     """The order in which queued jobs run.
 
-    Policy: a job's place is its creation time, plus ``batch_delay_s`` for jobs nobody waits
-    on (BFL); so a synchronous OpenAI call overtakes BFL jobs submitted less than
-    ``batch_delay_s`` before it, and no BFL job waits behind calls made after it by more.
+    Policy: a job's place is decided when it is created (:func:`fluxserve.fair.place`): by
+    fair share, or by creation time; either way plus ``batch_delay_s`` for jobs nobody waits
+    on (BFL), so a synchronous OpenAI call overtakes recent BFL jobs but not old ones.
+
+    Two lanes: the local queue (engines here), and the jobs an overflow sent to an upstream
+    (``Job.route`` ``upstream``), which only the upstream lane takes.
     """
 
-    def claim_next(self) -> Job | None:
-        """Mark the first queued job running (one more attempt) and return it."""
+    def claim_next(self, route: str | None = None) -> Job | None:
+        """Mark the first queued job of ``route``'s lane (None: the local queue) running (one
+        more attempt) and return it."""
         ...
 
     def peek(self, limit: int) -> list[Job]:
-        """The first ``limit`` queued jobs in queue order, left queued (for batching and for
-        preparing the next job while one runs)."""
+        """The first ``limit`` queued jobs of the local queue in queue order, left queued (for
+        batching and for preparing the next job while one runs)."""
+        ...
+
+    def reroute(self, job_id: str, attempt: int, routing: dict[str, Any]) -> bool:
+        """Put a running job that its upstream did not accept back in the local queue, at its
+        place, with ``routing`` saying why, if ``attempt`` still holds it."""
+        ...
+
+    def local_load(self, model: str, recent: int = 20) -> tuple[int, list[float]]:
+        """``model``'s queued + running jobs on the local queue, and the engine seconds of its
+        last ``recent`` jobs made here (the overflow estimate)."""
         ...
 
     def claim_queued(self, job_id: str, worker: str) -> Job | None:
@@ -282,10 +300,15 @@ class JobDispatch(Protocol):
     """How a worker claims the job it was handed."""
 
     async def run_worker(
-        self, name: str, models: Sequence[str], run: Callable[[str], Awaitable[None]]
+        self,
+        name: str,
+        models: Sequence[str],
+        run: Callable[[str], Awaitable[None]],
+        route: str | None = None,
     ) -> None:
-        """Run one engine worker until cancelled: for each job of ``models`` it is handed,
-        ``await run(job_id)``; on cancellation, finish the current job first."""
+        """Run one engine worker until cancelled: for each job of ``models`` (on ``route``'s
+        lane; None: the local queue) it is handed, ``await run(job_id)``; on cancellation,
+        finish the current job first."""
         ...
 
     async def reap_forever(self, max_attempts: int, ended: Callable[[str], None]) -> None:

@@ -20,11 +20,12 @@ from fluxserve.catalog import BUILTIN_CHECKPOINT, ModelCatalog
 from fluxserve.engines import Engine
 from fluxserve.jobs import JobPolicy, JobService
 from fluxserve.jobs.fleet import EngineWorkers, batch_policy, diffusers_engine, worker_devices, worker_name
+from fluxserve.jobs.routing import OverflowRouter
 from fluxserve.loras import LoraLibrary
 from fluxserve.safety import Moderator
 from fluxserve.settings import Settings
 from fluxserve.upsampling import PromptUpsampler
-from fluxserve.upstreams import with_upstreams
+from fluxserve.upstreams import overflow_engine, with_upstreams
 
 log = logging.getLogger("fluxserve.worker")
 
@@ -45,6 +46,11 @@ class System:
         """The diffusers engine for ``device``, upstream providers in front of it."""
         engine = diffusers_engine(self.settings, self.catalog, device, self.loras)
         return with_upstreams(engine, self.settings, self.catalog)
+
+    def lane(self) -> Engine | None:
+        """The upstream lane's engine (the jobs overflow sends upstream), or None when no
+        model has ``route = "overflow"``."""
+        return overflow_engine(self.settings, self.catalog)
 
     def close(self) -> None:
         """Close the backends and the account store."""
@@ -81,6 +87,8 @@ def build_system(settings: Settings, upsampler: PromptUpsampler | None = None) -
     accounts = open_account_store(settings)
     limits = AccountLimits(max_active_max_models=settings.account_max_active_max_models)
     service.accounting = Accounting(accounts, catalog, limits)
+    if any(e.overflow is not None for e in catalog):
+        service.router = OverflowRouter(catalog, backends.queue, service.accounting)
     loras = LoraLibrary(settings.lora_dirs)
     return System(settings, backends, catalog, service, accounts, loras)
 
@@ -106,7 +114,13 @@ async def _worker_main(settings: Settings) -> int:
     ]
     try:
         workers = EngineWorkers(
-            service, catalog, engines, dispatch, settings.worker_models, batching=batch_policy(settings)
+            service,
+            catalog,
+            engines,
+            dispatch,
+            settings.worker_models,
+            batching=batch_policy(settings),
+            lane=system.lane(),
         )
     except ValueError as exc:
         log.error("%s", exc)

@@ -88,9 +88,15 @@ def spec(protocol: str = "bfl", **kw: Any) -> GenerationSpec:
     return GenerationSpec(**fields)
 
 
-def job(job_id: str, owner: str | None = "k1", created_at: float | None = None, **kw: Any) -> Job:
+def job(
+    job_id: str,
+    owner: str | None = "k1",
+    created_at: float | None = None,
+    routing: dict[str, Any] | None = None,
+    **kw: Any,
+) -> Job:
     """A queued job."""
-    return Job(job_id, JobStatus.QUEUED, spec(**kw), created_at or time.time(), owner=owner)
+    return Job(job_id, JobStatus.QUEUED, spec(**kw), created_at or time.time(), owner=owner, routing=routing)
 
 
 def test_create_get_roundtrip_keeps_every_field(backend: dict[str, Any]) -> None:
@@ -320,6 +326,29 @@ def test_fair_share_weights_and_lanes(backend: dict[str, Any]) -> None:
     first_six = order[1:7]
     assert sum(x.startswith("h") for x in first_six) == 4, order
     assert sorted(order) == sorted(["l-openai"] + [f"l{i}" for i in range(4)] + [f"h{i}" for i in range(4)])
+
+
+def test_overflow_lanes_reroute_and_local_load(backend: dict[str, Any]) -> None:
+    """A job routed upstream waits in its own lane (no local claim or peek sees it); sent back
+    by ``reroute`` it joins the local queue; ``local_load`` counts local jobs and their times."""
+    jobs, queue = backend["jobs"], backend["queue"]
+    up = {"served_by": "upstream:bfl", "reason": "busy", "estimated_wait_s": 9.0}
+    jobs.create(job("local-1", model="flux-dev"))
+    jobs.create(job("up-1", model="flux-dev", routing=up))
+    assert [j.id for j in queue.peek(10)] == ["local-1"] and queue.depth() == 2
+    assert queue.local_load("flux-dev") == (1, [])
+    taken = queue.claim_next("upstream")
+    assert taken is not None and taken.id == "up-1" and taken.routing == up
+    assert queue.claim_next("upstream") is None
+    back = {**up, "served_by": "local", "reason": "not accepted"}
+    assert not queue.reroute("up-1", taken.attempts + 1, back)  # another attempt's: refused
+    assert queue.reroute("up-1", taken.attempts, back)
+    assert jobs.get("up-1").routing == back and jobs.get("up-1").status == JobStatus.QUEUED
+    assert [j.id for j in queue.peek(10)] == ["local-1", "up-1"]
+    first = queue.claim_next()
+    assert first is not None and first.id == "local-1"
+    assert jobs.finish("local-1", first.attempts, JobStatus.READY, result={"files": [], "engine_s": 1.5})
+    assert queue.local_load("flux-dev") == (1, [1.5])
 
 
 def test_storage_put_get_stream_delete(storage: Any) -> None:

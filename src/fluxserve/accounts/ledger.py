@@ -22,6 +22,7 @@ Either refusal is :class:`LimitReached` (429 + ``Retry-After``), naming whose li
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -178,6 +179,21 @@ class Accounting:
     def grant(self, owner: str | None) -> Grant:
         """The caller's grant."""
         return self.store.grant_of(owner)
+
+    def overflow_allowed(self, owner: str | None, spec: GenerationSpec) -> str | None:
+        """Why ``owner``'s job may not overflow to an upstream (its account's daily cap would
+        be passed), or None when it may."""
+        grant = self.store.grant_of(owner)
+        account = self.store.get_account(grant.account)
+        cap = account.overflow_credits_per_day if account else None
+        if cap is None:
+            return None
+        day = time.time() // 86_400 * 86_400
+        spent = self.store.overflow_spent(grant.account, day)
+        cost = self.cost(spec)
+        if spent + cost > cap:
+            return f"account {grant.account!r} reached its overflow cap ({spent:g} of {cap:g} credits today)"
+        return None
 
     def fair_share(self, owner: str | None) -> FairShare:
         """Whose share a new job of ``owner`` draws on: its named account (with the account's

@@ -30,6 +30,10 @@ def parse_scopes(text: str) -> tuple[str, ...]:
     return scopes
 
 
+class AccountError(ValueError):
+    """A request to the account store that cannot be done (unknown account, duplicate name...)."""
+
+
 @dataclass(frozen=True)
 class Account:
     """One account. ``balance`` is in credits (1 credit = 0.01 USD); None: unlimited (no
@@ -44,6 +48,8 @@ class Account:
     weight: float = 1.0
     """Its share of the engines under fair share: weight 2 gets two images for every one of
     an account of weight 1 while both have jobs queued (see :mod:`fluxserve.fair`)."""
+    overflow_credits_per_day: float | None = None
+    """The most credits a day its jobs may send to upstreams by overflow (None: no cap)."""
 
     @property
     def unlimited(self) -> bool:

@@ -1,10 +1,5 @@
-"""Accounts, key grants and the credit ledger in a SQL database (SQLite or PostgreSQL).
-
-The ledger is append-only and every row that changes a balance is written in the same
-transaction as the balance itself, so ``SUM(amount)`` over an account's rows always equals its
-balance. A job has at most one ``hold`` and one ``settle`` or ``release`` (a unique index), so
-an end seen twice changes nothing.
-"""
+"""Accounts and key grants in a SQL database (SQLite or PostgreSQL), beside the credit
+ledger's rows (:mod:`fluxserve.accounts.ledger_rows`), and the SQLite schema of all three."""
 
 from __future__ import annotations
 
@@ -12,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from fluxserve.accounts.ledger_rows import LedgerRows
 from fluxserve.accounts.limits import RateLimiter, RequestCounter, SharedRateLimiter
 from fluxserve.accounts.models import (
     ALL_SCOPES,
@@ -20,9 +16,8 @@ from fluxserve.accounts.models import (
     MAX_WEIGHT,
     MIN_WEIGHT,
     Account,
-    BonusRule,
+    AccountError,
     Grant,
-    LedgerEntry,
 )
 from fluxserve.stores import SqlDatabase
 
@@ -33,7 +28,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     max_active INTEGER,
     rpm        INTEGER,
     created_at REAL NOT NULL,
-    weight     REAL NOT NULL DEFAULT 1
+    weight     REAL NOT NULL DEFAULT 1,
+    overflow_credits_per_day REAL
 );
 CREATE TABLE IF NOT EXISTS account_keys (
     key_id     TEXT PRIMARY KEY,
@@ -61,23 +57,17 @@ SQLITE_COLUMNS = (
     ("account_keys", "max_active", "INTEGER"),
     ("account_keys", "rpm", "INTEGER"),
     ("accounts", "weight", "REAL NOT NULL DEFAULT 1"),
+    ("accounts", "overflow_credits_per_day", "REAL"),
 )
 """Columns added after the accounts tables first shipped; an older SQLite file gains them on
 open (PostgreSQL: a numbered migration, ``fluxserve db upgrade``)."""
 
 
-class AccountError(ValueError):
-    """A request to the store that cannot be done (unknown account, duplicate name...)."""
-
-
-class AccountStore:
-    """Accounts, grants and the ledger over one SQL database."""
+class AccountStore(LedgerRows):
+    """Accounts and the keys' grants, over the database of its ledger (:class:`LedgerRows`)."""
 
     def __init__(self, db: SqlDatabase, prefix: str, placeholder: str, postgres: bool = False) -> None:
-        self._db = db
-        self._prefix = prefix
-        self._p = placeholder
-        self._postgres = postgres
+        super().__init__(db, prefix, placeholder, postgres)
         self._grants: dict[str, tuple[float, Grant]] = {}
         with self._db.transaction() as c:
             c.execute(
@@ -86,11 +76,6 @@ class AccountStore:
                 ),
                 (DEFAULT_ACCOUNT, time.time()),
             )
-
-    def _sql(self, text: str) -> str:
-        for table in ("accounts", "account_keys", "ledger", "jobs"):
-            text = text.replace("{" + table + "}", self._prefix + table)
-        return text.replace("?", self._p)
 
     # accounts -------------------------------------------------------------------------------
 
@@ -159,24 +144,21 @@ class AccountStore:
         assert account is not None
         return account
 
-    def topup(self, name: str, usd: float, bonus: BonusRule) -> tuple[float, float]:
-        """Add ``usd`` (as credits) plus the bonus; returns (credits added, bonus credits).
-        An unlimited account becomes a counted one starting from the top-up."""
-        if usd <= 0:
-            raise AccountError("a top-up is a positive amount of USD")
-        credits = round(usd * 100, 4)
-        extra = bonus.bonus_credits(usd)
-        now = time.time()
+    def set_overflow_cap(self, name: str, credits_per_day: float | None) -> Account:
+        """Cap what an account's jobs may send to upstreams by overflow, in credits a day
+        (None: no cap)."""
+        if credits_per_day is not None and not 0 <= credits_per_day <= MAX_LIMIT:
+            raise AccountError(f"overflow_credits_per_day is a number from 0 to {MAX_LIMIT} (or none)")
         with self._db.transaction() as c:
-            row = self._lock_account(c, name)
-            if row is None:
+            cur = c.execute(
+                self._sql("UPDATE {accounts} SET overflow_credits_per_day = ? WHERE name = ?"),
+                (credits_per_day, name),
+            )
+            if cur.rowcount != 1:
                 raise AccountError(f"no account named {name!r}")
-            if row["balance"] is None:  # accounting starts now: the ledger starts from zero
-                c.execute(self._sql("UPDATE {accounts} SET balance = 0 WHERE name = ?"), (name,))
-            self._append(c, name, None, None, None, "topup", credits, 0.0, now)
-            if extra:
-                self._append(c, name, None, None, None, "bonus", extra, 0.0, now)
-        return credits, extra
+        account = self.get_account(name)
+        assert account is not None
+        return account
 
     # grants ---------------------------------------------------------------------------------
 
@@ -252,176 +234,11 @@ class AccountStore:
         rows = self._db.query(self._sql("SELECT key_id FROM {account_keys} WHERE account = ?"), (account,))
         return [r["key_id"] for r in rows]
 
-    # ledger ---------------------------------------------------------------------------------
-
-    def _lock_account(self, c: Any, name: str) -> Any:
-        sql = "SELECT * FROM {accounts} WHERE name = ?" + (" FOR UPDATE" if self._postgres else "")
-        return c.execute(self._sql(sql), (name,)).fetchone()
-
-    def _append(
-        self,
-        c: Any,
-        account: str,
-        key_id: str | None,
-        job_id: str | None,
-        model: str | None,
-        kind: str,
-        amount: float,
-        cost: float,
-        at: float,
-    ) -> None:
-        c.execute(
-            self._sql(
-                "INSERT INTO {ledger} (account, key_id, job_id, model, kind, amount, cost, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            ),
-            (account, key_id, job_id, model, kind, amount, cost, at),
-        )
-        if amount:
-            c.execute(
-                self._sql("UPDATE {accounts} SET balance = balance + ? WHERE name = ?"), (amount, account)
-            )
-
-    def _open_holds(
-        self, c: Any, account: str, model_suffix: str | None = None, key_id: str | None = None
-    ) -> int:
-        sql = (
-            "SELECT COUNT(*) AS n FROM {ledger} h WHERE h.account = ? AND h.kind = 'hold' AND NOT EXISTS "
-            "(SELECT 1 FROM {ledger} e WHERE e.job_id = h.job_id AND e.kind IN ('settle', 'release'))"
-        )
-        params: tuple[Any, ...] = (account,)
-        if key_id is not None:
-            sql += " AND h.key_id = ?"
-            params += (key_id,)
-        if model_suffix:
-            sql += " AND h.model LIKE ?"
-            params += ("%" + model_suffix,)
-        row = c.execute(self._sql(sql), params).fetchone()
-        return int(row["n"])
-
-    def hold(
-        self,
-        grant: Grant,
-        job_id: str,
-        model: str,
-        cost: float,
-        max_model_active: tuple[str, int] | None = None,
-    ) -> str | None:
-        """Hold ``cost`` credits for a job about to be made, if the account's and the key's
-        limits and the balance allow it. Returns None when held, else why not: ``"active"``,
-        ``"active_model"``, ``"key_active"`` (the key's own ``max_active``) or ``"credits"``.
-        Unlimited accounts record a hold of 0 (and the cost, for usage). The key's count is
-        taken under the account's row lock, like the account's, so concurrent submissions of
-        one key on several nodes never pass its limit."""
-        now = time.time()
-        with self._db.transaction() as c:
-            row = self._lock_account(c, grant.account)
-            if row is None:
-                raise AccountError(f"no account named {grant.account!r}")
-            if row["max_active"] is not None:
-                if self._open_holds(c, grant.account) >= row["max_active"]:
-                    return "active"
-                suffix, limit = max_model_active or ("", 0)
-                if suffix and model.endswith(suffix) and self._open_holds(c, grant.account, suffix) >= limit:
-                    return "active_model"
-            key_limit = grant.max_active
-            if key_limit is not None and self._open_holds(c, grant.account, key_id=grant.key_id) >= key_limit:
-                return "key_active"
-            balance = row["balance"]
-            if balance is not None and balance < cost - 1e-9:
-                return "credits"
-            amount = -cost if balance is not None else 0.0
-            self._append(c, grant.account, grant.key_id, job_id, model, "hold", amount, cost, now)
-        return None
-
-    def end(self, job_id: str, charge: bool) -> bool:
-        """Settle (``charge``) or release a job's hold; False if it has none or ended already."""
-        now = time.time()
-        with self._db.transaction() as c:
-            hold = c.execute(
-                self._sql("SELECT * FROM {ledger} WHERE job_id = ? AND kind = 'hold'"), (job_id,)
-            ).fetchone()
-            if hold is None:
-                return False
-            self._lock_account(c, hold["account"])  # first: concurrent ends of one job queue here
-            done = c.execute(
-                self._sql("SELECT 1 AS one FROM {ledger} WHERE job_id = ? AND kind IN ('settle', 'release')"),
-                (job_id,),
-            ).fetchone()
-            if done is not None:
-                return False
-            kind = "settle" if charge else "release"
-            amount = 0.0 if charge else -float(hold["amount"])
-            self._append(
-                c,
-                hold["account"],
-                hold["key_id"],
-                job_id,
-                hold["model"],
-                kind,
-                amount,
-                float(hold["cost"]),
-                now,
-            )
-        return True
-
-    def balance_check(self, account: str) -> tuple[float | None, float]:
-        """(the account's balance, the sum of its ledger rows): equal for a counted account."""
-        acc = self.get_account(account)
-        rows = self._db.query(
-            self._sql("SELECT COALESCE(SUM(amount), 0) AS s FROM {ledger} WHERE account = ?"), (account,)
-        )
-        return (acc.balance if acc else None), float(rows[0]["s"])
-
-    def entries(
-        self,
-        account: str | None,
-        since: float | None = None,
-        until: float | None = None,
-        kinds: Sequence[str] = (),
-    ) -> list[LedgerEntry]:
-        """Ledger rows, oldest first; of one account (None: all), in ``[since, until)``."""
-        sql = "SELECT * FROM {ledger} WHERE 1 = 1"
-        params: list[Any] = []
-        if account is not None:
-            sql += " AND account = ?"
-            params.append(account)
-        if since is not None:
-            sql += " AND at >= ?"
-            params.append(since)
-        if until is not None:
-            sql += " AND at < ?"
-            params.append(until)
-        if kinds:
-            sql += " AND kind IN (" + ", ".join("?" for _ in kinds) + ")"
-            params.extend(kinds)
-        rows = self._db.query(self._sql(sql + " ORDER BY id"), tuple(params))
-        return [
-            LedgerEntry(
-                int(r["id"]),
-                r["account"],
-                r["key_id"],
-                r["job_id"],
-                r["model"],
-                r["kind"],
-                float(r["amount"]),
-                float(r["cost"]),
-                float(r["at"]),
-            )
-            for r in rows
-        ]
-
     def close(self) -> None:
         """Close the database connection(s) this store opened."""
         close = getattr(self._db, "close", None)
         if close is not None:
             close()
-
-    def active(self, account: str, key_id: str | None = None) -> int:
-        """Jobs of the account (with ``key_id``: of that key of it) holding credits now
-        (queued or running)."""
-        with self._db.transaction() as c:
-            return self._open_holds(c, account, key_id=key_id)
 
     def request_counter(self) -> RequestCounter:
         """The requests-per-minute counter for this database: shared by every API node on
@@ -455,6 +272,7 @@ def _account(r: Any) -> Account:
         r["rpm"],
         float(r["created_at"]),
         float(r["weight"]),
+        None if r["overflow_credits_per_day"] is None else float(r["overflow_credits_per_day"]),
     )
 
 

@@ -1,4 +1,5 @@
-"""Usage reports: the jobs an account was charged for, grouped by model, key or day (UTC).
+"""Usage reports: the jobs an account was charged for, grouped by model, key, day (UTC) or
+where they ran (``served_by``: ``local`` or ``upstream:<name>``, for overflow routing).
 
 Figures come from the ledger's ``settle`` rows (one per charged job): ``jobs`` is how many,
 ``credits`` what they cost at the catalog's prices (also for unlimited accounts, which are
@@ -16,7 +17,8 @@ from typing import Literal
 
 from fluxserve.accounts.store import AccountStore
 
-GroupBy = Literal["model", "key", "day"]
+GroupBy = Literal["model", "key", "day", "served_by"]
+GROUPS: tuple[str, ...] = ("model", "key", "day", "served_by")
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,19 @@ def usage(
     """The charged jobs of ``account`` (None: every account) settled in ``[since, until)``;
     with ``key_id``, only that key's."""
     groups: dict[str, list[float]] = {}
-    for e in store.entries(account, since, until, kinds=("settle",)):
-        if key_id is not None and e.key_id != key_id:
-            continue
+    entries = [
+        e
+        for e in store.entries(account, since, until, kinds=("settle",))
+        if key_id is None or e.key_id == key_id
+    ]
+    served = store.served_by([e.job_id for e in entries if e.job_id]) if group_by == "served_by" else {}
+    for e in entries:
         if group_by == "model":
             name = e.model or "?"
         elif group_by == "key":
             name = e.key_id or "(no key)"
+        elif group_by == "served_by":
+            name = served.get(e.job_id or "", "?")
         else:
             name = datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d")
         acc = groups.setdefault(name, [0, 0.0])

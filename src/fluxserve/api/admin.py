@@ -41,6 +41,9 @@ class AccountInfo(BaseModel):
     max_active: int | None
     rpm: int | None
     weight: float = Field(description="Its share of the engines under fair share (default 1).")
+    overflow_credits_per_day: float | None = Field(
+        default=None, description="The most credits a day overflow may send upstream; null: no cap."
+    )
     active: int
     keys: list[KeyInfo]
 
@@ -61,6 +64,15 @@ class AccountCreate(BaseModel):
     weight: float = Field(
         default=1.0, ge=MIN_WEIGHT, le=MAX_WEIGHT, description="Its share of the engines under fair share."
     )
+
+
+class OverflowCap(BaseModel):
+    """``PUT /v1/admin/accounts/{name}/overflow-cap``: the most credits a day the account's
+    jobs may send to upstreams by overflow routing; null: no cap."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    credits_per_day: float | None = Field(ge=0, le=MAX_LIMIT)
 
 
 class Weight(BaseModel):
@@ -147,6 +159,7 @@ def account_info(state: AppState, account: Account) -> AccountInfo:
         max_active=account.max_active,
         rpm=account.rpm,
         weight=account.weight,
+        overflow_credits_per_day=account.overflow_credits_per_day,
         active=accounting.store.active(account.name),
         keys=keys,
     )
@@ -218,6 +231,17 @@ async def set_weight(name: str, body: Weight, state: AppState = Depends(get_stat
     store = _accounting(state).store
     try:
         account = store.set_weight(name, body.weight)
+    except AccountError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return account_info(state, account)
+
+
+@router.put("/accounts/{name}/overflow-cap", response_model=AccountInfo)
+async def set_overflow_cap(name: str, body: OverflowCap, state: AppState = Depends(get_state)) -> AccountInfo:
+    """Cap (or uncap, with null) what the account's jobs may send upstream by overflow a day."""
+    store = _accounting(state).store
+    try:
+        account = store.set_overflow_cap(name, body.credits_per_day)
     except AccountError as exc:
         raise HTTPException(404, str(exc)) from exc
     return account_info(state, account)

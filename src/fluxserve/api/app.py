@@ -79,9 +79,17 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             for i, d in enumerate(devices[: 1 if engine else None])
         ]
         workers = EngineWorkers(
-            service, catalog, engines, backends.dispatch, settings.worker_models, batch_policy(settings)
+            service,
+            catalog,
+            engines,
+            backends.dispatch,
+            settings.worker_models,
+            batch_policy(settings),
+            lane=system.lane(),
         )
         worker = workers.workers[0]
+        if service.router is not None:
+            service.router.local_workers = workers.local_workers
     else:
         worker = Worker(service, NoEngine(), catalog, name="api")
     state = AppState(

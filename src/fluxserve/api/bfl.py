@@ -232,10 +232,13 @@ def render_result(state: AppState, job: Job, base_url: str) -> ResultResponse:
             result["samples"] = urls
         if "batch" in job.result:  # fluxserve extension: it ran in one pipeline call with others
             result["batch"] = job.result["batch"]
+    details = job.details
+    if job.routing is not None:  # fluxserve extension: where an overflow model's job runs, and why
+        details = {**(details or {}), "served_by": job.routing.get("served_by"), "routing": job.routing}
     return ResultResponse(
         id=job.id,
         status=STATUS_TEXT[job.status],  # type: ignore[arg-type]
         result=result,
         progress=job.progress,
-        details=job.details,
+        details=details,
     )

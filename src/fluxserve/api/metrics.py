@@ -3,8 +3,9 @@
 Series (per process; sum them over API nodes): ``fluxserve_requests_total{method,status}``,
 ``fluxserve_jobs_total{status}`` (jobs ended), ``fluxserve_queue_depth``,
 ``fluxserve_engine_seconds_total`` (start to end of jobs run), ``fluxserve_credits_spent_total``
-(credits of charged jobs, at catalog prices). The route needs a key with the ``admin`` scope
-once keys exist.
+(credits of charged jobs, at catalog prices), ``fluxserve_jobs_routed_total{model,served_by}``
+(overflow decisions, and jobs an upstream did not accept sent back here). The route needs a
+key with the ``admin`` scope once keys exist.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ class Metrics:
             "Credits of charged jobs (1 credit = 0.01 USD).",
             registry=self.registry,
         )
+        self.routed = Counter(
+            "fluxserve_jobs_routed",
+            "Overflow decisions: new jobs of route = 'overflow' models, by where they run.",
+            ["model", "served_by"],
+            registry=self.registry,
+        )
+        state.service.on_routed.append(lambda model, served_by: self.routed.labels(model, served_by).inc())
         queue = Gauge("fluxserve_queue_depth", "Jobs waiting in the queue.", registry=self.registry)
         queue.set_function(lambda: float(state.service.queue.depth()))
 

@@ -38,7 +38,7 @@ class UsageReport(BaseModel):
 async def get_usage(
     from_: str | None = Query(default=None, alias="from", description="Start: unix seconds or ISO 8601."),
     to: str | None = Query(default=None, description="End (exclusive): unix seconds or ISO 8601."),
-    group_by: Literal["model", "key", "day"] = Query(default="model"),
+    group_by: Literal["model", "key", "day", "served_by"] = Query(default="model"),
     format: Literal["json", "csv"] = Query(default="json"),
     account: str | None = Query(default=None, description="Admin keys only: another account's usage."),
     owner: str | None = Depends(bfl_auth),

@@ -25,7 +25,7 @@ from fluxserve.records import (
     WebhookDelivery,
     WebhookTarget,
 )
-from fluxserve.stores import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
+from fluxserve.stores import IDEMPOTENCY_WINDOW_S, REQUEUED_LOCALLY, IdempotencyConflict, gave_up_error
 
 
 @dataclass
@@ -124,14 +124,14 @@ class MemoryJobStore:
         rows.sort(key=lambda r: (r.job.created_at, r.seq), reverse=True)
         return [r.job for r in rows[: max(0, limit)]]
 
-    def _queued(self) -> list[_Row]:
-        rows = [r for r in self._rows.values() if r.job.status == JobStatus.QUEUED]
+    def _queued(self, route: str | None = None) -> list[_Row]:
+        rows = [r for r in self._rows.values() if r.job.status == JobStatus.QUEUED and r.job.route == route]
         return sorted(rows, key=lambda r: (r.sort_at, r.seq))
 
-    def claim_next(self) -> Job | None:
-        """Mark the first queued job running and return it."""
+    def claim_next(self, route: str | None = None) -> Job | None:
+        """Mark the first queued job of ``route``'s lane running and return it."""
         with self._lock:
-            queued = self._queued()
+            queued = self._queued(route)
             if not queued:
                 return None
             return self._start(queued[0])
@@ -164,8 +164,32 @@ class MemoryJobStore:
     def position(self, job_id: str) -> int | None:
         """Queued jobs ahead of this one."""
         with self._lock:
-            ids = [r.job.id for r in self._queued()]
+            row = self._rows.get(job_id)
+            ids = [r.job.id for r in self._queued(row.job.route if row else None)]
             return ids.index(job_id) if job_id in ids else None
+
+    def reroute(self, job_id: str, attempt: int, routing: dict[str, Any]) -> bool:
+        """Put a job its upstream did not accept back in the local queue, if ``attempt``
+        still holds it."""
+        with self._lock:
+            row = self._rows.get(job_id)
+            if row is None or row.job.status != JobStatus.RUNNING or row.job.attempts != attempt:
+                return False
+            row.job = replace(row.job, status=JobStatus.QUEUED, progress=0.0, routing=routing)
+            return True
+
+    def local_load(self, model: str, recent: int = 20) -> tuple[int, list[float]]:
+        """``model``'s queued and running jobs on the local queue, and the engine seconds of
+        its last ``recent`` jobs made here."""
+        with self._lock:
+            mine = [r.job for r in self._rows.values() if r.job.spec.model == model and r.job.route is None]
+        active = sum(1 for j in mine if j.status in (JobStatus.QUEUED, JobStatus.RUNNING))
+        done = sorted(
+            (j for j in mine if j.status == JobStatus.READY and j.result), key=lambda j: -(j.finished_at or 0)
+        )
+        return active, [
+            float(j.result["engine_s"]) for j in done[:recent] if j.result and "engine_s" in j.result
+        ]
 
     def depth(self) -> int:
         """Jobs waiting in the queue."""
@@ -181,8 +205,11 @@ class MemoryJobStore:
                 job = row.job
                 if job.status != JobStatus.RUNNING:
                     continue
-                if job.attempts < max_attempts:
-                    row.job = replace(job, status=JobStatus.QUEUED, progress=0.0)
+                if job.attempts < max_attempts:  # on the local queue: the upstream lane may be gone
+                    routing = job.routing
+                    if job.route is not None:
+                        routing = {**(routing or {}), "served_by": "local", "reason": REQUEUED_LOCALLY}
+                    row.job = replace(job, status=JobStatus.QUEUED, progress=0.0, routing=routing)
                     requeued.append(job.id)
                 else:
                     row.job = replace(

@@ -222,6 +222,29 @@ def accounts_weight(
     err_console.print(f"Account [bold]{name}[/bold] has weight {weight:g}.")
 
 
+@accounts_app.command("overflow-cap")
+def accounts_overflow_cap(
+    name: str,
+    credits: Annotated[
+        str, typer.Argument(help="Credits a day overflow may send to upstreams, or 'none' for no cap.")
+    ],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Cap what the account's jobs may send to upstreams by overflow routing, a day (UTC)."""
+    from fluxserve.accounts.store import AccountError
+
+    _, store = _account_store(data_dir, config)
+    try:
+        cap = None if credits.strip().lower() == "none" else float(credits)
+        store.set_overflow_cap(name, cap)
+    except (AccountError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    shown = "no cap" if cap is None else f"{cap:g} credits a day"
+    err_console.print(f"Account [bold]{name}[/bold]: overflow to upstreams {shown}.")
+
+
 @accounts_app.command("topup")
 def accounts_topup(
     name: str,
@@ -278,18 +301,18 @@ def accounts_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
 def usage(
     from_: Annotated[str | None, typer.Option("--from", help="Start: ISO date/time or unix seconds.")] = None,
     to: Annotated[str | None, typer.Option("--to", help="End (exclusive).")] = None,
-    group_by: Annotated[str, typer.Option("--group-by", help="model, key or day.")] = "model",
+    group_by: Annotated[str, typer.Option("--group-by", help="model, key, day or served_by.")] = "model",
     account: Annotated[str | None, typer.Option("--account", help="One account (default: all).")] = None,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Charged jobs and their cost, grouped by model, key or day (reads the server's database)."""
+    """Charged jobs and their cost, grouped by model, key, day or served_by (reads the database)."""
     from fluxserve.accounts.usage import parse_time, to_csv
     from fluxserve.accounts.usage import usage as usage_rows
 
-    if group_by not in ("model", "key", "day"):
-        err_console.print("[red]error:[/red] --group-by is model, key or day")
+    if group_by not in ("model", "key", "day", "served_by"):
+        err_console.print("[red]error:[/red] --group-by is model, key, day or served_by")
         raise typer.Exit(2)
     _, store = _account_store(data_dir, config)
     try:

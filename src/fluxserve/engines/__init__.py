@@ -15,6 +15,11 @@ class JobCancelled(Exception):
     """Raised inside a run when its job was cancelled; the run stops at the next step."""
 
 
+class NotAccepted(Exception):
+    """Raised by an engine that never took the request on (an upstream that refused it or
+    could not be reached before accepting it): nothing ran, so it may run elsewhere."""
+
+
 class EngineModerated(Exception):
     """Raised by an engine whose provider refused the request or its output (an upstream's
     moderation): the job ends as Request Moderated or Content Moderated, not as Error."""

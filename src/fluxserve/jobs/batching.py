@@ -8,12 +8,17 @@ off, which is the default until a benchmark on the GPU at hand shows that it pay
 Each image still starts from its own seed's noise (one generator per image), so every job gets
 its own image. Batched arithmetic is not bit-for-bit that of a lone run: the same job gives the
 same bytes each time it runs in a batch of the same size and make-up, and differs from its
-lone run by rounding only (the README gives the measured difference).
+lone run by rounding only (docs/models.md#keeping-the-gpu-busy gives the measured difference).
+
+Beside a run, :class:`PrepareNext` prepares the next queued job (its prompt encoded) so the
+engine starts it at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fluxserve.records import Job
@@ -57,3 +62,28 @@ def batch_mates(first: Job, queued: Sequence[Job], limit: int) -> list[Job]:
             if room <= 0:
                 break
     return mates
+
+
+class PrepareNext:
+    """Looks for the next job to prepare, in a daemon thread, from a run's first step on: at
+    most one look at a time and one every ``every_s`` seconds, until one is found."""
+
+    def __init__(self, work: Callable[[], bool], every_s: float = 0.25) -> None:
+        self._work = work
+        self._every_s = every_s
+        self._found = False
+        self._busy = False
+        self._last = -float("inf")
+
+    def __call__(self, done: int, total: int) -> None:
+        """A step callback: after step ``done`` of ``total``, maybe look (in a thread)."""
+        now = time.monotonic()
+        if done < total and not (self._found or self._busy) and now - self._last >= self._every_s:
+            self._busy, self._last = True, now
+            threading.Thread(target=self._run, name="fluxserve-prepare", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._found = self._work()
+        finally:
+            self._busy = False

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from fluxserve.stores import JobDispatch
 
 log = logging.getLogger("fluxserve.worker")
+LANE_SIZE = 4
+"""Jobs the upstream lane of one process runs at once."""
 
 
 def worker_name(device: str, index: int) -> str:
@@ -64,6 +66,8 @@ class EngineWorkers:
         dispatch: JobDispatch | None = None,
         models: Sequence[str] = (),
         batching: BatchPolicy | None = None,
+        lane: Engine | None = None,
+        lane_size: int = LANE_SIZE,
     ) -> None:
         unknown = [m for m in models if catalog.get(m) is None]
         if unknown:
@@ -76,6 +80,23 @@ class EngineWorkers:
         self.workers = [
             Worker(service, engine, catalog, name, self.health, batching) for name, engine in engines
         ]
+        # The upstream lane: the jobs overflow sends to an upstream, several at once (they
+        # wait on the network, not on a GPU); its failures do not make the server unready.
+        self.lane = (
+            [Worker(service, lane, catalog, f"upstream#{i}", route="upstream") for i in range(lane_size)]
+            if lane is not None
+            else []
+        )
+
+    def overflow_models(self) -> list[str]:
+        """Our models with ``route = "overflow"``: the ones the upstream lane takes."""
+        return [m for m in self.models if (e := self.catalog.get(m)) is not None and e.overflow is not None]
+
+    def local_workers(self, model: str) -> int | None:
+        """How many of our workers take ``model`` (None with dispatch: other processes may)."""
+        if self.dispatch is not None:
+            return None
+        return len(self.workers) if model in self.loaded_models() else 0
 
     def checkpoints(self) -> list[str]:
         """The checkpoints our models need, each once."""
@@ -95,6 +116,14 @@ class EngineWorkers:
                     log.error("models %s are unavailable: %s", ", ".join(ids), reason)
                     errors.append(reason)
                     break
+        if self.lane:
+            for model in self.overflow_models():
+                entry = self.catalog.get(model)
+                assert entry is not None and entry.overflow is not None
+                try:
+                    await asyncio.to_thread(self.lane[0].engine.load, entry.overflow.checkpoint)
+                except Exception as exc:  # its jobs then fail over to the local queue
+                    log.error("model %s cannot overflow to its upstream: %s", model, exc)
         if not self.loaded_models():
             return "; ".join(errors) or "no models to serve"
         return None
@@ -108,26 +137,33 @@ class EngineWorkers:
         """Run every worker until cancelled (or stopped, in-process)."""
         dispatch = self.dispatch
         if dispatch is None:
-            await asyncio.gather(*(w.run() for w in self.workers))
+            await asyncio.gather(*(w.run() for w in [*self.workers, *self.lane]))
             return
-        models = self.loaded_models()
+        models, overflow = self.loaded_models(), self.overflow_models()
         await asyncio.gather(
             *(
-                dispatch.run_worker(w.name, models, lambda job_id, w=w: w.run_dispatched(job_id, dispatch))  # type: ignore[misc]
-                for w in self.workers
+                dispatch.run_worker(
+                    w.name,
+                    overflow if w.route else models,
+                    lambda job_id, w=w: w.run_dispatched(job_id, dispatch),  # type: ignore[misc]
+                    w.route,
+                )
+                for w in [*self.workers, *(self.lane if overflow else [])]
             )
         )
 
     def stop(self) -> None:
         """Let in-process workers finish their job and return (dispatched ones stop when
         :meth:`run` is cancelled)."""
-        for w in self.workers:
+        for w in [*self.workers, *self.lane]:
             w.stop()
 
     async def drain(self, timeout_s: float = 60.0) -> None:
         """Wait (up to ``timeout_s``) for generated results still being stored."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(w.drain() for w in self.workers)), timeout_s)
+            await asyncio.wait_for(
+                asyncio.gather(*(w.drain() for w in [*self.workers, *self.lane])), timeout_s
+            )
 
 
 class NoEngine:

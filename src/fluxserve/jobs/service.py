@@ -23,6 +23,7 @@ from PIL import Image
 from fluxserve.accounts import Accounting
 from fluxserve.fair import ANONYMOUS, FairShare
 from fluxserve.jobs.events import JobEvents
+from fluxserve.jobs.routing import OverflowRouter
 from fluxserve.records import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
 from fluxserve.safety import Moderator
 from fluxserve.spec import GenerationSpec
@@ -86,6 +87,10 @@ class JobService:
         self.on_webhook: Callable[[], None] | None = None
         """Called when a webhook becomes due (the dispatcher's wake-up)."""
         self._waiters: dict[str, list[asyncio.Event]] = {}
+        self.router: OverflowRouter | None = None
+        """Where new jobs of ``route = "overflow"`` models run; None: all run here."""
+        self.on_routed: list[Callable[[str, str], None]] = []
+        """Called with (model, served_by) for each overflow decision (metrics)."""
         self.accounting: Accounting | None = None
         """Credits and limits (set by the app factory): a hold at submit, settled or released
         when the job ends; None: no accounting, jobs visible to their own key only."""
@@ -139,6 +144,7 @@ class JobService:
             if mask is not None:
                 mask_key = f"inputs/{job_id}/mask.png"
                 await asyncio.to_thread(self.storage.put, mask_key, mask)
+            routing = self.router.decide(spec, owner) if self.router is not None else None
             job = Job(
                 id=job_id,
                 status=JobStatus.QUEUED,
@@ -146,6 +152,7 @@ class JobService:
                 created_at=time.time(),
                 moderation=audit,
                 owner=owner,
+                routing=routing,
             )
         try:
             stored = self.store.create(job, idempotency, webhook, self._fair_share(owner))
@@ -160,8 +167,18 @@ class JobService:
         if stored.terminal:
             self.job_ended(stored.id)
         else:
+            self.routed(stored)
             self.work_available.set()
         return stored
+
+    def routed(self, job: Job) -> None:
+        """Tell the ``on_routed`` observers where ``job`` runs (overflow models only)."""
+        if job.routing is not None:
+            for observer in self.on_routed:
+                try:
+                    observer(job.spec.model, str(job.routing.get("served_by")))
+                except Exception:
+                    log.exception("an observer of routing decisions failed")
 
     def _fair_share(self, owner: str | None) -> FairShare | None:
         if not self.policy.fair_share:

@@ -18,20 +18,27 @@ import contextlib
 import functools
 import io
 import logging
-import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from PIL import Image
 
 from fluxserve.catalog import ModelCatalog
-from fluxserve.engines import Engine, EngineModerated, EngineRequest, JobCancelled, generate_batch, prefetch
+from fluxserve.engines import (
+    Engine,
+    EngineModerated,
+    EngineRequest,
+    JobCancelled,
+    NotAccepted,
+    generate_batch,
+    prefetch,
+)
 from fluxserve.images import encode_image
-from fluxserve.jobs.batching import PEEK, BatchPolicy, batch_mates
+from fluxserve.jobs.batching import PEEK, BatchPolicy, PrepareNext, batch_mates
 from fluxserve.jobs.service import JobService
 from fluxserve.records import Job, JobStatus
 from fluxserve.safety import Decision
@@ -81,6 +88,7 @@ class Worker:
         name: str = "worker",
         health: WorkerHealth | None = None,
         batching: BatchPolicy | None = None,
+        route: str | None = None,
     ) -> None:
         self.service = service
         self.engine = engine
@@ -89,6 +97,9 @@ class Worker:
         """Shown in logs and recorded in each result it makes (``result.worker``)."""
         self.health = health or WorkerHealth()
         self.batching = batching or BatchPolicy()
+        self.route = route
+        """The lane it takes jobs from: None, the local queue; ``upstream``, the jobs an
+        overflow sent to an upstream (its engine is then the upstream engine)."""
         self._stopping = False
         self._finishing: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_FINISHING)
@@ -112,7 +123,7 @@ class Worker:
         """Loop until stopped: claim the next queued job (with its batch mates) and run it;
         then wait for the last results to be stored."""
         while not self._stopping:
-            job = await self._store_call(self.service.queue.claim_next)
+            job = await self._store_call(functools.partial(self.service.queue.claim_next, self.route))
             if job is None:
                 self.service.work_available.clear()
                 with contextlib.suppress(TimeoutError):
@@ -189,6 +200,14 @@ class Worker:
             self.service.events.start_run(job.id, job.attempts)
         try:
             outputs = await asyncio.to_thread(self._generate, jobs, progress)
+        except NotAccepted as exc:  # nothing ran at the upstream: back to the local queue
+            for job in jobs:
+                if job.route is None:
+                    await self._end(
+                        job, JobStatus.ERROR, details={"error": f"{exc.__class__.__name__}: {exc}"}
+                    )
+                else:
+                    await self._reroute(job, str(exc))
         except JobCancelled:
             for job in jobs:
                 details = {"error": "cancelled", "steps_done": progress["done"], "steps": job.spec.steps}
@@ -240,6 +259,21 @@ class Worker:
         finally:
             self._slots.release()
 
+    async def _reroute(self, job: Job, error: str) -> None:
+        """Send ``job``, which its upstream did not accept, back to the local queue."""
+        routing = {
+            **(job.routing or {}),
+            "served_by": "local",
+            "reason": f"{(job.routing or {}).get('served_by')} did not accept it ({error}): queued here",
+        }
+        store = self.service.queue
+        if await self._store_call(lambda: store.reroute(job.id, job.attempts, routing)):
+            log.warning("job %s: the upstream did not accept it; back in the local queue", job.id)
+            self.service.routed(replace(job, routing=routing))
+            self.service.work_available.set()
+        else:
+            log.warning("job %s was no longer ours to send back (attempt %s)", job.id, job.attempts)
+
     async def _end(self, job: Job, status: JobStatus, **fields: Any) -> None:
         """Record the end of this run of ``job`` and what follows it (waiters, webhook, ledger)."""
         store = self.service.store
@@ -254,7 +288,7 @@ class Worker:
         requests = [self._request(job) for job in jobs]
         first = jobs[0].spec
         last = [0.0]
-        prepare_next = _PrepareNext(lambda: self._prepare_next({j.id for j in jobs}))
+        prepare_next = PrepareNext(lambda: self._prepare_next({j.id for j in jobs}))
 
         def on_step(done: int, total: int) -> None:
             progress["done"] = done
@@ -340,8 +374,9 @@ class Worker:
             if spec.mask_image and with_inputs
             else None
         )
+        overflow = job.route == "upstream" and entry.overflow is not None
         return EngineRequest(
-            checkpoint=entry.checkpoint,
+            checkpoint=entry.overflow.checkpoint if overflow and entry.overflow else entry.checkpoint,
             prompt=spec.prompt,
             width=spec.width,
             height=spec.height,
@@ -391,27 +426,3 @@ class Worker:
             **({"batch": out.batch} if out.batch else {}),
             **out.extras,
         }, decision
-
-
-class _PrepareNext:
-    """Looks for the next job to prepare, in a daemon thread, from a run's first step on: at
-    most one look at a time and one every ``every_s`` seconds, until one is found."""
-
-    def __init__(self, work: Callable[[], bool], every_s: float = 0.25) -> None:
-        self._work = work
-        self._every_s = every_s
-        self._found = False
-        self._busy = False
-        self._last = -float("inf")
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and not (self._found or self._busy) and now - self._last >= self._every_s:
-            self._busy, self._last = True, now
-            threading.Thread(target=self._run, name="fluxserve-prepare", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self._found = self._work()
-        finally:
-            self._busy = False

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from fluxserve.engines import NotAccepted
 from fluxserve.netguard import UrlRefused, fetch_url
 from fluxserve.settings import UpstreamSettings
 
@@ -20,6 +21,11 @@ log = logging.getLogger("fluxserve.upstreams")
 
 class UpstreamError(Exception):
     """An upstream failed (down, refused, errored, too slow); the message is the job's error."""
+
+
+class UpstreamNotAccepted(UpstreamError, NotAccepted):
+    """An upstream failed before it accepted the job (unreachable, or it refused the
+    submission): nothing ran there, so the job may run elsewhere."""
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
@@ -48,6 +54,9 @@ class UpstreamCall:
     allow_private_urls: bool
     max_download_bytes: int
     started: float = field(default_factory=time.monotonic)
+    accepted: bool = False
+    """Whether a submission reached the upstream (answered 2xx, or sent and then cut off):
+    from then on a failure may have run there, so it is not :class:`UpstreamNotAccepted`."""
 
     def __post_init__(self) -> None:
         self.host = httpx.URL(self.settings.base_url).host
@@ -111,6 +120,7 @@ class UpstreamCall:
                 reason = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
                 sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 if method != "GET" and sent:  # it may have run there: no second one (no double charge)
+                    self.accepted = True
                     raise UpstreamError(
                         f"upstream {self.name!r}: the connection failed during {method} {url} ({reason})"
                     ) from exc
@@ -137,6 +147,8 @@ class UpstreamCall:
                     )
                 await self.wait(self.backoff(failures), f"HTTP {response.status_code}")
                 continue
+            if method != "GET" and response.is_success:
+                self.accepted = True
             return response
 
     async def download(self, url: str) -> bytes:

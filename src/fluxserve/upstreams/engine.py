@@ -23,7 +23,7 @@ from fluxserve.engines import (
 from fluxserve.engines.sources import CheckpointError
 from fluxserve.settings import UpstreamSettings
 from fluxserve.upstreams import bfl, openai
-from fluxserve.upstreams.call import UpstreamCall, UpstreamError
+from fluxserve.upstreams.call import UpstreamCall, UpstreamError, UpstreamNotAccepted
 
 if TYPE_CHECKING:
     from fluxserve.settings import Settings
@@ -90,7 +90,12 @@ class UpstreamEngine:
             finally:
                 await call.aclose()
 
-        blobs, extras = asyncio.run(_until_cancelled(go(), cancelled))
+        try:
+            blobs, extras = asyncio.run(_until_cancelled(go(), cancelled))
+        except UpstreamError as exc:
+            if call.accepted or isinstance(exc, UpstreamNotAccepted):
+                raise
+            raise UpstreamNotAccepted(str(exc)) from exc
         images = []
         for data in blobs:
             try:
@@ -155,6 +160,15 @@ class RoutingEngine:
         return prefetch(self._engine(request.checkpoint), request)
 
 
+def _upstream_engine(settings: Settings, prices: dict[str, float]) -> UpstreamEngine:
+    return UpstreamEngine(
+        settings.upstreams,
+        prices,
+        allow_private_urls=settings.allow_private_urls,
+        max_download_bytes=settings.max_input_bytes * 4,
+    )
+
+
 def with_upstreams(engine: Engine, settings: Settings, catalog: ModelCatalog) -> Engine:
     """``engine``, routed beside an :class:`UpstreamEngine` when the catalog forwards models."""
     prices = {
@@ -164,10 +178,15 @@ def with_upstreams(engine: Engine, settings: Settings, catalog: ModelCatalog) ->
     }
     if not prices:
         return engine
-    upstream = UpstreamEngine(
-        settings.upstreams,
-        prices,
-        allow_private_urls=settings.allow_private_urls,
-        max_download_bytes=settings.max_input_bytes * 4,
-    )
-    return RoutingEngine(engine, upstream)
+    return RoutingEngine(engine, _upstream_engine(settings, prices))
+
+
+def overflow_engine(settings: Settings, catalog: ModelCatalog) -> UpstreamEngine | None:
+    """The engine of the upstream lane (the jobs that overflow sends to an upstream), or None
+    when no model has ``route = "overflow"``."""
+    prices = {
+        e.overflow.checkpoint: e.upstream_price if e.upstream_price is not None else e.price
+        for e in catalog
+        if e.overflow is not None
+    }
+    return _upstream_engine(settings, prices) if prices else None

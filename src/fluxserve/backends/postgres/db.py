@@ -139,12 +139,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX fluxserve_key_requests_at ON fluxserve_key_requests (at);
     """,
     # 5: fair share (fluxserve.fair: each job's flow and start/end tags; each account's weight)
+    # and overflow routing (each job's lane and routing decision; each account's daily cap)
     """
     ALTER TABLE fluxserve_jobs ADD COLUMN fair_flow TEXT, ADD COLUMN fair_start DOUBLE PRECISION,
-        ADD COLUMN fair_end DOUBLE PRECISION;
+        ADD COLUMN fair_end DOUBLE PRECISION, ADD COLUMN route TEXT, ADD COLUMN routing JSONB;
     CREATE INDEX fluxserve_jobs_fair_clock ON fluxserve_jobs (fair_start);
     CREATE INDEX fluxserve_jobs_fair_flow ON fluxserve_jobs (fair_flow, fair_end);
-    ALTER TABLE fluxserve_accounts ADD COLUMN weight DOUBLE PRECISION NOT NULL DEFAULT 1;
+    ALTER TABLE fluxserve_accounts ADD COLUMN weight DOUBLE PRECISION NOT NULL DEFAULT 1,
+        ADD COLUMN overflow_credits_per_day DOUBLE PRECISION;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -45,9 +45,10 @@ PRIORITY_EPOCH = 1_735_689_600
 REAPER_LOCK = 742052
 
 
-def queue_name(model: str) -> str:
-    """The procrastinate queue of a model's jobs."""
-    return f"fluxserve.{model}"
+def queue_name(model: str, route: str | None = None) -> str:
+    """The procrastinate queue of a model's jobs (``route`` upstream: those its overflow sends
+    to the upstream, which the upstream lanes take)."""
+    return f"fluxserve.{model}" if route is None else f"fluxserve.{route}.{model}"
 
 
 def priority(sort_at: float) -> int:
@@ -70,7 +71,7 @@ class DispatchingJobStore(PostgresJobStore):
         self._deferrer.job_manager.defer_job(
             procrastinate_jobs.Job(
                 id=None,
-                queue=queue_name(job.spec.model),
+                queue=queue_name(job.spec.model, job.route),
                 priority=priority(where.sort_at),
                 lock=None,
                 queueing_lock=None,
@@ -120,12 +121,16 @@ class ProcrastinateDispatch:
         return App(connector=PsycopgConnector(conninfo=self.url, min_size=1, max_size=pool_size))
 
     async def run_worker(
-        self, name: str, models: Sequence[str], run: Callable[[str], Awaitable[None]]
+        self,
+        name: str,
+        models: Sequence[str],
+        run: Callable[[str], Awaitable[None]],
+        route: str | None = None,
     ) -> None:
         """Run one engine worker until cancelled (then it finishes its job and unregisters):
         take jobs of ``models`` only, one at a time, and ``await run(job_id)`` for each. If it
         stops otherwise (the database went away), it starts again after a pause."""
-        queues = [queue_name(m) for m in models]
+        queues = [queue_name(m, route) for m in models]
         while True:
             app = self._app(pool_size=4)
 

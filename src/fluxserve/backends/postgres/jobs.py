@@ -54,6 +54,7 @@ def _row_to_job(r: dict[str, Any]) -> Job:
         details=r["details"],
         moderation=r["moderation"],
         owner=r["owner"],
+        routing=r["routing"],
     )
 
 
@@ -120,7 +121,8 @@ class PostgresJobStore:
             c.execute(
                 "INSERT INTO fluxserve_jobs (id, status, model, protocol, spec, created_at, sort_at,"
                 " progress, result, details, moderation, owner, finished_at, fair_flow, fair_start,"
-                " fair_end) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " fair_end, route, routing)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     job.id,
                     job.status.value,
@@ -138,6 +140,8 @@ class PostgresJobStore:
                     where.flow,
                     where.start,
                     where.end,
+                    job.route,
+                    _json(job.routing),
                 ),
             )
             if webhook is not None:
@@ -204,22 +208,25 @@ class PostgresJobStore:
         )
         return [_row_to_job(r) for r in rows]
 
-    def claim_next(self) -> Job | None:
-        """Claim the first queued job; concurrent workers skip rows another one is claiming."""
+    def claim_next(self, route: str | None = None) -> Job | None:
+        """Claim the first queued job of ``route``'s lane; concurrent workers skip rows another
+        one is claiming."""
         with self._db.transaction() as c:
             row = c.execute(
                 "UPDATE fluxserve_jobs SET status = 'running', attempts = attempts + 1,"
                 " started_at = %s, progress = 0 WHERE id = ("
-                "  SELECT id FROM fluxserve_jobs WHERE status = 'queued' ORDER BY sort_at, seq"
+                "  SELECT id FROM fluxserve_jobs WHERE status = 'queued'"
+                "  AND route IS NOT DISTINCT FROM %s::text ORDER BY sort_at, seq"
                 "  LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING *",
-                (time.time(),),
+                (time.time(), route),
             ).fetchone()
         return _row_to_job(row) if row else None
 
     def peek(self, limit: int) -> list[Job]:
-        """The first ``limit`` queued jobs, left queued."""
+        """The first ``limit`` queued jobs of the local queue, left queued."""
         rows = self._db.query(
-            "SELECT * FROM fluxserve_jobs WHERE status = 'queued' ORDER BY sort_at, seq LIMIT %s",
+            "SELECT * FROM fluxserve_jobs WHERE status = 'queued' AND route IS NULL"
+            " ORDER BY sort_at, seq LIMIT %s",
             (max(0, limit),),
         )
         return [_row_to_job(r) for r in rows]
@@ -249,11 +256,40 @@ class PostgresJobStore:
         """Queued jobs ahead of this one."""
         rows = self._db.query(
             "SELECT (SELECT count(*) FROM fluxserve_jobs q WHERE q.status = 'queued'"
-            " AND (q.sort_at, q.seq) < (j.sort_at, j.seq)) AS pos"
+            " AND q.route IS NOT DISTINCT FROM j.route AND (q.sort_at, q.seq) < (j.sort_at, j.seq)) AS pos"
             " FROM fluxserve_jobs j WHERE j.id = %s AND j.status = 'queued'",
             (job_id,),
         )
         return int(rows[0]["pos"]) if rows else None
+
+    def reroute(self, job_id: str, attempt: int, routing: dict[str, Any]) -> bool:
+        """Put a job its upstream did not accept back in the local queue, at its place, if
+        ``attempt`` still holds it (with dispatch: a task on its model's queue, same transaction)."""
+        with self._db.transaction() as c:
+            row = c.execute(
+                "UPDATE fluxserve_jobs SET status = 'queued', progress = 0, route = NULL, routing = %s"
+                " WHERE id = %s AND status = 'running' AND attempts = %s RETURNING *",
+                (Jsonb(routing), job_id, attempt),
+            ).fetchone()
+            if row is None:
+                return False
+            self._enqueued(c, _row_to_job(row), Place(float(row["sort_at"])))
+        return True
+
+    def local_load(self, model: str, recent: int = 20) -> tuple[int, list[float]]:
+        """``model``'s queued and running jobs on the local queue, and the engine seconds of
+        its last ``recent`` jobs made here."""
+        active = self._db.query(
+            "SELECT count(*) AS n FROM fluxserve_jobs WHERE model = %s AND route IS NULL"
+            " AND status IN ('queued', 'running')",
+            (model,),
+        )[0]["n"]
+        rows = self._db.query(
+            "SELECT (result->>'engine_s')::float AS s FROM fluxserve_jobs WHERE model = %s"
+            " AND route IS NULL AND status = 'ready' ORDER BY finished_at DESC LIMIT %s",
+            (model, recent),
+        )
+        return int(active), [float(r["s"]) for r in rows if r["s"] is not None]
 
     def depth(self) -> int:
         """Jobs waiting in the queue."""

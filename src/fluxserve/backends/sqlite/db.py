@@ -75,6 +75,8 @@ MIGRATIONS = (
     ("jobs", "fair_flow", "TEXT"),
     ("jobs", "fair_start", "REAL"),
     ("jobs", "fair_end", "REAL"),
+    ("jobs", "route", "TEXT"),
+    ("jobs", "routing", "TEXT"),
 )
 INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, sort_at);

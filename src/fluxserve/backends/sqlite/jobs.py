@@ -13,7 +13,7 @@ from fluxserve.backends.sqlite.db import Database
 from fluxserve.fair import FairShare, place
 from fluxserve.records import IdempotencyClaim, Job, JobStatus, Recovery, WebhookTarget
 from fluxserve.spec import GenerationSpec
-from fluxserve.stores import IDEMPOTENCY_WINDOW_S, IdempotencyConflict, gave_up_error
+from fluxserve.stores import IDEMPOTENCY_WINDOW_S, REQUEUED_LOCALLY, IdempotencyConflict, gave_up_error
 
 CANCELLED = json.dumps({"error": "cancelled", "steps_done": 0})
 
@@ -52,6 +52,7 @@ def _row_to_job(r: sqlite3.Row) -> Job:
         details=json.loads(r["details"]) if r["details"] else None,
         moderation=json.loads(r["moderation"]) if r["moderation"] else None,
         owner=r["api_key_id"],
+        routing=json.loads(r["routing"]) if r["routing"] else None,
     )
 
 
@@ -104,7 +105,7 @@ class SQLiteJobStore:
             c.execute(
                 "INSERT INTO jobs (id, status, model, protocol, spec, created_at, sort_at, progress,"
                 " result, details, moderation, api_key_id, finished_at, fair_flow, fair_start,"
-                " fair_end) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " fair_end, route, routing) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job.id,
                     job.status.value,
@@ -122,6 +123,8 @@ class SQLiteJobStore:
                     where.flow,
                     where.start,
                     where.end,
+                    job.route,
+                    _dumps(job.routing),
                 ),
             )
             if webhook is not None:
@@ -146,12 +149,14 @@ class SQLiteJobStore:
         )
         return [_row_to_job(r) for r in rows]
 
-    def claim_next(self) -> Job | None:
-        """Mark the first queued job (by place in the queue) running and return it."""
+    def claim_next(self, route: str | None = None) -> Job | None:
+        """Mark the first queued job of ``route``'s lane (by place in the queue) running and
+        return it."""
         with self._db.transaction() as c:
             row = c.execute(
-                "SELECT id FROM jobs WHERE status = 'queued'"
-                " ORDER BY COALESCE(sort_at, created_at), rowid LIMIT 1"
+                "SELECT id FROM jobs WHERE status = 'queued' AND route IS ?"
+                " ORDER BY COALESCE(sort_at, created_at), rowid LIMIT 1",
+                (route,),
             ).fetchone()
             if row is None:
                 return None
@@ -164,9 +169,9 @@ class SQLiteJobStore:
         return _row_to_job(r)
 
     def peek(self, limit: int) -> list[Job]:
-        """The first ``limit`` queued jobs, left queued."""
+        """The first ``limit`` queued jobs of the local queue, left queued."""
         rows = self._db.query(
-            "SELECT * FROM jobs WHERE status = 'queued'"
+            "SELECT * FROM jobs WHERE status = 'queued' AND route IS NULL"
             " ORDER BY COALESCE(sort_at, created_at), rowid LIMIT ?",
             (max(0, limit),),
         )
@@ -188,13 +193,39 @@ class SQLiteJobStore:
     def position(self, job_id: str) -> int | None:
         """Queued jobs ahead of this one."""
         rows = self._db.query(
-            "SELECT (SELECT COUNT(*) FROM jobs q WHERE q.status = 'queued' AND"
-            " (COALESCE(q.sort_at, q.created_at) < COALESCE(j.sort_at, j.created_at) OR"
+            "SELECT (SELECT COUNT(*) FROM jobs q WHERE q.status = 'queued' AND q.route IS j.route"
+            " AND (COALESCE(q.sort_at, q.created_at) < COALESCE(j.sort_at, j.created_at) OR"
             " (COALESCE(q.sort_at, q.created_at) = COALESCE(j.sort_at, j.created_at)"
             " AND q.rowid < j.rowid))) AS pos FROM jobs j WHERE j.id = ? AND j.status = 'queued'",
             (job_id,),
         )
         return int(rows[0]["pos"]) if rows else None
+
+    def reroute(self, job_id: str, attempt: int, routing: dict[str, Any]) -> bool:
+        """Put a job its upstream did not accept back in the local queue, at its place, if
+        ``attempt`` still holds it."""
+        with self._db.transaction() as c:
+            cur = c.execute(
+                "UPDATE jobs SET status = 'queued', progress = 0, route = NULL, routing = ?"
+                " WHERE id = ? AND status = 'running' AND attempts = ?",
+                (json.dumps(routing), job_id, attempt),
+            )
+        return cur.rowcount == 1
+
+    def local_load(self, model: str, recent: int = 20) -> tuple[int, list[float]]:
+        """``model``'s queued and running jobs on the local queue, and the engine seconds of
+        its last ``recent`` jobs made here."""
+        active = self._db.query(
+            "SELECT COUNT(*) AS n FROM jobs WHERE model = ? AND route IS NULL"
+            " AND status IN ('queued', 'running')",
+            (model,),
+        )[0]["n"]
+        rows = self._db.query(
+            "SELECT json_extract(result, '$.engine_s') AS s FROM jobs WHERE model = ?"
+            " AND route IS NULL AND status = 'ready' ORDER BY finished_at DESC LIMIT ?",
+            (model, recent),
+        )
+        return int(active), [float(r["s"]) for r in rows if r["s"] is not None]
 
     def depth(self) -> int:
         """Jobs waiting in the queue."""
@@ -207,8 +238,13 @@ class SQLiteJobStore:
             rows = c.execute("SELECT id, attempts FROM jobs WHERE status = 'running'").fetchall()
             requeued = [r["id"] for r in rows if r["attempts"] < max_attempts]
             failed = [r["id"] for r in rows if r["attempts"] >= max_attempts]
-            for job_id in requeued:
-                c.execute("UPDATE jobs SET status = 'queued', progress = 0 WHERE id = ?", (job_id,))
+            for job_id in requeued:  # on the local queue: the upstream lane may be gone
+                c.execute(
+                    "UPDATE jobs SET status = 'queued', progress = 0, route = NULL, routing = CASE"
+                    " WHEN route IS NULL THEN routing ELSE json_set(routing, '$.served_by', 'local',"
+                    " '$.reason', ?) END WHERE id = ?",
+                    (REQUEUED_LOCALLY, job_id),
+                )
             for r in rows:
                 if r["id"] in failed:
                     details = {"error": gave_up_error(r["attempts"])}

@@ -51,6 +51,9 @@ function galleryCard(job) {
   if (job.input_images) rows.push(["Inputs", `${job.input_images} image${job.input_images > 1 ? "s" : ""}`]);
   if (ready) rows.push(["Time", `${secs(job.result.duration)} (queue ${secs(t.queue_s)}, engine ${secs(t.engine_s)}, encode ${secs(t.encode_s)})`]);
   if (job.cost !== null) rows.push(["Cost", money(job.cost)]);
+  // Overflow models: where the job ran (here, or at an upstream while the GPU was busy), and why.
+  const routing = job.details && job.details.routing;
+  if (routing && routing.served_by) rows.push(["Served by", `${routing.served_by}: ${routing.reason || ""}`]);
   rows.push(["Made", new Date(job.created_at * 1000).toLocaleString()]);
   const codeButton = (label, make) => el("button", {
     type: "button", class: "small secondary", text: label,

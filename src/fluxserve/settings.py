@@ -264,6 +264,9 @@ class Settings(BaseModel):
     """Queue policy: a job nobody waits on (BFL) takes its place in the queue this many seconds
     after it was made, so synchronous OpenAI calls overtake recent BFL jobs but not old ones
     (with ``fair_share``, seconds of the fair clock: one image is one second)."""
+    overflow_concurrency: int = Field(default=16, ge=1, le=256)
+    """Jobs of ``route = "overflow"`` models that one process runs at their upstream at once
+    (the upstream lane; BFL lets an account run 24 tasks at a time)."""
     fair_share: bool = True
     """Queue policy: the next job is taken by account, round-robin with the accounts'
     weights (keys without an account count as their own), so one account's batch does not

@@ -121,6 +121,7 @@ async def _worker_main(settings: Settings) -> int:
             settings.worker_models,
             batching=batch_policy(settings),
             lane=system.lane(),
+            lane_size=settings.overflow_concurrency,
         )
     except ValueError as exc:
         log.error("%s", exc)

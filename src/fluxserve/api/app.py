@@ -86,6 +86,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             settings.worker_models,
             batch_policy(settings),
             lane=system.lane(),
+            lane_size=settings.overflow_concurrency,
         )
         worker = workers.workers[0]
         if service.router is not None:

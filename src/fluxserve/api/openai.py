@@ -46,7 +46,7 @@ from fluxserve.catalog import ModelEntry
 from fluxserve.embedded.grammar import fit
 from fluxserve.images import InputImageError
 from fluxserve.jobs import Job, QueueFull
-from fluxserve.spec import MAX_EDIT_IMAGES, SpecError, SpecOptions, build_spec, check_input_count
+from fluxserve.spec import MAX_EDIT_IMAGES, SpecError, SpecOptions, check_input_count, check_options
 from fluxserve.stores import IdempotencyConflict
 
 router = APIRouter(tags=["OpenAI Images API"])
@@ -134,11 +134,10 @@ async def _run(
     check_gpt_image_options(entry.id, opts, len(refs))
     options = _options(opts, entry)
     try:
-        loras = state.loras.names()
-        build_spec(entry, options, loras=loras)  # cheap checks first: no image is fetched
+        checked = check_options(entry, options, state.loras.names())  # before any fetch
         check_input_count(entry, len(refs), "image")  # the model's limit, before any fetch
         inputs = await load_inputs(refs, input_limits(state.limits, entry.id, opts.input_fidelity))
-        spec = build_spec(entry, options, [image_size(i) for i in inputs], loras)
+        spec = checked.build([image_size(i) for i in inputs])  # the request's one spec
         mask = await load_mask(mask_ref, image_size(inputs[0]), state.limits) if mask_ref else None
         digests = [hashlib.sha256(i).hexdigest() for i in [*inputs, *([mask] if mask else [])]]
         claim = idempotency_claim(request, [payload, digests])

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from fluxserve.stores import JobDispatch
 
 log = logging.getLogger("fluxserve.worker")
-LANE_SIZE = 4
-"""Jobs the upstream lane of one process runs at once."""
+LANE_SIZE = 16
+"""Jobs the upstream lane of one process runs at once (setting ``overflow_concurrency``)."""
 
 
 def worker_name(device: str, index: int) -> str:

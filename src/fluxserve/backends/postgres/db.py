@@ -14,7 +14,29 @@ from typing import Any
 from procrastinate.schema import SchemaManager
 from psycopg import Connection
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
+
+from fluxserve.backends.sql_dialect import Dialect
+
+POSTGRES = Dialect(
+    placeholder="%s",
+    prefix="fluxserve_",  # the database may be shared with other applications (and procrastinate)
+    owner_column="owner",
+    row_order="seq",
+    null_safe_eq="IS NOT DISTINCT FROM",
+    text_cast="::text",
+    sort_nullable=False,
+    encode_json=Jsonb,  # JSONB columns; psycopg decodes them on reading
+    decode_json=lambda value: value,
+    json_number="({column}->>'{key}')::float",
+    lock_rows=" FOR UPDATE",
+    skip_locked=" FOR UPDATE SKIP LOCKED",  # workers on many machines claim from one table
+    returning=True,
+    worker_column=True,
+    flow_lock="SELECT pg_advisory_xact_lock(hashtext(?))",
+)
+"""How the stores speak to this database."""
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: jobs (store and queue), webhooks, idempotency keys, API keys

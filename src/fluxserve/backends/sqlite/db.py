@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from fluxserve.backends.sql_dialect import Dialect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -83,6 +87,30 @@ CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, sort_at);
 CREATE INDEX IF NOT EXISTS jobs_fair_clock ON jobs (fair_start);
 CREATE INDEX IF NOT EXISTS jobs_fair_flow ON jobs (fair_flow, fair_end);
 """
+
+
+def _loads(value: str | None) -> Any:
+    return json.loads(value) if value else None
+
+
+SQLITE = Dialect(
+    placeholder="?",
+    prefix="",
+    owner_column="api_key_id",
+    row_order="rowid",
+    null_safe_eq="IS",
+    text_cast="",
+    sort_nullable=True,  # rows from before sort_at existed (it was added by a migration)
+    encode_json=json.dumps,  # JSON lives in TEXT columns
+    decode_json=_loads,
+    json_number="json_extract({column}, '$.{key}')",
+    lock_rows="",  # BEGIN IMMEDIATE: a write transaction is alone
+    skip_locked="",
+    returning=False,  # RETURNING needs SQLite 3.35; older ones are still in use
+    worker_column=False,  # one process: nothing to name
+    flow_lock=None,
+)
+"""How the stores speak to this database."""
 
 
 class Database:

@@ -429,6 +429,15 @@ def test_dispatch_follows_the_queue_policy_and_upgrades_keep_waiting_jobs(
         ("sync", "fluxserve.flux-dev"),
         ("batch", "fluxserve.flux-dev"),
     ]
+    # Fair share: every node defers by the same shared tags, so procrastinate's order (what
+    # workers on any node take next) interleaves two accounts.
+    from fluxserve.fair import FairShare
+
+    for name in ("a0", "a1", "a2"):
+        store.create(job(name, "openai", now + 2), fair=FairShare("account:a"))
+    store.create(job("b0", "openai", now + 2), fair=FairShare("account:b"))  # arrives with a0
+    fair_order = [r[0] for r in rows(url, order) if r[0] in ("a0", "a1", "a2", "b0")]
+    assert fair_order == ["a0", "b0", "a1", "a2"], fair_order
     # A job that overflow sends upstream waits on the upstream lanes' queue; sent back (its
     # upstream did not accept it), it gets a task on its model's queue, in the same transaction.
     routed = Job(

@@ -20,11 +20,11 @@ import uvicorn
 from PIL import Image
 
 from conftest import free_port
-from fluxserve.api.app import create_app
 from fluxserve.engines import EngineRequest
 from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
 from fluxserve.jobs.batching import BatchPolicy, batch_key, batch_mates
 from fluxserve.records import Job, JobStatus
+from fluxserve.server import create_app
 from fluxserve.settings import Settings
 from fluxserve.spec import GenerationSpec, LoraRef
 

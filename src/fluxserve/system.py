@@ -1,9 +1,9 @@
 """The one place that wires the system: settings in, the job service with its policy and
 accounting, and the backends, catalog and LoRAs it stands on, out.
 
-The server (:func:`fluxserve.api.app.create_app`) and ``fluxserve worker``
-(:func:`run_worker_process`) both build theirs with :func:`build_system`, so the two never
-drift apart.
+The server (:func:`fluxserve.api.app.create_app`, which :func:`fluxserve.server.create_app`
+extends) and ``fluxserve worker`` (:func:`run_worker_process`) both build theirs with
+:func:`build_system`, so the two never drift apart.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The app factory: settings in, a FastAPI app out (backends, service, engine, worker included)."""
+"""The API's app factory: settings in, a FastAPI app out (backends, service, engine, worker
+included). The server adds the playground page on top (:func:`fluxserve.server.create_app`)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def _upsampler(settings: Settings) -> PromptUpsampler:
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """Build the app. ``engine`` defaults to the diffusers FLUX engine."""
+    """Build the API (every route but the playground page). ``engine`` defaults to the diffusers
+    FLUX engine."""
     from fluxserve.engines.checkpoints import apply_checkpoint_defaults
 
     if settings.auth == "none" and not settings.loopback_only:
@@ -189,9 +191,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(make_router(list(catalog)))
     app.include_router(jobs_router)
     app.include_router(service_router)
-    from fluxserve.web import router as web_router  # here: the page's routes import api.auth
-
-    app.include_router(web_router)  # the playground page at /
     app.include_router(loras_router)
     app.include_router(admin_router)
     app.include_router(usage_router)

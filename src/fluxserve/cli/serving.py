@@ -50,8 +50,8 @@ def serve(
     with server_imports():
         import uvicorn
 
-        from fluxserve.api import create_app
         from fluxserve.backends import open_key_store
+        from fluxserve.server import create_app
 
     settings = load_settings(
         config,

@@ -23,11 +23,12 @@ CKPT = embedded_checkpoint()
 
 
 # The shipped autoencoder's round trip on the first 40 scenes of the bench set (seed 5), less one
-# scene for float differences between machines. The sharpened decoder (layers_per_block 2)
-# scores shape 0.875 there, the one it replaced (layers_per_block 1) 0.675, so this fails on
-# that one. The gate, shape >= 95 % on the 120-scene set of bench/vae_roundtrip.py, is
-# not reached yet; raise this floor with each better decoder.
-SHAPE_FLOOR = 0.85
+# scene for float differences between machines. The shipped decoder (layers_per_block 2, 3,222
+# more steps with --hard-share 0.35) scores shape 0.925 there; the two before it 0.875 (the
+# first sharpened one) and 0.675 (layers_per_block 1), so this fails on both. The gate,
+# shape >= 95 % on the 120-scene set of bench/vae_roundtrip.py, is not reached yet; raise this
+# floor with each better decoder.
+SHAPE_FLOOR = 0.9
 
 
 def test_shipped_round_trip_keeps_shape() -> None:

@@ -274,10 +274,11 @@ def test_bad_values_and_moderation_in_words(page: Any) -> None:
 
 
 def test_queue_position_then_cancel(page: Any, server: Server) -> None:
-    # Keep the worker busy, so that the page's job waits in the queue.
+    # Keep the worker busy, so that the page's job waits in the queue for several of the page's
+    # position refreshes (2.5 s each; a 50-step job of the embedded model takes about 0.6 s).
     busy = [
         httpx.post(f"{server.base_url}/v1/{MODEL}", json={"prompt": "a blue disc", "steps": 50}).json()["id"]
-        for _ in range(4)
+        for _ in range(12)
     ]
     page.fill("#prompt", "a yellow triangle")
     open_advanced(page, steps=50)

@@ -60,9 +60,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import torch  # noqa: E402
 from cudacheck import checks  # noqa: E402
-from cudacheck.models import FULL, TINY, Checkpoints  # noqa: E402
+from cudacheck.models import Checkpoints  # noqa: E402
 from cudacheck.report import Report, peak_gib  # noqa: E402
 from cudacheck.serving import check_serve  # noqa: E402
+from gpubench.configs import FULL, TINY  # noqa: E402
 
 Check = Callable[[checks.Run, list[dict[str, Any]], argparse.Namespace], None]
 

@@ -1,9 +1,9 @@
 """FLUX architectures from their published configs, built with random weights and saved as
 diffusers directories (nothing can be downloaded on the GPU machine), and random LoRAs for them.
 
-The configs are those of ``bench/gpu.py`` (issue 12), which cites where each comes from; they are
-repeated here so that this check does not depend on that script's layout. ``TINY`` is the same
-shapes scaled down for ``--tiny`` on the CPU.
+The configs, the module maker and the Qwen3 word tokenizer are the GPU benchmark's
+(:mod:`gpubench.configs`, which cites where each config comes from, and :mod:`gpubench.builders`);
+``TINY`` is the same shapes scaled down for ``--tiny`` on the CPU.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-import string
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,224 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gpubench import GIB
+from gpubench.builders import make_module, word_tokenizer
+from gpubench.configs import FLUX1_DEV_SCHEDULER, FULL
 
-GIB = 1024**3
-
-# black-forest-labs/FLUX.1-dev transformer/config.json (Kontext-dev's is the same).
-FLUX1_TRANSFORMER = dict(
-    patch_size=1,
-    in_channels=64,
-    out_channels=None,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
-# black-forest-labs/FLUX.1-dev vae/config.json.
-FLUX1_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[128, 256, 512, 512],
-    layers_per_block=2,
-    act_fn="silu",
-    latent_channels=16,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    force_upcast=True,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-    mid_block_add_attention=True,
-)
-# black-forest-labs/FLUX.1-dev text_encoder/config.json (CLIP ViT-L/14's text model).
-CLIP_L = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    projection_dim=768,
-    bos_token_id=0,
-    eos_token_id=2,
-    pad_token_id=1,
-)
-# black-forest-labs/FLUX.1-dev text_encoder_2/config.json (T5 v1.1 XXL's encoder).
-T5_XXL = dict(
-    vocab_size=32128,
-    d_model=4096,
-    d_ff=10240,
-    d_kv=64,
-    num_layers=24,
-    num_heads=64,
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-    feed_forward_proj="gated-gelu",
-    layer_norm_epsilon=1e-6,
-    dropout_rate=0.0,
-    tie_word_embeddings=False,
-    decoder_start_token_id=0,
-    pad_token_id=0,
-    eos_token_id=1,
-)
-# black-forest-labs/FLUX.1-dev scheduler/scheduler_config.json.
-FLUX1_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    shift=3.0,
-    use_dynamic_shifting=True,
-    base_shift=0.5,
-    max_shift=1.15,
-    base_image_seq_len=256,
-    max_image_seq_len=4096,
-)
-# diffusers scripts/convert_flux2_to_diffusers.py, get_flux2_transformer_config("klein-4b").
-KLEIN4B_TRANSFORMER = dict(
-    patch_size=1,
-    in_channels=128,
-    num_layers=5,
-    num_single_layers=20,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=7680,
-    timestep_guidance_channels=256,
-    mlp_ratio=3.0,
-    axes_dims_rope=(32, 32, 32, 32),
-    rope_theta=2000,
-    eps=1e-6,
-    guidance_embeds=False,
-)
-# Qwen/Qwen3-4B config.json, FLUX.2-klein-4B's text encoder.
-QWEN3_4B = dict(
-    vocab_size=151936,
-    hidden_size=2560,
-    intermediate_size=9728,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    hidden_act="silu",
-    max_position_embeddings=40960,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-)
-
-FULL: dict[str, dict[str, Any]] = {
-    "flux1_transformer": FLUX1_TRANSFORMER,
-    "flux1_vae": FLUX1_VAE,
-    "clip": CLIP_L,
-    "t5": T5_XXL,
-    "klein_transformer": KLEIN4B_TRANSFORMER,
-    "flux2_vae": {},  # AutoencoderKLFlux2's defaults are FLUX.2's VAE (the convert script)
-    "qwen3": QWEN3_4B,
-}
-TINY: dict[str, dict[str, Any]] = {
-    "flux1_transformer": dict(
-        FLUX1_TRANSFORMER,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=(4, 6, 6),
-    ),
-    "flux1_vae": dict(
-        FLUX1_VAE, block_out_channels=[8, 8, 16, 16], layers_per_block=1, latent_channels=4, norm_num_groups=4
-    ),
-    "clip": dict(
-        CLIP_L,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        projection_dim=32,
-    ),
-    "t5": dict(
-        T5_XXL, d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2, relative_attention_num_buckets=8
-    ),
-    "klein_transformer": dict(
-        KLEIN4B_TRANSFORMER,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=48,
-        timestep_guidance_channels=32,
-        mlp_ratio=2.0,
-        axes_dims_rope=(4, 4, 4, 4),
-    ),
-    "flux2_vae": dict(
-        block_out_channels=(8, 8, 16, 16),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    ),
-    # 28 layers: the pipeline reads hidden states 9, 18 and 27 (3 x 16 = joint_attention_dim 48).
-    "qwen3": dict(
-        QWEN3_4B,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=28,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        max_position_embeddings=1024,
-        vocab_size=128,
-    ),
-}
 WORDS = ["a", "photo", "of", "red", "blue", "cat", "dog", "on", "the", "with", "in"]
-
-
-def word_tokenizer(max_length: int = 512) -> Any:
-    """A small word-level tokenizer with a chat template, for the Qwen3 text encoder (the
-    pipeline pads to the full length, so the encoder does the real vocabulary's work)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", *WORDS])}
-    for c in string.ascii_lowercase + string.digits + string.punctuation:
-        vocab.setdefault(c, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()  # type: ignore[assignment]
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # type: ignore[assignment]
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", model_max_length=max_length
-    )
-    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    fast.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }} "
-        "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-        "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
-        "{% endif %}<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
-    )
-    return fast
-
-
-def _make(device: torch.device | str, dtype: torch.dtype, build: Callable[[], Any]) -> Any:
-    """Construct a module directly on ``device`` in ``dtype`` (random init on a GPU takes seconds
-    for 12 B weights; ``meta`` allocates nothing, for counting)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            module = build()
-    finally:
-        torch.set_default_dtype(old)
-    return module.to(dtype).eval()
+"""Words the CLIP and T5 test tokenizers know."""
 
 
 def _flux1_modules(
@@ -246,10 +33,12 @@ def _flux1_modules(
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     return {
-        "transformer": _make(device, dtype, lambda: FluxTransformer2DModel(**arch["flux1_transformer"])),
-        "text_encoder_2": _make(device, dtype, lambda: T5EncoderModel(T5Config(**arch["t5"]))),
-        "text_encoder": _make(device, dtype, lambda: CLIPTextModel(CLIPTextConfig(**arch["clip"]))),
-        "vae": _make(device, dtype, lambda: AutoencoderKL(**arch["flux1_vae"])),
+        "transformer": make_module(
+            device, dtype, lambda: FluxTransformer2DModel(**arch["flux1_transformer"])
+        ),
+        "text_encoder_2": make_module(device, dtype, lambda: T5EncoderModel(T5Config(**arch["t5"]))),
+        "text_encoder": make_module(device, dtype, lambda: CLIPTextModel(CLIPTextConfig(**arch["clip"]))),
+        "vae": make_module(device, dtype, lambda: AutoencoderKL(**arch["flux1_vae"])),
     }
 
 
@@ -260,11 +49,13 @@ def _klein_modules(
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     return {
-        "transformer": _make(device, dtype, lambda: Flux2Transformer2DModel(**arch["klein_transformer"])),
-        "text_encoder": _make(
+        "transformer": make_module(
+            device, dtype, lambda: Flux2Transformer2DModel(**arch["klein_transformer"])
+        ),
+        "text_encoder": make_module(
             device, dtype, lambda: Qwen3ForCausalLM(Qwen3Config(**arch["qwen3"], pad_token_id=0))
         ),
-        "vae": _make(device, dtype, lambda: AutoencoderKLFlux2(**arch["flux2_vae"])),
+        "vae": make_module(device, dtype, lambda: AutoencoderKLFlux2(**arch["flux2_vae"])),
     }
 
 
@@ -289,7 +80,7 @@ def build_flux1_dev(
     tokenizer_2, _ = make_t5_tokenizer(WORDS)
     torch.manual_seed(0)
     pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX1_SCHEDULER),
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX1_DEV_SCHEDULER),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         **_flux1_modules(arch, device, dtype),
@@ -316,7 +107,7 @@ def build_klein(out: Path, arch: dict[str, dict[str, Any]], device: torch.device
 
     torch.manual_seed(0)
     pipe = Flux2KleinPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX1_SCHEDULER),
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX1_DEV_SCHEDULER),
         tokenizer=word_tokenizer(),
         is_distilled=True,
         **_klein_modules(arch, device, dtype),

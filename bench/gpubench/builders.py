@@ -46,7 +46,7 @@ def word_tokenizer(max_length: int = 512):  # type: ignore[no-untyped-def]
     return fast
 
 
-def _make(device: torch.device, dtype: torch.dtype, build: Callable[[], Any]) -> Any:
+def make_module(device: torch.device | str, dtype: torch.dtype, build: Callable[[], Any]) -> Any:
     """Construct a module directly on ``device`` in ``dtype`` (random init there: seconds for 12B
     weights on a GPU, instead of minutes on the host)."""
     old = torch.get_default_dtype()
@@ -82,12 +82,12 @@ def build_flux1(
         scheduler=FlowMatchEulerDiscreteScheduler(
             **(FLUX1_SCHNELL_SCHEDULER if schnell else FLUX1_DEV_SCHEDULER)
         ),
-        vae=_make(device, dtype, lambda: AutoencoderKL(**arch["flux1_vae"])),
-        text_encoder=_make(device, dtype, lambda: CLIPTextModel(CLIPTextConfig(**arch["clip"]))),
+        vae=make_module(device, dtype, lambda: AutoencoderKL(**arch["flux1_vae"])),
+        text_encoder=make_module(device, dtype, lambda: CLIPTextModel(CLIPTextConfig(**arch["clip"]))),
         tokenizer=tokenizer,
-        text_encoder_2=_make(device, dtype, lambda: T5EncoderModel(T5Config(**arch["t5"]))),
+        text_encoder_2=make_module(device, dtype, lambda: T5EncoderModel(T5Config(**arch["t5"]))),
         tokenizer_2=tokenizer_2,
-        transformer=_make(device, dtype, lambda: FluxTransformer2DModel(**transformer_cfg)),
+        transformer=make_module(device, dtype, lambda: FluxTransformer2DModel(**transformer_cfg)),
     )
     pipe.save_pretrained(str(out))  # type: ignore[attr-defined]  # diffusers mixin, untyped
     shutil.rmtree(tmp, ignore_errors=True)
@@ -148,12 +148,12 @@ def build_klein(out: Path, arch: dict[str, Any], device: torch.device, dtype: to
     torch.manual_seed(0)
     pipe = Flux2KleinPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**KLEIN_SCHEDULER),
-        vae=_make(device, dtype, lambda: AutoencoderKLFlux2(**arch["flux2_vae"])),
-        text_encoder=_make(
+        vae=make_module(device, dtype, lambda: AutoencoderKLFlux2(**arch["flux2_vae"])),
+        text_encoder=make_module(
             device, dtype, lambda: Qwen3ForCausalLM(Qwen3Config(**arch["qwen3"], pad_token_id=0))
         ),
         tokenizer=word_tokenizer(),
-        transformer=_make(device, dtype, lambda: Flux2Transformer2DModel(**arch["klein_transformer"])),
+        transformer=make_module(device, dtype, lambda: Flux2Transformer2DModel(**arch["klein_transformer"])),
         is_distilled=True,
     )
     pipe.save_pretrained(str(out))  # type: ignore[attr-defined]

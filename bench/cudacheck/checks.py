@@ -6,7 +6,6 @@ compiled path is the server check's; a compile warm-up per engine would cost min
 from __future__ import annotations
 
 import contextlib
-import gc
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gpubench.builders import free_memory
 
 from cudacheck.models import GIB, Checkpoints, component_bytes
 from cudacheck.report import (
@@ -49,15 +49,6 @@ class Run:
     """Steps of the equality and edit checks (what they check does not depend on it)."""
     checkpoints: Checkpoints
     data_root: Path
-
-
-def free_memory() -> None:
-    """Give back what the last engine held."""
-    gc.collect()
-    with contextlib.suppress(Exception):
-        torch._dynamo.reset()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def make_engine(run: Run, ckpt: Path, name: str, **values: Any) -> Any:

@@ -202,7 +202,8 @@ class Worker:
             outputs = await asyncio.to_thread(self._generate, jobs, progress)
         except NotAccepted as exc:  # nothing ran at the upstream: back to the local queue
             for job in jobs:
-                if job.route is None:
+                if job.route is None:  # a forwarded model: no local engine to fall back on
+                    log.error("job %s failed: %s", job.id, exc)
                     await self._end(
                         job, JobStatus.ERROR, details={"error": f"{exc.__class__.__name__}: {exc}"}
                     )

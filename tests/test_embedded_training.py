@@ -100,3 +100,34 @@ def test_training_command_runs_from_nothing_and_resumes(tmp_path: Path) -> None:
     assert "[autoencoder]" not in log and "[text encoder]" not in log
     assert "[transformer] 6/6" in log
     assert json.loads((out / "fluxserve.json").read_text())["training"]["steps"] == 6
+
+
+def test_token_weights_weigh_the_outline_on_top_of_the_object() -> None:
+    import torch
+
+    from training.embedded.train import token_weights
+
+    mask = torch.zeros(1, 64, 64)
+    mask[0, 16:48, 16:48] = 1.0  # tokens 2..5 of 8 (8 px a token), the outline on tokens 1..6's edges
+    plain = token_weights(mask, 4, 5.0).view(8, 8)
+    edged = token_weights(mask, 4, 5.0, 4.0).view(8, 8)
+    assert plain[3, 3] == 5.0 and plain[0, 0] == 1.0
+    assert edged[3, 3] == 5.0  # inside, away from the outline: unchanged
+    assert edged[2, 3] == 9.0  # inside, on the outline: + 4
+    assert edged[1, 3] == 5.0  # background touching the outline: + 4
+    assert edged[0, 0] == 1.0
+
+
+def test_autocast_is_bf16_only_where_bf16_products_are_faster() -> None:
+    import contextlib
+
+    import torch
+
+    from training.embedded.precision import autocast, bf16_pays
+
+    ctx = autocast("cpu")
+    if bf16_pays("cpu"):
+        assert isinstance(ctx, torch.autocast)
+    else:
+        assert isinstance(ctx, contextlib.nullcontext)
+    assert bf16_pays("cuda")

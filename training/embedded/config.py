@@ -36,6 +36,7 @@ class Config:
     text_aux: float = 0.5  # weight of the caption-parsing loss while the transformer trains
     caption_dropout: float = 0.1
     object_weight: float = 5.0
+    edge_weight: float = 0.0  # extra loss weight of tokens an object's outline crosses
     ema: float = 0.999
     width: int = 128
     heads: int = 4

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from training.embedded.config import Config
 from training.embedded.data import buckets, object_mask, to_tensor
 from training.embedded.evaluate import vae_roundtrip
+from training.embedded.precision import autocast
 from training.embedded.scenes import Scene, random_scene, render
 
 
@@ -173,7 +174,7 @@ def train(args: argparse.Namespace) -> None:
         lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast("cpu"):
             rec = vae.decode(z).sample
         err = rec.float() - x
         loss = ((err.abs() + err**2) * weight).sum() / (weight.sum() * 3)

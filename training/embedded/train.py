@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from training.embedded.config import Config
 from training.embedded.data import buckets, build_pool, label_batch, noisy_caption, object_mask, to_tensor
+from training.embedded.gpu_scenes import outline
 from training.embedded.model import (
     CaptionHeads,
     image_ids,
@@ -197,8 +198,8 @@ def token_weights(mask: torch.Tensor, factor: int, weight: float, edge: float = 
     share = F.avg_pool2d(m, factor * 2).flatten(1)
     wts = 1.0 + (weight - 1.0) * share
     if edge:
-        outline = F.max_pool2d(m, 3, 1, 1) + F.max_pool2d(-m, 3, 1, 1)  # dilated minus eroded
-        wts = wts + edge * (F.max_pool2d(outline, factor * 2).flatten(1) > 0).float()
+        crossed = F.max_pool2d(outline(m[:, 0])[:, None], factor * 2).flatten(1) > 0
+        wts = wts + edge * crossed.float()
     return wts
 
 

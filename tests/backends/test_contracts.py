@@ -28,7 +28,7 @@ from fluxserve.fair import FairShare
 from fluxserve.records import IdempotencyClaim, Job, JobStatus, WebhookTarget
 from fluxserve.spec import GenerationSpec
 from fluxserve.storage import LocalStorage, MemoryStorage, S3Storage, SignedUrls, Storage
-from fluxserve.stores import IdempotencyConflict
+from fluxserve.stores import REQUEUED_LOCALLY, IdempotencyConflict
 
 
 @pytest.fixture(params=["sqlite", "memory", "postgres"])
@@ -190,6 +190,25 @@ def test_recover_requeues_then_caps_attempts(backend: dict[str, Any]) -> None:
     assert rec.requeued == [] and rec.failed == ["j"]
     ended = jobs.get("j")
     assert ended.status == JobStatus.ERROR and "3 times" in ended.details["error"]
+
+
+def test_recover_sends_an_upstream_job_back_to_the_local_queue(backend: dict[str, Any]) -> None:
+    """A restart while an upstream ran a job: the lane may be gone, so the job comes back on the
+    local queue, and its routing says why."""
+    jobs, queue = backend["jobs"], backend["queue"]
+    up = {"served_by": "upstream:bfl", "reason": "busy", "estimated_wait_s": 9.0}
+    jobs.create(job("up-1", model="flux-dev", routing=up))
+    jobs.create(job("local-1", model="flux-dev"))
+    assert queue.claim_next("upstream").id == "up-1"
+    assert queue.claim_next().id == "local-1"
+    rec = queue.recover(max_attempts=3)
+    assert sorted(rec.requeued) == ["local-1", "up-1"]
+    assert queue.claim_next("upstream") is None
+    back = jobs.get("up-1")
+    assert back.status == JobStatus.QUEUED and back.route is None
+    assert back.routing == {**up, "served_by": "local", "reason": REQUEUED_LOCALLY}
+    assert jobs.get("local-1").routing is None
+    assert sorted(j.id for j in queue.peek(10)) == ["local-1", "up-1"]
 
 
 def test_idempotency_in_the_job_transaction(backend: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from psycopg import Connection
 from fluxserve.backends.postgres.db import POSTGRES, PostgresDatabase
 from fluxserve.backends.sql_jobs import SqlJobStore
 from fluxserve.records import Job
-from fluxserve.stores import gave_up_error
+from fluxserve.stores import REQUEUED_LOCALLY, gave_up_error
 
 
 class PostgresJobStore(SqlJobStore):
@@ -21,6 +21,16 @@ class PostgresJobStore(SqlJobStore):
 
     def __init__(self, db: PostgresDatabase, batch_delay_s: float = 60.0) -> None:
         super().__init__(db, POSTGRES, batch_delay_s)
+
+    def _requeue_left_running(self, c: Any, job_id: str) -> None:
+        """Requeue on the local queue, as SQLite's store does: the upstream lane may be gone, and
+        the routing says so. (With dispatch, recovery is the reaper's; see ``dispatch.py``.)"""
+        c.execute(
+            "UPDATE fluxserve_jobs SET status = 'queued', progress = 0, route = NULL, routing = CASE"
+            " WHEN route IS NULL THEN routing ELSE COALESCE(routing, '{}'::jsonb)"
+            " || jsonb_build_object('served_by', 'local', 'reason', %s::text) END WHERE id = %s",
+            (REQUEUED_LOCALLY, job_id),
+        )
 
     def claim(self, job_id: str, worker: str) -> Job | None:
         """Mark the job running under one more attempt (see ``JobClaims.claim``)."""

@@ -17,9 +17,8 @@ class SQLiteJobStore(SqlJobStore):
         super().__init__(db, SQLITE, batch_delay_s)
 
     def _requeue_left_running(self, c: Any, job_id: str) -> None:
-        """Requeue on the local queue: the upstream lane may be gone, and the routing says so.
-        (SQLite's own JSON function; PostgreSQL's store recovers this way only without dispatch,
-        in tests, and has left the lane as it was.)"""
+        """Requeue on the local queue: the upstream lane may be gone, and the routing says so
+        (SQLite's own JSON function; PostgreSQL's store has its own)."""
         c.execute(
             "UPDATE jobs SET status = 'queued', progress = 0, route = NULL, routing = CASE"
             " WHEN route IS NULL THEN routing ELSE json_set(routing, '$.served_by', 'local',"

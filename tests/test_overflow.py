@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,64 @@ def test_the_daily_overflow_cap_keeps_jobs_local(busy: tuple[Server, dict[str, s
         headers={"x-key": keys["ops"]},
     )
     assert r.status_code == 200 and r.json()["overflow_credits_per_day"] is None
+
+
+@pytest.fixture(scope="module")
+def narrow(
+    standin: Standin, tmp_path_factory: pytest.TempPathFactory, slow_checkpoint: Path
+) -> Iterator[Server]:
+    """A server whose upstream lane has one slot (``overflow_concurrency = 1``) and whose
+    flux-dev overflows as soon as any local wait is estimated (``overflow_wait_s = 0``)."""
+    import os
+
+    fast = {"poll_interval_s": 0.05, "max_poll_interval_s": 0.2, "api_key_env": "STANDIN_BFL_KEY"}
+    upstreams = {"bfl": {"kind": "bfl", "base_url": standin.base_url, "max_wait_s": 60, **fast}}
+    local = str(slow_checkpoint)
+    models = {"flux-dev": {"checkpoint": local, "upstream": "bfl", "route": "overflow", "overflow_wait_s": 0}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
+    env.update(
+        FLUXSERVE_DEFAULT_CHECKPOINT=local,
+        FLUXSERVE_LOG_LEVEL="warning",
+        FLUXSERVE_UPSTREAMS=json.dumps(upstreams),
+        FLUXSERVE_MODELS=json.dumps(models),
+        FLUXSERVE_OVERFLOW_CONCURRENCY="1",
+        STANDIN_BFL_KEY=BFL_KEY,
+    )
+    srv = Server(data_dir=tmp_path_factory.mktemp("narrow"), env=env)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def routing_of(srv: Server, job_id: str) -> dict[str, Any]:
+    r = httpx.get(f"{srv.base_url}/v1/get_result", params={"id": job_id})
+    return dict(r.json()["details"]["routing"])
+
+
+def test_a_longer_upstream_backlog_keeps_a_job_local(narrow: Server) -> None:
+    """Overflow compares the two waits: with the upstream lane's one slot taken by a job that
+    takes seconds there, a job whose local wait is shorter stays local, and says why."""
+    srv = narrow
+    post = {"prompt": "a red circle", "width": 256, "height": 256}
+
+    def submit(**body: Any) -> str:
+        r = httpx.post(f"{srv.base_url}/v1/flux-dev", json={**post, **body})
+        assert r.status_code == 200, r.text
+        return str(r.json()["id"])
+
+    first = poll_result(srv.base_url, submit(steps=2), timeout=120)  # the local time to beat
+    slow = math.ceil(2 * first["result"]["timings"]["engine_s"])  # the upstream takes twice as long
+    long_local = submit(steps=50)  # the local queue was empty: it runs here, several times as long
+    assert routing_of(srv, long_local)["served_by"] == "local"
+    first_up = submit(steps=2, prompt=f"a blue square [slow={slow}]")  # no upstream time known yet
+    assert routing_of(srv, first_up)["served_by"] == "upstream:bfl"
+    done = poll_result(srv.base_url, first_up, timeout=slow + 60)
+    assert done["status"] == "Ready" and from_standin(done["result"]["sample"]), done
+    holds_lane = submit(steps=2, prompt=f"a green star [slow={10 * slow}]")  # the lane was empty: it goes
+    assert routing_of(srv, holds_lane)["served_by"] == "upstream:bfl"
+    stays = submit(steps=2, prompt="a red star")
+    routing = routing_of(srv, stays)
+    assert httpx.get(f"{srv.base_url}/v1/get_result", params={"id": long_local}).json()["status"] != "Ready"
+    assert routing["served_by"] == "local", routing
+    assert "but the upstream lane's estimated wait is" in routing["reason"], routing
+    assert routing["estimated_wait_s"] > 0

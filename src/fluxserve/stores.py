@@ -139,6 +139,12 @@ class JobQueue(Protocol):
         last ``recent`` jobs made here (the overflow estimate)."""
         ...
 
+    def upstream_load(self, model: str, recent: int = 20) -> tuple[int, list[float]]:
+        """Queued + running jobs in the upstream lane (every model's: they share its slots),
+        and the engine seconds of ``model``'s last ``recent`` jobs made there (the overflow
+        estimate's other side)."""
+        ...
+
     def claim_queued(self, job_id: str, worker: str) -> Job | None:
         """Mark this job running (one more attempt, by ``worker``) if it is still queued;
         None if it is not (another worker took it, or it was cancelled)."""

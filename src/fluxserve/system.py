@@ -88,7 +88,9 @@ def build_system(settings: Settings, upsampler: PromptUpsampler | None = None) -
     limits = AccountLimits(max_active_max_models=settings.account_max_active_max_models)
     service.accounting = Accounting(accounts, catalog, limits)
     if any(e.overflow is not None for e in catalog):
-        service.router = OverflowRouter(catalog, backends.queue, service.accounting)
+        service.router = OverflowRouter(
+            catalog, backends.queue, service.accounting, lane_size=settings.overflow_concurrency
+        )
     loras = LoraLibrary(settings.lora_dirs)
     return System(settings, backends, catalog, service, accounts, loras)
 

@@ -370,6 +370,29 @@ def test_overflow_lanes_reroute_and_local_load(backend: dict[str, Any]) -> None:
     assert queue.local_load("flux-dev") == (1, [1.5])
 
 
+def test_upstream_load_counts_the_whole_lane_and_times_one_model(backend: dict[str, Any]) -> None:
+    """``upstream_load``: every model's jobs in the upstream lane (they share its slots), and
+    the engine seconds of the asked model's jobs made there, newest first."""
+    jobs, queue = backend["jobs"], backend["queue"]
+    up = {"served_by": "upstream:bfl", "reason": "busy", "estimated_wait_s": 9.0}
+    jobs.create(job("local-1", model="flux-dev"))
+    assert queue.upstream_load("flux-dev") == (0, [])
+    for i, (model, engine_s) in enumerate([("flux-dev", 4.0), ("flux-pro", 8.0), ("flux-dev", 6.0)]):
+        jobs.create(job(f"done-{i}", model=model, routing=up))
+        taken = queue.claim_next("upstream")
+        assert taken is not None and taken.id == f"done-{i}"
+        assert jobs.finish(
+            taken.id, taken.attempts, JobStatus.READY, result={"files": [], "engine_s": engine_s}
+        )
+        time.sleep(0.01)  # distinct finish times
+    jobs.create(job("waiting-dev", model="flux-dev", routing=up))
+    jobs.create(job("waiting-pro", model="flux-pro", routing=up))
+    assert queue.claim_next("upstream") is not None  # one running, one queued
+    assert queue.upstream_load("flux-dev") == (2, [6.0, 4.0])
+    assert queue.upstream_load("flux-pro") == (2, [8.0])
+    assert queue.local_load("flux-dev") == (1, [])
+
+
 def test_storage_put_get_stream_delete(storage: Any) -> None:
     storage.put("results/j/0.png", b"abc" * 50_000)
     storage.put("results/j/1.png", b"x")

@@ -183,13 +183,14 @@ class MemoryJobStore:
         its last ``recent`` jobs made here."""
         with self._lock:
             mine = [r.job for r in self._rows.values() if r.job.spec.model == model and r.job.route is None]
-        active = sum(1 for j in mine if j.status in (JobStatus.QUEUED, JobStatus.RUNNING))
-        done = sorted(
-            (j for j in mine if j.status == JobStatus.READY and j.result), key=lambda j: -(j.finished_at or 0)
-        )
-        return active, [
-            float(j.result["engine_s"]) for j in done[:recent] if j.result and "engine_s" in j.result
-        ]
+        return _active(mine), _engine_seconds(mine, model, recent)
+
+    def upstream_load(self, model: str, recent: int = 20) -> tuple[int, list[float]]:
+        """Queued and running jobs in the upstream lane (every model's), and the engine seconds
+        of ``model``'s last ``recent`` jobs made there."""
+        with self._lock:
+            lane = [r.job for r in self._rows.values() if r.job.route == "upstream"]
+        return _active(lane), _engine_seconds(lane, model, recent)
 
     def depth(self) -> int:
         """Jobs waiting in the queue."""
@@ -426,3 +427,16 @@ class MemoryKeyStore:
                 if key.revoked_at is None and hmac.compare_digest(stored, digest):
                     return key.id
         return None
+
+
+def _active(jobs: list[Job]) -> int:
+    return sum(1 for j in jobs if j.status in (JobStatus.QUEUED, JobStatus.RUNNING))
+
+
+def _engine_seconds(jobs: list[Job], model: str, recent: int) -> list[float]:
+    """The engine seconds of ``model``'s last ``recent`` ready jobs among ``jobs``, newest first."""
+    done = sorted(
+        (j for j in jobs if j.spec.model == model and j.status == JobStatus.READY and j.result),
+        key=lambda j: -(j.finished_at or 0),
+    )
+    return [float(j.result["engine_s"]) for j in done[:recent] if j.result and "engine_s" in j.result]

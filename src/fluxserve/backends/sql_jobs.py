@@ -292,6 +292,21 @@ class SqlJobStore:
         )
         return int(active), [float(r["s"]) for r in rows if r["s"] is not None]
 
+    def upstream_load(self, model: str, recent: int = 20) -> tuple[int, list[float]]:
+        """Queued and running jobs in the upstream lane (every model's), and the engine seconds
+        of ``model``'s last ``recent`` jobs made there."""
+        active = self._query(
+            f"SELECT COUNT(*) AS n FROM {self._jobs} WHERE route = 'upstream'"
+            " AND status IN ('queued', 'running')",
+            (),
+        )[0]["n"]
+        rows = self._query(
+            f"SELECT {self._d.number('result', 'engine_s')} AS s FROM {self._jobs} WHERE model = ?"
+            " AND route = 'upstream' AND status = 'ready' ORDER BY finished_at DESC LIMIT ?",
+            (model, recent),
+        )
+        return int(active), [float(r["s"]) for r in rows if r["s"] is not None]
+
     def depth(self) -> int:
         """Jobs waiting in the queue."""
         return int(self._query(f"SELECT COUNT(*) AS n FROM {self._jobs} WHERE status = 'queued'")[0]["n"])

@@ -115,27 +115,25 @@ def quantize_choice(device: torch.device) -> Any:
 def card_of(device: torch.device, cap_gib: float) -> Iterator[dict[str, Any]]:
     """Make this process see a card of ``cap_gib`` GiB: the allocator is capped with
     ``torch.cuda.set_per_process_memory_fraction`` (an allocation past the card's memory raises
-    OOM), and ``torch.cuda.mem_get_info`` reports what such a card would have free, since the
-    cap does not change what the driver reports and the engine plans from that (a real card's
-    free memory is its total less the context and what is allocated). What the driver holds
-    outside the allocator (the context) counts against the cap, as on a real card."""
+    OOM). The engine's :func:`~fluxserve.engines.memory.free_device_bytes` reads that cap (the
+    driver's ``mem_get_info`` does not see it); the row records what it reported. What the
+    driver holds outside the allocator (the context) counts against the cap, as on a real card."""
+    from fluxserve.engines.memory import free_device_bytes
+
     total = torch.cuda.get_device_properties(device).total_memory
     free, _ = torch.cuda.mem_get_info(device)
     outside = (total - free) - torch.cuda.memory_reserved(device)
     cap = int(cap_gib * GIB)
     torch.cuda.set_per_process_memory_fraction(max(0.0, (cap - outside) / total), device)
-    real = torch.cuda.mem_get_info
-
-    def card_mem_get_info(dev: Any = None) -> tuple[int, int]:
-        physical_free, _ = real(dev)
-        card_free = cap - outside - torch.cuda.memory_reserved(device)
-        return max(0, min(physical_free, card_free)), cap
-
-    torch.cuda.mem_get_info = card_mem_get_info  # type: ignore[assignment]
     try:
-        yield {"cap_gib": cap_gib, "outside_allocator_gib": round(outside / GIB, 2)}
+        engine_free = free_device_bytes(device) or 0
+        yield {
+            "cap_gib": cap_gib,
+            "outside_allocator_gib": round(outside / GIB, 2),
+            "engine_free_gib": round(engine_free / GIB, 2),
+            "engine_reads_cap": engine_free <= cap - outside,
+        }
     finally:
-        torch.cuda.mem_get_info = real
         torch.cuda.set_per_process_memory_fraction(1.0, device)
         free_memory()
 

@@ -106,10 +106,16 @@ def plan_memory(
 
 
 def free_device_bytes(device: torch.device) -> int | None:
-    """Free memory of a CUDA device, or None for other devices."""
+    """Free memory of a CUDA device for this process, or None for other devices: what the
+    driver reports free, and no more than the room left under a cap set with
+    ``torch.cuda.set_per_process_memory_fraction`` (the driver does not see that cap; the
+    allocator raises out-of-memory past it)."""
     if device.type != "cuda":
         return None
-    free, _total = torch.cuda.mem_get_info(device)
+    free, total = torch.cuda.mem_get_info(device)
+    fraction = torch.cuda.get_per_process_memory_fraction(device)
+    if fraction < 1.0:
+        free = min(free, max(0, int(total * fraction) - torch.cuda.memory_reserved(device)))
     return int(free)
 
 

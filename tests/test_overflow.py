@@ -9,11 +9,15 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from PIL import Image
 from standin_upstreams import BFL_KEY, COLOR, Standin, StandinServer
@@ -29,6 +33,22 @@ def standin() -> Iterator[Standin]:
     server.stop()
 
 
+def overflow_env(
+    local: str, upstreams: dict[str, Any], models: dict[str, Any], **extra: str
+) -> dict[str, str]:
+    """The environment of a server with these upstreams and models, and the stand-in's key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
+    env.update(
+        FLUXSERVE_DEFAULT_CHECKPOINT=local,
+        FLUXSERVE_LOG_LEVEL="warning",
+        FLUXSERVE_UPSTREAMS=json.dumps(upstreams),
+        FLUXSERVE_MODELS=json.dumps(models),
+        STANDIN_BFL_KEY=BFL_KEY,
+        **extra,
+    )
+    return env
+
+
 @pytest.fixture(scope="module")
 def busy(
     standin: Standin, tmp_path_factory: pytest.TempPathFactory, slow_checkpoint: Path
@@ -37,8 +57,6 @@ def busy(
     wait), flux-pro (to an upstream that is down) and flux-kontext-pro (its local checkpoint is
     missing, so no worker here takes it); and keys: an operator's, a user's and one of an
     account whose overflow cap is 0 credits a day."""
-    import os
-
     fast = {"poll_interval_s": 0.05, "max_poll_interval_s": 0.3, "api_key_env": "STANDIN_BFL_KEY"}
     upstreams = {
         "bfl": {"kind": "bfl", "base_url": standin.base_url, "max_wait_s": 30, **fast},
@@ -50,15 +68,7 @@ def busy(
         "flux-pro": {"checkpoint": local, "upstream": "down", "route": "overflow", "overflow_wait_s": 0},
         "flux-kontext-pro": {"checkpoint": "/nonexistent/flux", "upstream": "bfl", "route": "overflow"},
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
-    env.update(
-        FLUXSERVE_DEFAULT_CHECKPOINT=local,
-        FLUXSERVE_LOG_LEVEL="warning",
-        FLUXSERVE_UPSTREAMS=json.dumps(upstreams),
-        FLUXSERVE_MODELS=json.dumps(models),
-        FLUXSERVE_METRICS_ENABLED="1",
-        STANDIN_BFL_KEY=BFL_KEY,
-    )
+    env = overflow_env(local, upstreams, models, FLUXSERVE_METRICS_ENABLED="1")
     srv = Server(data_dir=tmp_path_factory.mktemp("overflow"), env=env)
     cli(srv, "accounts", "create", "ops")
     cli(srv, "accounts", "create", "capped", "--credits", "100")
@@ -167,21 +177,11 @@ def narrow(
 ) -> Iterator[Server]:
     """A server whose upstream lane has one slot (``overflow_concurrency = 1``) and whose
     flux-dev overflows as soon as any local wait is estimated (``overflow_wait_s = 0``)."""
-    import os
-
     fast = {"poll_interval_s": 0.05, "max_poll_interval_s": 0.2, "api_key_env": "STANDIN_BFL_KEY"}
     upstreams = {"bfl": {"kind": "bfl", "base_url": standin.base_url, "max_wait_s": 60, **fast}}
     local = str(slow_checkpoint)
     models = {"flux-dev": {"checkpoint": local, "upstream": "bfl", "route": "overflow", "overflow_wait_s": 0}}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
-    env.update(
-        FLUXSERVE_DEFAULT_CHECKPOINT=local,
-        FLUXSERVE_LOG_LEVEL="warning",
-        FLUXSERVE_UPSTREAMS=json.dumps(upstreams),
-        FLUXSERVE_MODELS=json.dumps(models),
-        FLUXSERVE_OVERFLOW_CONCURRENCY="1",
-        STANDIN_BFL_KEY=BFL_KEY,
-    )
+    env = overflow_env(local, upstreams, models, FLUXSERVE_OVERFLOW_CONCURRENCY="1")
     srv = Server(data_dir=tmp_path_factory.mktemp("narrow"), env=env)
     srv.start()
     yield srv
@@ -206,8 +206,16 @@ def test_a_longer_upstream_backlog_keeps_a_job_local(narrow: Server) -> None:
 
     first = poll_result(srv.base_url, submit(steps=2), timeout=120)  # the local time to beat
     slow = math.ceil(2 * first["result"]["timings"]["engine_s"])  # the upstream takes twice as long
-    long_local = submit(steps=50)  # the local queue was empty: it runs here, several times as long
-    assert routing_of(srv, long_local)["served_by"] == "local"
+    client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0, timeout=600)
+    hog = threading.Thread(  # the local queue is empty: ten images of 50 steps run here, one job
+        target=lambda: client.images.generate(
+            model="flux-dev", prompt="a red square", n=10, extra_body={"steps": 50}
+        )
+    )
+    hog.start()
+    while not (listed := httpx.get(f"{srv.base_url}/v1/jobs").json()["data"]) or len(listed) < 2:
+        time.sleep(0.05)
+    assert listed[0]["details"]["served_by"] == "local", listed[0]
     first_up = submit(steps=2, prompt=f"a blue square [slow={slow}]")  # no upstream time known yet
     assert routing_of(srv, first_up)["served_by"] == "upstream:bfl"
     done = poll_result(srv.base_url, first_up, timeout=slow + 60)
@@ -216,7 +224,10 @@ def test_a_longer_upstream_backlog_keeps_a_job_local(narrow: Server) -> None:
     assert routing_of(srv, holds_lane)["served_by"] == "upstream:bfl"
     stays = submit(steps=2, prompt="a red star")
     routing = routing_of(srv, stays)
-    assert httpx.get(f"{srv.base_url}/v1/get_result", params={"id": long_local}).json()["status"] != "Ready"
+    assert hog.is_alive(), (
+        "the ten-image local job ended before the upstream one: the test needs a slower one"
+    )
     assert routing["served_by"] == "local", routing
     assert "but the upstream lane's estimated wait is" in routing["reason"], routing
     assert routing["estimated_wait_s"] > 0
+    hog.join()

@@ -280,29 +280,24 @@ class SqlJobStore:
     def local_load(self, model: str, recent: int = 20) -> tuple[int, list[float]]:
         """``model``'s queued and running jobs on the local queue, and the engine seconds of
         its last ``recent`` jobs made here."""
-        active = self._query(
-            f"SELECT COUNT(*) AS n FROM {self._jobs} WHERE model = ? AND route IS NULL"
-            " AND status IN ('queued', 'running')",
-            (model,),
-        )[0]["n"]
-        rows = self._query(
-            f"SELECT {self._d.number('result', 'engine_s')} AS s FROM {self._jobs} WHERE model = ?"
-            " AND route IS NULL AND status = 'ready' ORDER BY finished_at DESC LIMIT ?",
-            (model, recent),
-        )
-        return int(active), [float(r["s"]) for r in rows if r["s"] is not None]
+        return self._lane_load("route IS NULL", model, whole_lane=False, recent=recent)
 
     def upstream_load(self, model: str, recent: int = 20) -> tuple[int, list[float]]:
         """Queued and running jobs in the upstream lane (every model's), and the engine seconds
         of ``model``'s last ``recent`` jobs made there."""
+        return self._lane_load("route = 'upstream'", model, whole_lane=True, recent=recent)
+
+    def _lane_load(self, lane: str, model: str, whole_lane: bool, recent: int) -> tuple[int, list[float]]:
+        """Active jobs in ``lane`` (a condition; only ``model``'s unless ``whole_lane``), and the
+        engine seconds of ``model``'s last ``recent`` ready jobs there."""
+        mine, params = ("", ()) if whole_lane else (" AND model = ?", (model,))
         active = self._query(
-            f"SELECT COUNT(*) AS n FROM {self._jobs} WHERE route = 'upstream'"
-            " AND status IN ('queued', 'running')",
-            (),
+            f"SELECT COUNT(*) AS n FROM {self._jobs} WHERE {lane}{mine} AND status IN ('queued', 'running')",
+            params,
         )[0]["n"]
         rows = self._query(
             f"SELECT {self._d.number('result', 'engine_s')} AS s FROM {self._jobs} WHERE model = ?"
-            " AND route = 'upstream' AND status = 'ready' ORDER BY finished_at DESC LIMIT ?",
+            f" AND {lane} AND status = 'ready' ORDER BY finished_at DESC LIMIT ?",
             (model, recent),
         )
         return int(active), [float(r["s"]) for r in rows if r["s"] is not None]

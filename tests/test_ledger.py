@@ -8,6 +8,7 @@ import asyncio
 import random
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,42 @@ def test_max_models_have_their_own_active_limit(tmp_path: Path) -> None:
     balance, total = store.balance_check("team")
     assert balance is None and total == 0  # unlimited: holds of 0 credits, the cost beside them
     assert [e.cost for e in store.entries("team", kinds=("settle",))] == [7.0]
+
+
+def test_a_restart_ends_the_credit_holds_a_crash_left_open(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server(start=False)
+    cli(srv, "accounts", "create", "team", "--credits", "1")
+    key = new_key(srv, "team")
+    srv.start()
+    r = httpx.post(
+        f"{srv.base_url}/v1/flux-dev", json={"prompt": "a red circle", "steps": 2}, headers={"x-key": key}
+    )
+    job = r.json()["id"]
+    assert _final(srv, key, job)["status"] == "Ready"
+    srv.stop()
+    # What a SIGKILL at the wrong moment leaves: a Ready job whose settle was never written, a
+    # hold whose job was never stored (an hour old), and one made a moment ago (a submission
+    # another node may still be storing).
+    db = sqlite3.connect(srv.data_dir / "fluxserve.sqlite3")
+    now = time.time()
+    with db:
+        db.execute("DELETE FROM ledger WHERE job_id = ? AND kind = 'settle'", (job,))
+        for lost, at in (("lost-job", now - 3600), ("new-job", now)):
+            db.execute(
+                "INSERT INTO ledger (account, key_id, job_id, model, kind, amount, cost, at)"
+                " VALUES ('team', NULL, ?, 'flux-dev', 'hold', -2.5, 2.5, ?)",
+                (lost, at),
+            )
+            db.execute("UPDATE accounts SET balance = balance - 2.5 WHERE name = 'team'")
+    db.close()
+
+    srv.start()
+    srv.stop()
+    db = sqlite3.connect(srv.data_dir / "fluxserve.sqlite3")
+    kinds: dict[str, list[str]] = {}
+    for job_id, kind in db.execute("SELECT job_id, kind FROM ledger WHERE job_id IS NOT NULL ORDER BY id"):
+        kinds.setdefault(job_id, []).append(kind)
+    assert kinds == {job: ["hold", "settle"], "lost-job": ["hold", "release"], "new-job": ["hold"]}
+    (balance,) = db.execute("SELECT balance FROM accounts WHERE name = 'team'").fetchone()
+    (total,) = db.execute("SELECT SUM(amount) FROM ledger WHERE account = 'team'").fetchone()
+    assert balance == pytest.approx(total) == pytest.approx(100.0 - 2.5 - 2.5)

@@ -189,6 +189,19 @@ class LedgerRows:
             )
         return True
 
+    def open_holds(self, made_before: float) -> list[tuple[str, float]]:
+        """(job id, when held) of every hold made before ``made_before`` that has no settle or
+        release yet: jobs queued or running, and any whose end a crash kept from the ledger."""
+        rows = self._db.query(
+            self._sql(
+                "SELECT h.job_id, h.at FROM {ledger} h WHERE h.kind = 'hold' AND h.at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM {ledger} e WHERE e.job_id = h.job_id AND e.kind IN ('settle', 'release')) "
+                "ORDER BY h.id"
+            ),
+            (made_before,),
+        )
+        return [(str(r["job_id"]), float(r["at"])) for r in rows]
+
     def balance_check(self, account: str) -> tuple[float | None, float]:
         """(the account's balance, the sum of its ledger rows): equal for a counted account."""
         acc = self._db.query(self._sql("SELECT balance FROM {accounts} WHERE name = ?"), (account,))

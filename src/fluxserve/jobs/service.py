@@ -33,6 +33,10 @@ from fluxserve.upsampling import BuiltinUpsampler, PromptUpsampler
 
 log = logging.getLogger("fluxserve.jobs")
 
+ORPHAN_HOLD_S = 600.0
+"""A credit hold this old whose job was never stored is a crashed submission's, released at the
+next start or sweep (a submission moderates and upsamples between its hold and its row)."""
+
 
 class QueueFull(Exception):
     """The queue holds ``max_queued`` jobs already: try again later."""
@@ -281,17 +285,31 @@ class JobService:
         except Exception:  # the job's end stands; the hold stays open (logged)
             log.exception("could not settle the credits of job %s", job_id)
 
+    def _reconcile(self, held_before: float, orphan_before: float) -> None:
+        """End the credit holds a crashed process left open (accounting only), and make the
+        webhooks of those jobs due: the same crash kept them waiting."""
+        if self.accounting is None:
+            return
+        for job_id in self.accounting.reconcile(self.store.get, held_before, orphan_before):
+            self._wake(job_id)
+            self.events.publish(job_id, "end")
+            if self.webhooks.activate(job_id) and self.on_webhook is not None:
+                self.on_webhook()
+
     def _wake(self, job_id: str) -> None:
         for ev in self._waiters.pop(job_id, []):
             ev.set()
 
     def recover(self) -> Recovery:
         """At start: put jobs a dead process left running back in the queue (or end those that
-        crashed it too often), and make in-flight webhook deliveries due again."""
+        crashed it too often), make in-flight webhook deliveries due again, and end the credit
+        holds a crash left open."""
         recovery = self.queue.recover(self.policy.max_attempts)
         for job_id in recovery.failed:
             self.job_ended(job_id)
         self.webhooks.recover()
+        now = time.time()
+        self._reconcile(held_before=now, orphan_before=now - ORPHAN_HOLD_S)
         if recovery.requeued:
             log.warning("re-queued %d job(s) left running by a previous process", len(recovery.requeued))
             self.work_available.set()
@@ -304,8 +322,14 @@ class JobService:
         return recovery
 
     async def sweep(self, now: float | None = None) -> int:
-        """Delete jobs (rows, inputs, results) that ended more than the retention time ago."""
-        cutoff = (now if now is not None else time.time()) - self.policy.retention_s
+        """Delete jobs (rows, inputs, results) that ended more than the retention time ago,
+        after ending the credit holds a crash left open (those of jobs that ended, or were never
+        stored, at least ORPHAN_HOLD_S ago)."""
+        now = now if now is not None else time.time()
+        cutoff = now - self.policy.retention_s
+        # First the holds a crash left open (before their jobs are deleted below); the holds
+        # of jobs younger than ORPHAN_HOLD_S are left to the usual path, which is cheaper.
+        self._reconcile(held_before=max(cutoff, now - ORPHAN_HOLD_S), orphan_before=now - ORPHAN_HOLD_S)
         expired = self.store.finished_before(cutoff)
         for job_id in expired:
             await asyncio.to_thread(self.storage.delete_prefix, f"results/{job_id}")

@@ -5,6 +5,7 @@ real server with random cancels and jobs failed by a crash)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sqlite3
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from test_accounts import cli, new_key
+from test_jobs_live import Receiver
 
 from conftest import Server
 from fluxserve.accounts import AccountStore, BonusRule, Grant
@@ -189,23 +191,24 @@ def test_max_models_have_their_own_active_limit(tmp_path: Path) -> None:
 
 
 def test_a_restart_ends_the_credit_holds_a_crash_left_open(make_server) -> None:  # type: ignore[no-untyped-def]
-    srv = make_server(start=False)
+    rx = Receiver(fail=0)
+    srv = make_server(start=False, allow_private_urls="1")
     cli(srv, "accounts", "create", "team", "--credits", "1")
     key = new_key(srv, "team")
     srv.start()
-    r = httpx.post(
-        f"{srv.base_url}/v1/flux-dev", json={"prompt": "a red circle", "steps": 2}, headers={"x-key": key}
-    )
-    job = r.json()["id"]
+    body = {"prompt": "a red circle", "steps": 2, "webhook_url": rx.url, "webhook_secret": "s"}
+    job = httpx.post(f"{srv.base_url}/v1/flux-dev", json=body, headers={"x-key": key}).json()["id"]
     assert _final(srv, key, job)["status"] == "Ready"
+    rx.wait_for(1)
     srv.stop()
-    # What a SIGKILL at the wrong moment leaves: a Ready job whose settle was never written, a
-    # hold whose job was never stored (an hour old), and one made a moment ago (a submission
-    # another node may still be storing).
+    # What a SIGKILL at the wrong moment leaves: a Ready job whose settle was never written and
+    # whose webhook still waits, a hold whose job was never stored (an hour old), and one made
+    # a moment ago (a submission another node may still be storing).
     db = sqlite3.connect(srv.data_dir / "fluxserve.sqlite3")
     now = time.time()
     with db:
         db.execute("DELETE FROM ledger WHERE job_id = ? AND kind = 'settle'", (job,))
+        db.execute("UPDATE webhook_deliveries SET state = 'waiting' WHERE job_id = ?", (job,))
         for lost, at in (("lost-job", now - 3600), ("new-job", now)):
             db.execute(
                 "INSERT INTO ledger (account, key_id, job_id, model, kind, amount, cost, at)"
@@ -216,7 +219,9 @@ def test_a_restart_ends_the_credit_holds_a_crash_left_open(make_server) -> None:
     db.close()
 
     srv.start()
+    rx.wait_for(2)
     srv.stop()
+    assert json.loads(rx.calls[-1][1])["status"] == "Ready"
     db = sqlite3.connect(srv.data_dir / "fluxserve.sqlite3")
     kinds: dict[str, list[str]] = {}
     for job_id, kind in db.execute("SELECT job_id, kind FROM ledger WHERE job_id IS NOT NULL ORDER BY id"):

@@ -10,6 +10,7 @@ import random
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ from test_jobs_live import Receiver
 
 from conftest import Server
 from fluxserve.accounts import AccountStore, BonusRule, Grant
-from fluxserve.accounts.ledger import charged
-from fluxserve.accounts.store import SQLITE_SCHEMA
+from fluxserve.accounts.ledger import Accounting, charged
+from fluxserve.accounts.store import SQLITE_SCHEMA, account_store
+from fluxserve.backends.postgres import PostgresDatabase
 from fluxserve.backends.sqlite import Database
+from fluxserve.catalog import ModelCatalog
 from fluxserve.records import Job, JobStatus
 from fluxserve.spec import GenerationSpec
 
@@ -230,3 +233,37 @@ def test_a_restart_ends_the_credit_holds_a_crash_left_open(make_server) -> None:
     (balance,) = db.execute("SELECT balance FROM accounts WHERE name = 'team'").fetchone()
     (total,) = db.execute("SELECT SUM(amount) FROM ledger WHERE account = 'team'").fetchone()
     assert balance == pytest.approx(total) == pytest.approx(100.0 - 2.5 - 2.5)
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_reconcile_ends_only_the_holds_a_crash_left_open(engine: str, tmp_path: Path, request: Any) -> None:
+    if engine == "postgres":
+        pg = PostgresDatabase(request.getfixturevalue("postgres_server").new_database())
+        pg.upgrade()
+        store = account_store(pg, postgres=True)
+    else:
+        store = _store(tmp_path / "ledger.sqlite3")
+    store.create_account("team", credits=100.0, max_active=None)
+    accounting = Accounting(store, ModelCatalog([]))
+    grant = Grant("k1", "team", ("generate",))
+    jobs = {
+        "ready": replace(_job(JobStatus.READY), id="ready"),
+        "failed": replace(_job(JobStatus.ERROR, {"error": "boom"}), id="failed"),
+        "queued": replace(_job(JobStatus.QUEUED), id="queued"),
+        "settled": replace(_job(JobStatus.READY), id="settled"),
+    }
+    for job_id in (*jobs, "lost"):  # "lost": a submission that died before storing its job
+        assert store.hold(grant, job_id, "flux-dev", 2.5) is None
+    assert store.end("settled", charge=True)
+    time.sleep(0.01)
+    orphan_before = time.time()
+    time.sleep(0.01)
+    assert store.hold(grant, "in-flight", "flux-dev", 2.5) is None  # may still be storing its job
+
+    for attempt in range(2):  # a second pass changes nothing
+        ended = accounting.reconcile(jobs.get, held_before=time.time(), orphan_before=orphan_before)
+        assert sorted(ended) == (["failed", "ready"] if attempt == 0 else [])
+        ends = {e.job_id: e.kind for e in store.entries("team", kinds=("settle", "release"))}
+        assert ends == {"settled": "settle", "ready": "settle", "failed": "release", "lost": "release"}
+    balance, total = store.balance_check("team")
+    assert balance == pytest.approx(total) == pytest.approx(100.0 - 2.5 * 4)  # queued, in-flight held

@@ -179,6 +179,11 @@ class WebhookStore(Protocol):
         """After a restart: deliveries that were in flight are due again."""
         ...
 
+    def activate_ended(self, ended_before: float) -> int:
+        """Deliveries still waiting for a job that ended before ``ended_before`` (its process
+        died between storing the end and activating the webhook) are due now; how many."""
+        ...
+
     def record(
         self,
         job_id: str,

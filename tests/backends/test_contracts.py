@@ -292,6 +292,23 @@ def test_webhook_delivery_life(backend: dict[str, Any]) -> None:
     assert not hooks.activate("no-such-job")
 
 
+def test_webhooks_left_waiting_by_a_crash_become_due(backend: dict[str, Any]) -> None:
+    jobs, queue, hooks = backend["jobs"], backend["queue"], backend["webhooks"]
+    target = WebhookTarget("https://example.invalid/h", "sec", "http://base")
+    for job_id in ("ended", "running", "queued"):
+        jobs.create(job(job_id), webhook=target)
+    for _ in range(2):
+        claimed = queue.claim_next()
+        if claimed.id == "ended":  # its process dies after storing the end, before activate()
+            assert jobs.finish("ended", claimed.attempts, JobStatus.READY, result={"files": []})
+    ended_at = jobs.get("ended").finished_at
+    assert hooks.activate_ended(ended_at) == 0  # ended at, not before: not yet
+    assert hooks.activate_ended(ended_at + 1) == 1
+    assert [d.job_id for d in hooks.due()] == ["ended"]
+    assert hooks.activate_ended(time.time() + 1) == 0  # the others have not ended
+    assert hooks.attempts("running")[0].state == "waiting" and hooks.attempts("queued")[0].state == "waiting"
+
+
 def test_keys_hashed_verified_revoked(backend: dict[str, Any]) -> None:
     keys = backend["keys"]
     assert not keys.any_active() and keys.list() == []

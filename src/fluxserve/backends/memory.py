@@ -11,6 +11,7 @@ import itertools
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,6 +58,7 @@ class MemoryJobStore:
 
     def __init__(self, webhooks: MemoryWebhookStore | None = None, batch_delay_s: float = 60.0) -> None:
         self.webhooks = webhooks or MemoryWebhookStore()
+        self.webhooks.finished_at = self._finished_at
         self.batch_delay_s = batch_delay_s
         self._rows: dict[str, _Row] = {}
         self._idempotency: dict[tuple[str, str], _Idempotency] = {}
@@ -98,6 +100,11 @@ class MemoryJobStore:
             if webhook is not None:
                 self.webhooks.register(job.id, webhook)
         return job
+
+    def _finished_at(self, job_id: str) -> float | None:
+        with self._lock:
+            row = self._rows.get(job_id)
+            return row.job.finished_at if row is not None else None
 
     def _fair_clock(self) -> float | None:
         taken = [r.place.start for r in self._rows.values() if r.job.started_at is not None]
@@ -305,6 +312,8 @@ class MemoryWebhookStore:
         self._deliveries: dict[str, WebhookDelivery] = {}
         self._attempts: dict[str, list[WebhookAttempt]] = {}
         self._lock = threading.RLock()
+        self.finished_at: Callable[[str], float | None] = lambda job_id: None
+        """When a job ended (None: not ended, or unknown); set by the job store it belongs to."""
 
     def register(self, job_id: str, target: WebhookTarget) -> None:
         """Register a job's webhook (waiting until the job ends); called by the job store."""
@@ -346,6 +355,14 @@ class MemoryWebhookStore:
             for job_id, d in list(self._deliveries.items()):
                 if d.state == "sending":
                     self._deliveries[job_id] = replace(d, state="pending")
+
+    def activate_ended(self, ended_before: float) -> int:
+        """Deliveries still waiting for a job that ended before ``ended_before`` are due now."""
+        with self._lock:
+            waiting = [job_id for job_id, d in self._deliveries.items() if d.state == "waiting"]
+        # The job store's lock is taken outside ours: the store calls us under its own.
+        ended = {job_id for job_id in waiting if (self.finished_at(job_id) or ended_before) < ended_before}
+        return sum(self.activate(job_id) for job_id in ended)
 
     def record(
         self,

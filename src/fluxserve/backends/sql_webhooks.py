@@ -86,6 +86,19 @@ class SqlWebhookStore:
                 (self.lease_s is None, time.time()),
             )
 
+    def activate_ended(self, ended_before: float) -> int:
+        """Deliveries still waiting for a job that ended before ``ended_before`` are due now."""
+        jobs = self._d.table("jobs")
+        with self._db.transaction() as c:
+            cur = c.execute(
+                self._d.sql(
+                    f"UPDATE {self._deliveries} SET state = 'pending', next_at = ? WHERE state = 'waiting'"
+                    f" AND job_id IN (SELECT id FROM {jobs} WHERE finished_at < ?)"
+                ),
+                (time.time(), ended_before),
+            )
+            return int(cur.rowcount)
+
     def record(
         self,
         job_id: str,

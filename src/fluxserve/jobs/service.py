@@ -37,6 +37,10 @@ ORPHAN_HOLD_S = 600.0
 """A credit hold this old whose job was never stored is a crashed submission's, released at the
 next start or sweep (a submission moderates and upsamples between its hold and its row)."""
 
+LATE_WEBHOOK_S = 60.0
+"""A webhook still waiting this long after its job ended is sent by the next sweep (its job's
+process died between the two; the usual path activates it at once)."""
+
 
 class QueueFull(Exception):
     """The queue holds ``max_queued`` jobs already: try again later."""
@@ -286,14 +290,20 @@ class JobService:
             log.exception("could not settle the credits of job %s", job_id)
 
     def _reconcile(self, held_before: float, orphan_before: float) -> None:
-        """End the credit holds a crashed process left open (accounting only), and make the
-        webhooks of those jobs due: the same crash kept them waiting."""
+        """End the credit holds a crashed process left open (accounting only)."""
         if self.accounting is None:
             return
         for job_id in self.accounting.reconcile(self.store.get, held_before, orphan_before):
             self._wake(job_id)
             self.events.publish(job_id, "end")
-            if self.webhooks.activate(job_id) and self.on_webhook is not None:
+
+    def _activate_late_webhooks(self, ended_before: float) -> None:
+        """Make due the webhooks still waiting for jobs that ended before ``ended_before``: a
+        process died between a job's end and its webhook's activation."""
+        late = self.webhooks.activate_ended(ended_before)
+        if late:
+            log.warning("%d webhook(s) of ended jobs were still waiting; sending them now", late)
+            if self.on_webhook is not None:
                 self.on_webhook()
 
     def _wake(self, job_id: str) -> None:
@@ -302,14 +312,15 @@ class JobService:
 
     def recover(self) -> Recovery:
         """At start: put jobs a dead process left running back in the queue (or end those that
-        crashed it too often), make in-flight webhook deliveries due again, and end the credit
-        holds a crash left open."""
+        crashed it too often), make in-flight webhook deliveries due again, and finish what a
+        crash interrupted after a job's end: its credit hold, its webhook."""
         recovery = self.queue.recover(self.policy.max_attempts)
         for job_id in recovery.failed:
             self.job_ended(job_id)
         self.webhooks.recover()
         now = time.time()
         self._reconcile(held_before=now, orphan_before=now - ORPHAN_HOLD_S)
+        self._activate_late_webhooks(ended_before=now)
         if recovery.requeued:
             log.warning("re-queued %d job(s) left running by a previous process", len(recovery.requeued))
             self.work_available.set()
@@ -323,13 +334,14 @@ class JobService:
 
     async def sweep(self, now: float | None = None) -> int:
         """Delete jobs (rows, inputs, results) that ended more than the retention time ago,
-        after ending the credit holds a crash left open (those of jobs that ended, or were never
-        stored, at least ORPHAN_HOLD_S ago)."""
+        after finishing what a crash interrupted: credit holds left open (ORPHAN_HOLD_S),
+        webhooks left waiting (LATE_WEBHOOK_S)."""
         now = now if now is not None else time.time()
         cutoff = now - self.policy.retention_s
         # First the holds a crash left open (before their jobs are deleted below); the holds
         # of jobs younger than ORPHAN_HOLD_S are left to the usual path, which is cheaper.
         self._reconcile(held_before=max(cutoff, now - ORPHAN_HOLD_S), orphan_before=now - ORPHAN_HOLD_S)
+        self._activate_late_webhooks(ended_before=now - LATE_WEBHOOK_S)
         expired = self.store.finished_before(cutoff)
         for job_id in expired:
             await asyncio.to_thread(self.storage.delete_prefix, f"results/{job_id}")

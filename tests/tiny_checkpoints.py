@@ -9,6 +9,7 @@ import json
 import shutil
 import string
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,14 +59,49 @@ def _word_tokenizer():  # type: ignore[no-untyped-def]
     return fast, len(vocab)
 
 
+def _flux2_parts(text_dim: int, guidance_embeds: bool) -> tuple[Any, Any, Any]:
+    """The tiny FLUX.2 transformer (over ``text_dim`` text features), autoencoder and scheduler
+    that both FLUX.2 layouts share (made in this order, after the text encoder, so a seed
+    gives the same weights)."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        out_channels=None,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=text_dim,
+        timestep_guidance_channels=32,
+        mlp_ratio=2.0,
+        axes_dims_rope=(4, 4, 4, 4),
+        rope_theta=2000,
+        guidance_embeds=guidance_embeds,
+    )
+    vae = AutoencoderKLFlux2(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15
+    )
+    return transformer, vae, scheduler
+
+
 def build_tiny_flux2_klein(out: Path, *, seed: int = 0, native_area: int = 64 * 64) -> Path:
     """A random tiny Flux2KleinPipeline (Qwen3 text encoder) written to ``out``."""
-    from diffusers import (
-        AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
-        Flux2Transformer2DModel,
-    )
+    from diffusers import Flux2KleinPipeline
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
@@ -84,37 +120,7 @@ def build_tiny_flux2_klein(out: Path, *, seed: int = 0, native_area: int = 64 * 
             pad_token_id=0,
         )
     )
-    transformer = Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        out_channels=None,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=3 * hidden,
-        timestep_guidance_channels=32,
-        mlp_ratio=2.0,
-        axes_dims_rope=(4, 4, 4, 4),
-        rope_theta=2000,
-        guidance_embeds=False,
-    )
-    vae = AutoencoderKLFlux2(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15
-    )
+    transformer, vae, scheduler = _flux2_parts(3 * hidden, guidance_embeds=False)
     pipe = Flux2KleinPipeline(
         scheduler=scheduler,
         vae=vae,
@@ -132,12 +138,7 @@ def build_tiny_flux2(out: Path, *, seed: int = 0, native_area: int = 64 * 64) ->
     """A random tiny Flux2Pipeline (FLUX.2 [dev] layout: a Mistral 3 text encoder, guidance
     embedded in the transformer) written to ``out``. The tokenizer is a plain word tokenizer
     with a chat template, which is all the pipeline asks of its processor for text."""
-    from diffusers import (
-        AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2Pipeline,
-        Flux2Transformer2DModel,
-    )
+    from diffusers import Flux2Pipeline
     from transformers import (
         Mistral3Config,
         Mistral3ForConditionalGeneration,
@@ -176,37 +177,7 @@ def build_tiny_flux2(out: Path, *, seed: int = 0, native_area: int = 64 * 64) ->
             vision_feature_layer=-1,
         )
     )
-    transformer = Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        out_channels=None,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=3 * hidden,
-        timestep_guidance_channels=32,
-        mlp_ratio=2.0,
-        axes_dims_rope=(4, 4, 4, 4),
-        rope_theta=2000,
-        guidance_embeds=True,
-    )
-    vae = AutoencoderKLFlux2(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15
-    )
+    transformer, vae, scheduler = _flux2_parts(3 * hidden, guidance_embeds=True)
     pipe = Flux2Pipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )

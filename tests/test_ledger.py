@@ -219,6 +219,9 @@ def test_a_restart_ends_the_credit_holds_a_crash_left_open(make_server) -> None:
                 (lost, at),
             )
             db.execute("UPDATE accounts SET balance = balance - 2.5 WHERE name = 'team'")
+            inputs = srv.data_dir / "files" / "inputs" / lost  # stored before the job row
+            inputs.mkdir(parents=True)
+            (inputs / "0.png").write_bytes(b"an input image")
     db.close()
 
     srv.start()
@@ -230,6 +233,8 @@ def test_a_restart_ends_the_credit_holds_a_crash_left_open(make_server) -> None:
     for job_id, kind in db.execute("SELECT job_id, kind FROM ledger WHERE job_id IS NOT NULL ORDER BY id"):
         kinds.setdefault(job_id, []).append(kind)
     assert kinds == {job: ["hold", "settle"], "lost-job": ["hold", "release"], "new-job": ["hold"]}
+    assert not (srv.data_dir / "files" / "inputs" / "lost-job").exists()
+    assert (srv.data_dir / "files" / "inputs" / "new-job" / "0.png").exists()
     (balance,) = db.execute("SELECT balance FROM accounts WHERE name = 'team'").fetchone()
     (total,) = db.execute("SELECT SUM(amount) FROM ledger WHERE account = 'team'").fetchone()
     assert balance == pytest.approx(total) == pytest.approx(100.0 - 2.5 - 2.5)
@@ -261,8 +266,9 @@ def test_reconcile_ends_only_the_holds_a_crash_left_open(engine: str, tmp_path: 
     assert store.hold(grant, "in-flight", "flux-dev", 2.5) is None  # may still be storing its job
 
     for attempt in range(2):  # a second pass changes nothing
-        ended = accounting.reconcile(jobs.get, held_before=time.time(), orphan_before=orphan_before)
-        assert sorted(ended) == (["failed", "ready"] if attempt == 0 else [])
+        done = accounting.reconcile(jobs.get, held_before=time.time(), orphan_before=orphan_before)
+        assert sorted(done.ended) == (["failed", "ready"] if attempt == 0 else [])
+        assert done.orphans == (["lost"] if attempt == 0 else [])
         ends = {e.job_id: e.kind for e in store.entries("team", kinds=("settle", "release"))}
         assert ends == {"settled": "settle", "ready": "settle", "failed": "release", "lost": "release"}
     balance, total = store.balance_check("team")

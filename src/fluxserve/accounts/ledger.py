@@ -71,6 +71,15 @@ class AccountLimits:
     """``Retry-After`` at the active-task limit."""
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """What :meth:`Accounting.reconcile` ended: holds of jobs that had ended, and holds of
+    submissions that never stored their job (whose input files may be left behind)."""
+
+    ended: list[str]
+    orphans: list[str]
+
+
 class Accounting:
     """What the job service calls around a job's life; one per server."""
 
@@ -178,23 +187,23 @@ class Accounting:
 
     def reconcile(
         self, job_of: Callable[[str], Job | None], held_before: float, orphan_before: float
-    ) -> list[str]:
-        """End the holds a crash left open, and return the ids of the ended jobs among them.
-        The hold of a job that has ended (its process died between storing the end and settling
-        it) is settled or released by the rules above. The hold of a job that was never stored
-        (its process died during the submission) or is gone is released, if it was made before
-        ``orphan_before``: a submission still in flight on another node is not one. Holds made
-        after ``held_before`` are left to the usual path."""
-        ended: list[str] = []
+    ) -> Reconciled:
+        """End the holds a crash left open. The hold of a job that has ended (its process died
+        between storing the end and settling it) is settled or released by the rules above. The
+        hold of a job that was never stored (its process died during the submission) or is gone
+        is released, if it was made before ``orphan_before``: a submission still in flight on
+        another node is not one. Holds made after ``held_before`` are left to the usual path."""
+        done = Reconciled([], [])
         for job_id, at in self.store.open_holds(held_before):
             job = job_of(job_id)
             if job is None:
                 if at < orphan_before and self.store.end(job_id, charge=False):
                     log.warning("released the credits held for job %s, which was never stored", job_id)
+                    done.orphans.append(job_id)
             elif job.terminal and self.job_ended(job):
                 log.warning("ended the credit hold of job %s, which a crash left open", job_id)
-                ended.append(job_id)
-        return ended
+                done.ended.append(job_id)
+        return done
 
     def grant(self, owner: str | None) -> Grant:
         """The caller's grant."""

@@ -289,13 +289,16 @@ class JobService:
         except Exception:  # the job's end stands; the hold stays open (logged)
             log.exception("could not settle the credits of job %s", job_id)
 
-    def _reconcile(self, held_before: float, orphan_before: float) -> None:
-        """End the credit holds a crashed process left open (accounting only)."""
+    def _reconcile(self, held_before: float, orphan_before: float) -> list[str]:
+        """End the credit holds a crashed process left open (accounting only); returns the
+        crashed submissions among them, whose input files the caller deletes."""
         if self.accounting is None:
-            return
-        for job_id in self.accounting.reconcile(self.store.get, held_before, orphan_before):
+            return []
+        done = self.accounting.reconcile(self.store.get, held_before, orphan_before)
+        for job_id in done.ended:
             self._wake(job_id)
             self.events.publish(job_id, "end")
+        return done.orphans
 
     def _activate_late_webhooks(self, ended_before: float) -> None:
         """Make due the webhooks still waiting for jobs that ended before ``ended_before``: a
@@ -319,7 +322,8 @@ class JobService:
             self.job_ended(job_id)
         self.webhooks.recover()
         now = time.time()
-        self._reconcile(held_before=now, orphan_before=now - ORPHAN_HOLD_S)
+        for job_id in self._reconcile(held_before=now, orphan_before=now - ORPHAN_HOLD_S):
+            self.storage.delete_prefix(f"inputs/{job_id}")
         self._activate_late_webhooks(ended_before=now)
         if recovery.requeued:
             log.warning("re-queued %d job(s) left running by a previous process", len(recovery.requeued))
@@ -340,7 +344,11 @@ class JobService:
         cutoff = now - self.policy.retention_s
         # First the holds a crash left open (before their jobs are deleted below); the holds
         # of jobs younger than ORPHAN_HOLD_S are left to the usual path, which is cheaper.
-        self._reconcile(held_before=max(cutoff, now - ORPHAN_HOLD_S), orphan_before=now - ORPHAN_HOLD_S)
+        orphans = self._reconcile(
+            held_before=max(cutoff, now - ORPHAN_HOLD_S), orphan_before=now - ORPHAN_HOLD_S
+        )
+        for job_id in orphans:
+            await asyncio.to_thread(self.storage.delete_prefix, f"inputs/{job_id}")
         self._activate_late_webhooks(ended_before=now - LATE_WEBHOOK_S)
         expired = self.store.finished_before(cutoff)
         for job_id in expired:

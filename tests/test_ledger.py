@@ -273,3 +273,29 @@ def test_reconcile_ends_only_the_holds_a_crash_left_open(engine: str, tmp_path: 
         assert ends == {"settled": "settle", "ready": "settle", "failed": "release", "lost": "release"}
     balance, total = store.balance_check("team")
     assert balance == pytest.approx(total) == pytest.approx(100.0 - 2.5 * 4)  # queued, in-flight held
+
+
+def test_the_retention_sweep_releases_an_orphaned_hold_while_the_server_runs(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server(start=False, sweep_interval_s="0.3")
+    cli(srv, "accounts", "create", "team", "--credits", "1")
+    srv.start()
+    path = srv.data_dir / "fluxserve.sqlite3"
+    with sqlite3.connect(path) as db:  # another node's submission that died an hour ago
+        db.execute(
+            "INSERT INTO ledger (account, key_id, job_id, model, kind, amount, cost, at)"
+            " VALUES ('team', NULL, 'lost-job', 'flux-dev', 'hold', -2.5, 2.5, ?)",
+            (time.time() - 3600,),
+        )
+        db.execute("UPDATE accounts SET balance = balance - 2.5 WHERE name = 'team'")
+    deadline = time.monotonic() + 30
+    kinds: list[str] = []
+    while time.monotonic() < deadline and kinds != ["hold", "release"]:
+        time.sleep(0.2)
+        with sqlite3.connect(path) as db:
+            kinds = [
+                k for (k,) in db.execute("SELECT kind FROM ledger WHERE job_id = 'lost-job' ORDER BY id")
+            ]
+    assert kinds == ["hold", "release"]
+    with sqlite3.connect(path) as db:
+        (balance,) = db.execute("SELECT balance FROM accounts WHERE name = 'team'").fetchone()
+    assert balance == pytest.approx(100.0)

@@ -193,17 +193,18 @@ class Accounting:
         hold of a job that was never stored (its process died during the submission) or is gone
         is released, if it was made before ``orphan_before``: a submission still in flight on
         another node is not one. Holds made after ``held_before`` are left to the usual path."""
-        done = Reconciled([], [])
+        ended: list[str] = []
+        orphans: list[str] = []
         for job_id, at in self.store.open_holds(held_before):
             job = job_of(job_id)
             if job is None:
                 if at < orphan_before and self.store.end(job_id, charge=False):
                     log.warning("released the credits held for job %s, which was never stored", job_id)
-                    done.orphans.append(job_id)
+                    orphans.append(job_id)
             elif job.terminal and self.job_ended(job):
                 log.warning("ended the credit hold of job %s, which a crash left open", job_id)
-                done.ended.append(job_id)
-        return done
+                ended.append(job_id)
+        return Reconciled(ended, orphans)
 
     def grant(self, owner: str | None) -> Grant:
         """The caller's grant."""

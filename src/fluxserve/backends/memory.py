@@ -361,8 +361,12 @@ class MemoryWebhookStore:
         with self._lock:
             waiting = [job_id for job_id, d in self._deliveries.items() if d.state == "waiting"]
         # The job store's lock is taken outside ours: the store calls us under its own.
-        ended = {job_id for job_id in waiting if (self.finished_at(job_id) or ended_before) < ended_before}
-        return sum(self.activate(job_id) for job_id in ended)
+        late = 0
+        for job_id in waiting:
+            finished = self.finished_at(job_id)
+            if finished is not None and finished < ended_before and self.activate(job_id):
+                late += 1
+        return late
 
     def record(
         self,

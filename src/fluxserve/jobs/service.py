@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from fluxserve.accounts import Accounting
+from fluxserve.accounts.ledger import Reconciled
 from fluxserve.fair import ANONYMOUS, FairShare
 from fluxserve.jobs.events import JobEvents
 from fluxserve.jobs.routing import OverflowRouter
@@ -289,12 +290,10 @@ class JobService:
         except Exception:  # the job's end stands; the hold stays open (logged)
             log.exception("could not settle the credits of job %s", job_id)
 
-    def _reconcile(self, held_before: float, orphan_before: float) -> list[str]:
-        """End the credit holds a crashed process left open (accounting only); returns the
-        crashed submissions among them, whose input files the caller deletes."""
-        if self.accounting is None:
-            return []
-        done = self.accounting.reconcile(self.store.get, held_before, orphan_before)
+    def _reconciled(self, done: Reconciled) -> list[str]:
+        """What follows :meth:`Accounting.reconcile` on the event loop: wake the waiters of the
+        jobs whose holds it ended; returns the crashed submissions, whose inputs the caller
+        deletes."""
         for job_id in done.ended:
             self._wake(job_id)
             self.events.publish(job_id, "end")
@@ -322,8 +321,10 @@ class JobService:
             self.job_ended(job_id)
         self.webhooks.recover()
         now = time.time()
-        for job_id in self._reconcile(held_before=now, orphan_before=now - ORPHAN_HOLD_S):
-            self.storage.delete_prefix(f"inputs/{job_id}")
+        if self.accounting is not None:
+            done = self.accounting.reconcile(self.store.get, now, now - ORPHAN_HOLD_S)
+            for job_id in self._reconciled(done):
+                self.storage.delete_prefix(f"inputs/{job_id}")
         self._activate_late_webhooks(ended_before=now)
         if recovery.requeued:
             log.warning("re-queued %d job(s) left running by a previous process", len(recovery.requeued))
@@ -342,13 +343,16 @@ class JobService:
         webhooks left waiting (LATE_WEBHOOK_S)."""
         now = now if now is not None else time.time()
         cutoff = now - self.policy.retention_s
-        # First the holds a crash left open (before their jobs are deleted below); the holds
-        # of jobs younger than ORPHAN_HOLD_S are left to the usual path, which is cheaper.
-        orphans = self._reconcile(
-            held_before=max(cutoff, now - ORPHAN_HOLD_S), orphan_before=now - ORPHAN_HOLD_S
-        )
-        for job_id in orphans:
-            await asyncio.to_thread(self.storage.delete_prefix, f"inputs/{job_id}")
+        # First the holds a crash left open (before their jobs are deleted below), off the event
+        # loop: a job read each. The holds of jobs younger than ORPHAN_HOLD_S are left to the
+        # usual path, which is cheaper.
+        if self.accounting is not None:
+            orphan_before = now - ORPHAN_HOLD_S
+            done = await asyncio.to_thread(
+                self.accounting.reconcile, self.store.get, max(cutoff, orphan_before), orphan_before
+            )
+            for job_id in self._reconciled(done):
+                await asyncio.to_thread(self.storage.delete_prefix, f"inputs/{job_id}")
         self._activate_late_webhooks(ended_before=now - LATE_WEBHOOK_S)
         expired = self.store.finished_before(cutoff)
         for job_id in expired:

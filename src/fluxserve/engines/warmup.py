@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch
 from PIL import Image
 
 from fluxserve.engines.loader import LoadedPipeline
+from fluxserve.engines.paired_guidance import paired_guidance
 from fluxserve.spec.geometry import fit_area
 
 log = logging.getLogger("fluxserve.engine")
@@ -106,7 +108,9 @@ def _generate(m: LoadedPipeline, width: int, height: int, edit: bool, images: in
             kwargs["max_area"] = width * height
             if m.native_area:
                 kwargs["_auto_resize"] = False
-    with torch.inference_mode():
+    # The shapes a run will compile for: true CFG runs its two passes as one batch
+    pairing = paired_guidance(m.pipe.transformer) if m.true_cfg and guidance > 1 else nullcontext()
+    with torch.inference_mode(), pairing:
         m.pipe(**kwargs)
 
 

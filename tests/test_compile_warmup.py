@@ -4,7 +4,8 @@ The server tests start ``fluxserve serve`` twice on one data directory with ``co
 and a warm-up size, on a tiny FLUX.1 checkpoint: the first start compiles from scratch and
 fills ``<data_dir>/compile-cache``; the second reads the compiled graphs back, and its first
 request compiles nothing and gives the uncompiled image. A cold CPU inductor compile of even the
-tiny transformer takes tens of seconds (gcc builds every kernel): this module pays it once.
+tiny transformer takes a minute or two (gcc builds every kernel): this module pays it once, in
+the two tests marked ``slow``.
 Compilations are counted from torch's own log (``TORCH_LOGS=dynamo``: one "torchdynamo start
 tracing" line per graph dynamo traces).
 """
@@ -208,8 +209,11 @@ def warmups(log: str) -> list[tuple[str, float, int, int, int]]:
     return [(m[1], float(m[2]), int(m[3]), int(m[4]), int(m[5])) for m in WARMUP.finditer(log)]
 
 
-# The module's fixture compiles the tiny transformer cold once (tens of seconds on two idle
-# cores, minutes on busy ones) and starts two servers: long, but the only proof of the warm-up.
+# The module's fixture compiles the tiny transformer cold once (a minute or two on two cores)
+# and starts two servers: the only proof of the warm-up through a server, and a tenth of the
+# default run's time, so these two are `slow` (what they compile runs on CUDA only by default;
+# test_warm_up_runs_each_size_through_the_request_paths checks the warm-up's generations).
+@pytest.mark.slow
 def test_the_compile_cache_is_filled_at_warm_up_and_a_restart_reads_it(restarted: tuple[str, Server]) -> None:
     first_log, second = restarted
     [(size, _, graphs, hits, misses)] = warmups(first_log)
@@ -221,6 +225,7 @@ def test_the_compile_cache_is_filled_at_warm_up_and_a_restart_reads_it(restarted
     assert hits_again == misses and misses_again == 0
 
 
+@pytest.mark.slow
 def test_warm_up_happens_at_start_not_on_the_first_request(
     restarted: tuple[str, Server], tiny_flux_checkpoint: Path
 ) -> None:

@@ -3,7 +3,8 @@
 Schemathesis reads the server's own ``/openapi.json`` and sends requests to every operation it
 lists, against a real server on loopback: once on an open loopback server (no key) and once on
 a server with a key, sent as ``x-key`` and ``Authorization: Bearer``. The run is small and
-derandomized, so it is reproducible and quick; the hand-written cases in ``test_validation.py``
+derandomized, so it is reproducible and quick (10 examples an operation; 50 in the run marked
+``slow``); the hand-written cases in ``test_validation.py``
 pin the inputs that were reported.
 
 It drives schemathesis's engine (what its CLI runs) rather than its pytest plugin, which does
@@ -30,12 +31,14 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 import schemathesis
 from schemathesis.engine import events
 
 from conftest import Server, run_cli
 
-MAX_EXAMPLES = 25
+EXAMPLES = [10, pytest.param(50, marks=pytest.mark.slow, id="50")]
+"""Examples per operation in the fuzzing phase: a short run by default, a long one marked slow."""
 SERVER_SETTINGS = {"max_queued_jobs": "2"}
 CHEAPEST = {"n": (1, 10, 1), "steps": (1, 50, 1), "output_compression": (0, 100, 100)}
 """name: (lowest valid, highest valid, the value sent instead of a valid one)."""
@@ -66,14 +69,14 @@ def duplicate_routes(document: dict[str, Any]) -> list[str]:
     return duplicates
 
 
-def _schema(server: Server, headers: dict[str, str]) -> Any:
+def _schema(server: Server, headers: dict[str, str], max_examples: int) -> Any:
     schema = schemathesis.openapi.from_url(server.base_url + "/openapi.json", timeout=30)
     duplicates = duplicate_routes(httpx.get(server.base_url + "/openapi.json").json())
     assert {"/v1/flux-dev", "/v1/flux-2-max", "/v1/flux-dev-finetuned"} <= set(duplicates)
     assert "/v1/flux-pro-1.1" not in duplicates and "/v1/flux-2-flex" not in duplicates
     schema = schema.exclude(path=duplicates)
     schema.config.update(base_url=server.base_url, headers=headers or None, request_timeout=60)
-    schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True, database="none")
+    schema.config.generation.update(max_examples=max_examples, deterministic=True, database="none")
     schema.config.checks.update(included_check_names=["not_a_server_error"])
     schema.config.phases.update(phases=["examples", "coverage", "fuzzing"])
     schema.config.phases.coverage.generation.update(modes=[schemathesis.GenerationMode.NEGATIVE])
@@ -120,15 +123,17 @@ def _create_key(server: Server) -> str:
     return done.stdout.strip()
 
 
-def test_no_route_answers_5xx_without_a_key(make_server) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("max_examples", EXAMPLES)
+def test_no_route_answers_5xx_without_a_key(make_server, max_examples: int) -> None:  # type: ignore[no-untyped-def]
     server = make_server(**SERVER_SETTINGS)
     # Creating a key (admin API) turns the open server into a keyed one, by design: the keyed
     # run covers that route.
-    _run(_schema(server, {}).exclude(path="/v1/admin/keys", method="POST"))
+    _run(_schema(server, {}, max_examples).exclude(path="/v1/admin/keys", method="POST"))
 
 
-def test_no_route_answers_5xx_with_a_key(make_server) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("max_examples", EXAMPLES)
+def test_no_route_answers_5xx_with_a_key(make_server, max_examples: int) -> None:  # type: ignore[no-untyped-def]
     server = make_server(start=False, **SERVER_SETTINGS)
     key = _create_key(server)
     server.start()
-    _run(_schema(server, {"x-key": key, "Authorization": f"Bearer {key}"}))
+    _run(_schema(server, {"x-key": key, "Authorization": f"Bearer {key}"}, max_examples))

@@ -22,7 +22,7 @@ from PIL import Image
 from fluxserve.engines import EngineRequest, JobCancelled, PreviewCallback, StepCallback
 from fluxserve.engines.adapters import AdapterSet, activate
 from fluxserve.engines.loader import LoadedPipeline, load_pipeline
-from fluxserve.engines.paired_guidance import paired_guidance
+from fluxserve.engines.paired_guidance import true_cfg_pairing
 from fluxserve.engines.prompts import FLUX1_FAMILIES, PromptCache, fit_prompt
 from fluxserve.engines.sources import CheckpointError, CheckpointSource
 from fluxserve.engines.warmup import warm_up
@@ -267,9 +267,8 @@ class DiffusersFluxEngine:
                     for r, prompt in zip(reqs, prompts, strict=True)
                 ]
                 kwargs.update({name: torch.cat([p[name] for p in parts]) for name in parts[0]})
-            # True CFG's two transformer calls a step as one (the embedded model: nearly twice as fast)
-            pairing = paired_guidance(pipe.transformer) if m.true_cfg and req.guidance > 1 else nullcontext()
-            with pairing:
+            # True CFG's two transformer calls a step as one (the embedded model: 25-37 % faster)
+            with true_cfg_pairing(pipe.transformer, m.true_cfg, req.guidance):
                 images: list[Image.Image] = pipe(**kwargs).images
         if (width, height) != (req.width, req.height):  # native area: resize to the request
             images = [im.resize((req.width, req.height), Image.Resampling.LANCZOS) for im in images]

@@ -18,7 +18,7 @@ it only loses the saving. The two halves differ from two separate calls only in 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -128,3 +128,11 @@ def paired_guidance(transformer: torch.nn.Module) -> Iterator[_Pairing]:
             del transformer.forward
         else:
             transformer.forward = own  # type: ignore[method-assign]
+
+
+def true_cfg_pairing(
+    transformer: torch.nn.Module, true_cfg: bool, scale: float
+) -> AbstractContextManager[object]:
+    """:func:`paired_guidance` where the pipeline runs true CFG (a checkpoint guided with a
+    negative prompt, at a scale above 1: diffusers' own rule), else nothing."""
+    return paired_guidance(transformer) if true_cfg and scale > 1 else nullcontext()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,7 @@ import torch
 from PIL import Image
 
 from fluxserve.engines.loader import LoadedPipeline
-from fluxserve.engines.paired_guidance import paired_guidance
+from fluxserve.engines.paired_guidance import true_cfg_pairing
 from fluxserve.spec.geometry import fit_area
 
 log = logging.getLogger("fluxserve.engine")
@@ -109,8 +108,7 @@ def _generate(m: LoadedPipeline, width: int, height: int, edit: bool, images: in
             if m.native_area:
                 kwargs["_auto_resize"] = False
     # The shapes a run will compile for: true CFG runs its two passes as one batch
-    pairing = paired_guidance(m.pipe.transformer) if m.true_cfg and guidance > 1 else nullcontext()
-    with torch.inference_mode(), pairing:
+    with torch.inference_mode(), true_cfg_pairing(m.pipe.transformer, m.true_cfg, guidance):
         m.pipe(**kwargs)
 
 

@@ -18,7 +18,6 @@ does, after one warm-up; prints the median and the minimum, and the load average
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
@@ -59,6 +58,8 @@ def time_engine(checkpoint: Path, n: int) -> None:
 
     from fluxserve.engines import EngineRequest
     from fluxserve.engines.diffusers_engine import DiffusersFluxEngine
+    from fluxserve.images import encode_image
+    from fluxserve.settings import Settings
 
     meta = json.loads((checkpoint / "fluxserve.json").read_text())
     steps, guidance = int(meta.get("default_steps", 16)), float(meta.get("default_guidance", 4.0))
@@ -70,7 +71,7 @@ def time_engine(checkpoint: Path, n: int) -> None:
         req = EngineRequest(
             str(checkpoint), "a large green star in the top left", 1024, 1024, i, steps, guidance
         )
-        engine.generate(req)[0].save(io.BytesIO(), format="PNG")
+        encode_image(engine.generate(req)[0], "png", png_level=Settings().png_compress_level)
         if i:  # the first is a warm-up
             walls.append(time.perf_counter() - t0)
     print(

@@ -244,3 +244,31 @@ def test_api_key_required_once_a_key_exists(make_server) -> None:  # type: ignor
     good = openai.OpenAI(base_url=srv.base_url + "/v1", api_key=key)
     resp = good.images.generate(prompt="a red circle", size="256x256", response_format="b64_json")
     assert resp.data[0].b64_json
+
+
+def _png_at(data: bytes, level: int) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(out, format="PNG", compress_level=level)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("level", [None, "9"])
+def test_png_results_take_the_servers_zlib_level_not_output_compression(make_server, level) -> None:  # type: ignore[no-untyped-def]
+    """PNG is lossless: ``output_compression`` (jpeg/webp quality) leaves it alone, and the
+    bytes are the image encoded at ``png_compress_level`` (default 1)."""
+    server = make_server(**({"png_compress_level": level} if level else {}))
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused-on-loopback")
+    results = []
+    for compression in (0, 100):
+        resp = client.images.generate(
+            model="flux-kontext-pro",
+            prompt="a red circle in the center",
+            response_format="b64_json",
+            size="256x256",
+            extra_body={"output_format": "png", "output_compression": compression, "seed": 3},
+        )
+        results.append(base64.b64decode(resp.data[0].b64_json or ""))
+    assert results[0] == results[1]
+    expected = int(level or 1)
+    assert results[0] == _png_at(results[0], expected)
+    assert results[0] != _png_at(results[0], 0)  # the level is really in the bytes

@@ -179,10 +179,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def encode_image(img: Image.Image, fmt: str, compression: int | None = None) -> bytes:
+def encode_image(img: Image.Image, fmt: str, compression: int | None = None, png_level: int = 1) -> bytes:
     """Encode deterministically (no timestamps or random metadata), so seeds give identical bytes.
 
-    ``compression`` follows OpenAI's ``output_compression``: 0-100, 100 = best quality.
+    ``compression`` follows OpenAI's ``output_compression`` (0-100, 100 = best quality), which
+    applies to jpeg and webp; PNG is lossless and takes the zlib level ``png_level`` instead.
     """
     out = io.BytesIO()
     img = img.convert("RGB")
@@ -191,8 +192,7 @@ def encode_image(img: Image.Image, fmt: str, compression: int | None = None) -> 
     elif fmt == "webp":
         img.save(out, format="WEBP", quality=compression if compression is not None else 95)
     elif fmt == "png":
-        level = 6 if compression is None else max(0, min(9, round((100 - compression) / 100 * 9)))
-        img.save(out, format="PNG", compress_level=level)
+        img.save(out, format="PNG", compress_level=png_level)
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     return out.getvalue()

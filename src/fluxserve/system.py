@@ -80,7 +80,11 @@ def build_system(settings: Settings, upsampler: PromptUpsampler | None = None) -
         upsampler,
         scene_models=frozenset(e.id for e in catalog if e.checkpoint == BUILTIN_CHECKPOINT),
         policy=JobPolicy(
-            settings.max_queued_jobs, settings.max_attempts, settings.retention_s, settings.fair_share
+            settings.max_queued_jobs,
+            settings.max_attempts,
+            settings.retention_s,
+            settings.fair_share,
+            settings.png_compress_level,
         ),
         bus=backends.bus,
     )

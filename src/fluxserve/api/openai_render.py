@@ -150,7 +150,7 @@ KEY_TOLERANCE = 48
 KEY_SOFT = 16
 
 
-def transparent(data: bytes, output_format: str, compression: int | None = None) -> bytes:
+def transparent(data: bytes, output_format: str, compression: int | None = None, png_level: int = 1) -> bytes:
     """The image with its background made transparent, encoded as png or webp (with alpha).
 
     The background is the colour of the image's border (its median); the pixels of that
@@ -183,7 +183,7 @@ def transparent(data: bytes, output_format: str, compression: int | None = None)
     if output_format == "webp":
         image.save(out, format="WEBP", quality=compression if compression is not None else 95, exact=True)
     else:
-        image.save(out, format="PNG")
+        image.save(out, format="PNG", compress_level=png_level)
     return out.getvalue()
 
 
@@ -195,7 +195,9 @@ def finished_image(state: AppState, job: Job, key: str, finish: Finish) -> tuple
         return key, data
     stem, _, ext = key.rpartition(".")
     keyed_key = f"{stem}-transparent.{ext}"
-    keyed = transparent(data, job.spec.output_format, job.spec.output_compression)
+    keyed = transparent(
+        data, job.spec.output_format, job.spec.output_compression, state.settings.png_compress_level
+    )
     state.storage.put(keyed_key, keyed)
     return keyed_key, keyed
 

@@ -54,7 +54,7 @@ class QueueFull(Exception):
 
 @dataclass(frozen=True)
 class JobPolicy:
-    """Limits on the service's work."""
+    """Limits on the service's work, and how it encodes results."""
 
     max_queued: int = 1000
     """Submissions beyond this many queued jobs are refused (429)."""
@@ -64,6 +64,8 @@ class JobPolicy:
     """How long ended jobs (rows and files) are kept."""
     fair_share: bool = True
     """Queue by account, round-robin with weights (:mod:`fluxserve.fair`); False: by arrival."""
+    png_compress_level: int = 1
+    """zlib level of PNG results (0-9)."""
 
 
 class JobService:

@@ -344,7 +344,12 @@ class Worker:
             )
             if done in partials:
                 full = previews[0].resize((first.width, first.height), Image.Resampling.BILINEAR)
-                data = encode_image(full, first.output_format, first.output_compression)
+                data = encode_image(
+                    full,
+                    first.output_format,
+                    first.output_compression,
+                    self.service.policy.png_compress_level,
+                )
                 events.publish(
                     job.id,
                     "partial",
@@ -413,7 +418,10 @@ class Worker:
         files = []
         for i, img in enumerate(out.images):
             key = f"results/{job.id}/{i}.{spec.output_format}"
-            self.service.storage.put(key, encode_image(img, spec.output_format, spec.output_compression))
+            data = encode_image(
+                img, spec.output_format, spec.output_compression, self.service.policy.png_compress_level
+            )
+            self.service.storage.put(key, data)
             files.append(key)
         return {
             "files": files,

@@ -57,7 +57,7 @@ def main() -> None:
             walls = []
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                data = encode_image(img, "png", png_level=level)
+                data = encode_image(img, "png", None, png_level=level)
                 walls.append(time.perf_counter() - t0)
             print(
                 f"{name:10s} level {level}: {min(walls) * 1000:7.1f} ms  {len(data) / 1000:8.1f} kB",

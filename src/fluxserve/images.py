@@ -179,7 +179,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def encode_image(img: Image.Image, fmt: str, compression: int | None = None, png_level: int = 1) -> bytes:
+def encode_image(img: Image.Image, fmt: str, compression: int | None, *, png_level: int) -> bytes:
     """Encode deterministically (no timestamps or random metadata), so seeds give identical bytes.
 
     ``compression`` follows OpenAI's ``output_compression`` (0-100, 100 = best quality), which

@@ -150,7 +150,7 @@ KEY_TOLERANCE = 48
 KEY_SOFT = 16
 
 
-def transparent(data: bytes, output_format: str, compression: int | None = None, png_level: int = 1) -> bytes:
+def transparent(data: bytes, output_format: str, compression: int | None, *, png_level: int) -> bytes:
     """The image with its background made transparent, encoded as png or webp (with alpha).
 
     The background is the colour of the image's border (its median); the pixels of that
@@ -196,7 +196,7 @@ def finished_image(state: AppState, job: Job, key: str, finish: Finish) -> tuple
     stem, _, ext = key.rpartition(".")
     keyed_key = f"{stem}-transparent.{ext}"
     keyed = transparent(
-        data, job.spec.output_format, job.spec.output_compression, state.settings.png_compress_level
+        data, job.spec.output_format, job.spec.output_compression, png_level=state.settings.png_compress_level
     )
     state.storage.put(keyed_key, keyed)
     return keyed_key, keyed

@@ -348,7 +348,7 @@ class Worker:
                     full,
                     first.output_format,
                     first.output_compression,
-                    self.service.policy.png_compress_level,
+                    png_level=self.service.policy.png_compress_level,
                 )
                 events.publish(
                     job.id,
@@ -419,7 +419,10 @@ class Worker:
         for i, img in enumerate(out.images):
             key = f"results/{job.id}/{i}.{spec.output_format}"
             data = encode_image(
-                img, spec.output_format, spec.output_compression, self.service.policy.png_compress_level
+                img,
+                spec.output_format,
+                spec.output_compression,
+                png_level=self.service.policy.png_compress_level,
             )
             self.service.storage.put(key, data)
             files.append(key)
